@@ -1,0 +1,34 @@
+# Every target creates the virtual environment on first use (and refreshes it
+# when pyproject.toml changes), so a fresh clone needs nothing but Python 3.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Extra command-line arguments, e.g. `make train ARGS="trainer.epochs=5"`.
+ARGS   ?=
+HOST   ?= 127.0.0.1
+PORT   ?= 5000
+
+.PHONY: venv train test ui clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+train: $(STAMP)
+	$(PY) scripts/train.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+# The UI reads the same store `make train` writes (mlflow.db at the project
+# root); it binds to loopback unless HOST is given.
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,351 @@
+"""Config schemas, registration with Hydra's ConfigStore, and validation.
+
+Three layers of checking, all before anything is created on disk or in MLflow:
+
+1. :func:`check_overrides` reads the command line with Hydra's own override
+   parser and rejects unknown groups/options, unknown keys and values of the
+   wrong type with one line each (Hydra's own messages run to several lines).
+2. The dataclass schemas below are registered in the ConfigStore, so Hydra
+   type-checks every composed config (including presets) against them.
+3. :func:`validate` checks values and their combinations (``lr > 0``, a known
+   activation, ``val_size`` smaller than the training set, ...).
+
+Components are named, never imported: ``optimizer.name: adam`` is looked up
+in :mod:`mnist_np.registry`. This module is an adapter: the numeric core does
+not import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from mnist_np import registry
+from mnist_np.training import MONITORS
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = PROJECT_ROOT / "conf"
+TRAIN_IMAGES = 60_000  # both datasets ship 60k training images before the val split
+
+
+class ConfigError(ValueError):
+    """An invalid config value; ``str()`` is the one line shown to the user."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    dir: Optional[str] = None  # a folder with the four IDX files (raw or .gz); tried first
+    cache_dir: Optional[str] = None  # null: $MNIST_NP_DATA_DIR, else ~/.cache/mnist-np
+    val_size: int = 5_000
+    split_seed: int = 0  # the validation split's own seed: one split for all runs of a sweep
+    train_limit: Optional[int] = None  # train on the first N training images (smoke runs)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    hidden_size: int = 128
+    num_hidden_layers: int = 1
+    activation: str = "relu"
+    negative_slope: float = 0.01  # leaky_relu only
+    init: str = "he"
+    init_scale: float = 0.01  # init=normal only: standard deviation
+    dropout: float = 0.0
+
+
+@dataclass
+class SGDConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamConfig:
+    name: str = "adam"
+    lr: float = 0.001
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "constant"
+    warmup_epochs: float = 0.0
+    step_size: int = 10  # step: epochs between decays
+    gamma: float = 0.1  # step: decay factor
+    min_lr: float = 0.0  # cosine: final learning rate
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 10_000
+    dtype: str = "float32"
+    monitor: str = "val_loss"  # picks the best epoch and drives early stopping
+    early_stopping_patience: Optional[int] = None
+    test_weights: str = "last"  # score the test set with the last (final.npz) or best epoch's weights (best.npz)
+    progress: Optional[bool] = None  # null: a bar on a terminal, one line per epoch otherwise
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: Optional[str] = None  # null: sqlite mlflow.db at the project root
+    experiment_name: str = "mnist-np"
+    run_name: Optional[str] = None  # null: built from the config, e.g. mlp128-sgd-lr0.1-bs128
+    log_plots: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    optimizer: Any = MISSING  # SGDConfig or AdamConfig, chosen by the optimizer group
+    schedule: ScheduleConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    mlflow: MlflowConfig = MISSING
+    seed: int = 0
+
+
+# Which schema each config group's options follow.
+GROUP_SCHEMAS: dict[str, tuple[type, ...]] = {
+    "data": (DataConfig,),
+    "model": (ModelConfig,),
+    "optimizer": (SGDConfig, AdamConfig),
+    "schedule": (ScheduleConfig,),
+    "trainer": (TrainerConfig,),
+    "mlflow": (MlflowConfig,),
+}
+PRESET_GROUPS = ("experiment", "debug")
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore (``base_config``, ``optimizer/base_sgd``, ...)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="data", name="base_data", node=DataConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="optimizer", name="base_sgd", node=SGDConfig)
+    cs.store(group="optimizer", name="base_adam", node=AdamConfig)
+    cs.store(group="schedule", name="base_schedule", node=ScheduleConfig)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    cs.store(group="mlflow", name="base_mlflow", node=MlflowConfig)
+
+
+def register_resolvers() -> None:
+    """``${mnist_np.root:}``: the project root, so output dirs are absolute wherever Hydra runs."""
+    if not OmegaConf.has_resolver("mnist_np.root"):
+        OmegaConf.register_new_resolver("mnist_np.root", lambda: str(PROJECT_ROOT))
+
+
+# ---------------------------------------------------------------------------
+# Command-line overrides
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: YAML files under ``conf/<group>/``."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_overrides(args: list[str]) -> None:
+    """Reject bad command-line overrides with one line, before Hydra composes.
+
+    Covers: unknown group options (``optimizer=nope``), unknown keys
+    (``trainer.epoch=3``) and values that do not fit the key's type
+    (``trainer.epochs=abc``), including every value of a choice/range sweep.
+    ``hydra.*`` overrides and flags are left to Hydra.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    overrides = [a for a in args if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(f"cannot parse the command line: {str(e).splitlines()[0]}") from None
+    for o in parsed:
+        key = o.key_or_group
+        if key.startswith("hydra") or o.is_delete():
+            continue
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_iterator())
+            except HydraException:
+                continue  # interval()/tag() search spaces: the sweeper's business
+        else:
+            values = [o.value()]
+        group = key.split(".", 1)[0].lstrip("+")
+        if "." not in key and (group in GROUP_SCHEMAS or group in PRESET_GROUPS):
+            options = group_options(group)
+            for v in values:
+                if str(v) not in options:
+                    raise ConfigError(f"{group}={v!r} is not a known option; allowed: {', '.join(options)}")
+            continue
+        for v in values:
+            _check_value(key, v)
+
+
+def _check_value(key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) == 1:
+        schemas: tuple[type, ...] = (Config,)
+        name = parts[0]
+    elif len(parts) == 2 and parts[0] in GROUP_SCHEMAS:
+        schemas = GROUP_SCHEMAS[parts[0]]
+        name = parts[1]
+    else:
+        return  # deeper keys are not ours to judge
+    candidates = [s for s in schemas if name in {f.name for f in dataclasses.fields(s)}]
+    if not candidates or (len(parts) == 1 and name in GROUP_SCHEMAS):
+        known = sorted({f.name for s in schemas for f in dataclasses.fields(s)} - set(GROUP_SCHEMAS))
+        where = f"keys of {parts[0]}" if len(parts) == 2 else "top-level keys"
+        raise ConfigError(f"{key} is not a config key; {where}: {', '.join(known)}")
+    errors = []
+    for schema in candidates:
+        node = OmegaConf.structured(schema)
+        try:
+            setattr(node, name, value)
+            return
+        except Exception:  # omegaconf.ValidationError and friends
+            errors.append(schema)
+    hint = typing.get_type_hints(candidates[0])[name]
+    raise ConfigError(f"{key}={value!r} has the wrong type; expected {_describe_type(hint)}")
+
+
+def _describe_type(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:
+        inner = [a for a in args if a is not type(None)][0]
+        return f"{_describe_type(inner)} or null"
+    if origin is list:
+        return f"a list of {_describe_type(args[0])}s" if args else "a list"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+# ---------------------------------------------------------------------------
+# Value checks on the composed config
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check values and combinations; raise :class:`ConfigError` naming the first bad key.
+
+    Runs on the composed config before any data, output or MLflow run is made.
+    """
+    for check in _checks(cfg):
+        if check is not None:
+            raise ConfigError(check)
+
+
+def _bad(key: str, value: Any, allowed: str) -> str:
+    return f"{key}={_fmt(value)} is not allowed; expected {allowed}"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (ListConfig, DictConfig)):
+        value = OmegaConf.to_container(value)
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _checks(cfg: DictConfig) -> typing.Iterator[str | None]:
+    from mnist_np.data import DATASETS
+
+    def choice(key: str, value: Any, allowed: typing.Iterable[str]) -> str | None:
+        allowed = sorted(allowed)
+        return None if value in allowed else _bad(key, value, "one of " + ", ".join(allowed))
+
+    def at_least(key: str, value: Any, low: float, strict: bool = False) -> str | None:
+        ok = _num(value) and (value > low if strict else value >= low)
+        return None if ok else _bad(key, value, f"a number {'>' if strict else '>='} {low:g}")
+
+    def within(key: str, value: Any, low: float, high: float, high_open: bool = True) -> str | None:
+        ok = _num(value) and low <= value and (value < high if high_open else value <= high)
+        return None if ok else _bad(key, value, f"a number in [{low:g}, {high:g}{')' if high_open else ']'}")
+
+    d, m, o, s, t = cfg.data, cfg.model, cfg.optimizer, cfg.schedule, cfg.trainer
+    yield at_least("seed", cfg.seed, 0)
+    yield choice("data.name", d.name, DATASETS)
+    yield at_least("data.split_seed", d.split_seed, 0)
+    if not (isinstance(d.val_size, int) and 0 <= d.val_size < TRAIN_IMAGES):
+        yield _bad("data.val_size", d.val_size, f"an integer in [0, {TRAIN_IMAGES - 1}] (the training set has {TRAIN_IMAGES} images)")
+    train_size = TRAIN_IMAGES - d.val_size
+    if d.train_limit is not None:
+        if not (isinstance(d.train_limit, int) and d.train_limit >= 1):
+            yield _bad("data.train_limit", d.train_limit, "null or an integer >= 1")
+        train_size = min(train_size, d.train_limit)
+
+    yield choice("model.name", m.name, ["mlp"])
+    yield at_least("model.hidden_size", m.hidden_size, 1)
+    yield at_least("model.num_hidden_layers", m.num_hidden_layers, 0)
+    yield choice("model.activation", m.activation, registry.ACTIVATIONS)
+    yield at_least("model.negative_slope", m.negative_slope, 0)
+    yield choice("model.init", m.init, registry.INITIALIZERS)
+    yield at_least("model.init_scale", m.init_scale, 0, strict=True)
+    yield within("model.dropout", m.dropout, 0, 1)
+
+    yield choice("optimizer.name", o.name, registry.OPTIMIZERS)
+    yield at_least("optimizer.lr", o.lr, 0, strict=True)
+    yield at_least("optimizer.weight_decay", o.weight_decay, 0)
+    if o.name == "sgd":
+        yield within("optimizer.momentum", o.momentum, 0, 1)
+        if o.nesterov and not o.momentum > 0:
+            yield _bad("optimizer.nesterov", o.nesterov, "false unless optimizer.momentum > 0")
+    elif "betas" in o:
+        if len(o.betas) != 2 or not all(_num(b) and 0 <= b < 1 for b in o.betas):
+            yield _bad("optimizer.betas", o.betas, "two numbers in [0, 1), e.g. [0.9,0.999]")
+        yield at_least("optimizer.eps", o.eps, 0, strict=True)
+
+    yield choice("schedule.name", s.name, registry.SCHEDULES)
+    yield at_least("trainer.epochs", t.epochs, 1)
+    if _num(t.epochs):
+        yield within("schedule.warmup_epochs", s.warmup_epochs, 0, t.epochs, high_open=False)
+    yield at_least("schedule.step_size", s.step_size, 1)
+    yield within("schedule.gamma", s.gamma, 0, 1, high_open=False)
+    if s.name == "cosine" and _num(o.lr):
+        yield within("schedule.min_lr", s.min_lr, 0, o.lr)
+
+    yield at_least("trainer.batch_size", t.batch_size, 1)
+    if _num(t.batch_size) and t.batch_size > train_size:
+        yield _bad("trainer.batch_size", t.batch_size, f"at most the training split's {train_size} images")
+    yield at_least("trainer.eval_batch_size", t.eval_batch_size, 1)
+    yield choice("trainer.dtype", t.dtype, registry.DTYPES)
+    yield choice("trainer.monitor", t.monitor, MONITORS)
+    yield choice("trainer.test_weights", t.test_weights, ["best", "last"])
+    if t.early_stopping_patience is not None:
+        yield at_least("trainer.early_stopping_patience", t.early_stopping_patience, 1)
+        if d.val_size == 0:
+            yield _bad("trainer.early_stopping_patience", t.early_stopping_patience, "null when data.val_size=0 (nothing to monitor)")
+
+    if not str(cfg.mlflow.experiment_name).strip():
+        yield _bad("mlflow.experiment_name", cfg.mlflow.experiment_name, "a non-empty name")
+
+
+def compose(overrides: typing.Sequence[str] = ()) -> DictConfig:
+    """The config ``scripts/train.py`` would run with these overrides (no Hydra run dir, no logging set-up).
+
+    For tests, notebooks and tools that re-create a run's config.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    register_resolvers()
+    check_overrides(list(overrides))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))

@@ -1,0 +1,57 @@
+"""Softmax and cross-entropy, fused.
+
+Computing the softmax and the loss together lets the gradient with respect to
+the logits be ``(softmax - onehot(y)) / N``, which we form by subtracting 1 at
+the label positions: no one-hot matrix is ever built, and subtracting the row
+maximum first keeps ``exp`` from overflowing for any finite logits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """``logits: (N, C)`` -> log-probabilities ``(N, C)``, stable for large |logits|."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    shifted -= np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return shifted
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """``logits: (N, C)`` -> probabilities ``(N, C)``, rows summing to 1."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    e /= e.sum(axis=1, keepdims=True)
+    return e
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy of ``logits: (N, C)`` against integer ``labels: (N,)``."""
+    logp = log_softmax(logits)
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Fused loss and gradient.
+
+    Args:
+        logits: ``(N, C)`` scores; overwritten with the gradient to save a buffer.
+        labels: ``(N,)`` integer classes in ``[0, C)``.
+
+    Returns:
+        ``(loss, dlogits)``: the mean cross-entropy (a Python float) and
+        ``dL/dlogits: (N, C)``, which is the ``logits`` array itself.
+    """
+    n = logits.shape[0]
+    rows = np.arange(n)
+    logits -= logits.max(axis=1, keepdims=True)
+    # Read the true-class logit before exp: log p_y = z_y - log(sum e^z) stays
+    # finite even where e^{z_y} underflows to 0.
+    picked = logits[rows, labels]
+    np.exp(logits, out=logits)
+    sums = logits.sum(axis=1, keepdims=True)
+    loss = float(np.mean(np.log(sums[:, 0]) - picked))
+    logits /= sums
+    logits[rows, labels] -= 1
+    logits *= logits.dtype.type(1.0 / n)
+    return loss, logits

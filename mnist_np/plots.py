@@ -1,0 +1,107 @@
+"""Figures for a finished run, one per PNG file.
+
+matplotlib is imported inside :func:`save_all` (with the Agg backend) so
+runs that never plot never pay for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 10) -> np.ndarray:
+    """``(C, C)`` int counts: row = true class, column = predicted class."""
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def save_all(
+    out_dir: Path,
+    history: Sequence[dict[str, float]],
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    x_test: np.ndarray,
+    first_layer: np.ndarray,
+    class_names: Sequence[str],
+) -> list[Path]:
+    """Write the run's figures into ``out_dir``; returns their paths.
+
+    Args:
+        history: per-epoch metric dicts (``train_loss``, ``val_loss``, ``train_accuracy``, ...).
+        y_true, y_pred: ``(N,)`` test labels and predictions.
+        x_test: ``(N, 784)`` test images in [0, 1].
+        first_layer: ``W1: (784, H)``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    epochs = np.arange(1, len(history) + 1)
+
+    for metric, label in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for split in ("train", "val"):
+            values = [h[f"{split}_{metric}"] for h in history]
+            if not np.all(np.isnan(values)):
+                ax.plot(epochs, values, marker="o", label="train (running)" if split == "train" else "validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"{metric}_curves.png"))
+
+    cm = confusion_matrix(y_true, y_pred, len(class_names))
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
+    ax.imshow(cm, cmap="Blues")
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    threshold = cm.max() / 2
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if cm[i, j] > threshold else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"test confusion matrix (accuracy {np.mean(y_true == y_pred):.4f})")
+    fig.tight_layout()
+    paths.append(_save(fig, out_dir / "confusion_matrix.png"))
+
+    wrong = np.flatnonzero(y_true != y_pred)[:36]
+    fig, axes = plt.subplots(6, 6, figsize=(7, 7.5), dpi=100)
+    for ax, k in zip(axes.flat, list(wrong) + [None] * (36 - len(wrong))):
+        ax.axis("off")
+        if k is not None:
+            ax.imshow(x_test[k].reshape(28, 28), cmap="gray_r")
+            ax.set_title(f"true {class_names[y_true[k]]}\npred {class_names[y_pred[k]]}", fontsize=7)
+    fig.suptitle(f"misclassified test images (first {len(wrong)})")
+    fig.tight_layout()
+    paths.append(_save(fig, out_dir / "misclassified.png"))
+
+    units = min(first_layer.shape[1], 64)
+    side = int(np.ceil(np.sqrt(units)))
+    fig, axes = plt.subplots(side, side, figsize=(7, 7), dpi=100)
+    for i, ax in enumerate(np.atleast_1d(axes).flat):
+        ax.axis("off")
+        if i < units:
+            w = first_layer[:, i].reshape(28, 28)
+            lim = float(np.abs(w).max()) or 1.0
+            ax.imshow(w, cmap="seismic", vmin=-lim, vmax=lim)
+    fig.suptitle(f"first-layer weights (first {units} of {first_layer.shape[1]} units)")
+    fig.tight_layout()
+    paths.append(_save(fig, out_dir / "first_layer_weights.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,337 @@
+"""``run(cfg)``: a validated config -> data, model, training loop, tracking.
+
+This is the one place where the config meets the numeric core. Order matters:
+validate first (nothing is created for a bad config), open the tracking store
+(fail fast if it is unreachable), load the data, and only then open the
+MLflow run, so every run that exists has a real training behind it. The run
+is always closed -- FINISHED, FAILED with its reason, or KILLED on Ctrl-C --
+and everything it logs is also written to its output dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_np import checkpoint, data, registry
+from mnist_np.config import PROJECT_ROOT, validate
+from mnist_np.model import MLP
+from mnist_np.training import FitResult, TrainSettings, fit, score_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports back (to scripts, sweepers and tests)."""
+
+    run_id: str
+    output_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.metrics.get("best_val_accuracy", float("nan"))
+
+
+def default_run_name(cfg: DictConfig) -> str:
+    """Readable run name from the config, e.g. ``mlp128-sgd-lr0.1-bs128`` (``mlp256x2-...`` for 2 layers)."""
+    m, o, t = cfg.model, cfg.optimizer, cfg.trainer
+    layers = f"x{m.num_hidden_layers}" if m.num_hidden_layers != 1 else ""
+    data_prefix = "" if cfg.data.name == "mnist" else f"{cfg.data.name}-"
+    return f"{data_prefix}mlp{m.hidden_size}{layers}-{o.name}-lr{o.lr:g}-bs{t.batch_size}"
+
+
+def rng_streams(seed: int) -> dict[str, np.random.Generator]:
+    """Independent generators for init, shuffling and dropout, all from the run's seed.
+
+    Spawning (rather than seeding three generators with seed, seed+1, ...)
+    gives streams that are statistically independent by construction.
+    """
+    names = ("init", "shuffle", "dropout")
+    children = np.random.SeedSequence(seed).spawn(len(names))
+    return {n: np.random.default_rng(s) for n, s in zip(names, children)}
+
+
+def build_model(cfg: DictConfig, rng: np.random.Generator, dtype: np.dtype) -> MLP:
+    """The network the config describes: ``784 -> hidden_size x num_hidden_layers -> 10``."""
+    m = cfg.model
+    activation = registry.lookup(registry.ACTIVATIONS, m.activation, "model.activation")(negative_slope=m.negative_slope)
+    init = registry.lookup(registry.INITIALIZERS, m.init, "model.init")
+    sizes = [784] + [m.hidden_size] * m.num_hidden_layers + [10]
+    return MLP.initialize(sizes, activation, init, rng, init_scale=m.init_scale, dropout=m.dropout, dtype=dtype)
+
+
+def build_optimizer(cfg: DictConfig) -> Any:
+    o = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    assert isinstance(o, dict)
+    factory = registry.lookup(registry.OPTIMIZERS, o.pop("name"), "optimizer.name")
+    o.pop("lr")
+    if "betas" in o:
+        o["betas"] = tuple(o["betas"])
+    return factory(**o)
+
+
+def build_schedule(cfg: DictConfig) -> Any:
+    s = cfg.schedule
+    return registry.build_schedule(
+        s.name,
+        base_lr=cfg.optimizer.lr,
+        total_epochs=cfg.trainer.epochs,
+        warmup_epochs=s.warmup_epochs,
+        step_size=s.step_size,
+        gamma=s.gamma,
+        min_lr=s.min_lr,
+    )
+
+
+def environment_tags() -> dict[str, str]:
+    """Versions and threads that decide whether two runs can be bit-identical."""
+    tags = {
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        if blas:
+            b = blas[0]
+            tags["blas"] = f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})"
+            tags["blas_threads"] = str(b.get("num_threads"))
+    except Exception:  # threadpoolctl is informative only
+        pass
+    for var in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        if os.environ.get(var):
+            tags[f"env.{var}"] = os.environ[var]
+    return tags
+
+
+def git_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """``mlflow.source.git.commit`` and whether the tree had uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return {}
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
+        return {"mlflow.source.git.commit": commit.stdout.strip(), "git_dirty": str(bool(dirty.stdout.strip())).lower()}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def hydra_context() -> tuple[Path | None, list[str]]:
+    """The Hydra output dir and command-line overrides, when running under ``@hydra.main``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            return Path(hc.runtime.output_dir), list(hc.overrides.task)
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        pass
+    return None, []
+
+
+class EpochLogger:
+    """One short log line per epoch, and ``metrics.jsonl`` in the output dir (nothing is lost)."""
+
+    def __init__(self, path: Path, epochs: int) -> None:
+        self.path = path
+        self.epochs = epochs
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+
+    def on_train_start(self, model: MLP, settings: TrainSettings) -> None:
+        log.info("training %s for %d epochs, batch %d", "-".join(map(str, model.sizes)), self.epochs, settings.batch_size)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], model: MLP, is_best: bool) -> None:
+        m = metrics
+        log.info(
+            "epoch %*d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.2fs%s",
+            len(str(self.epochs)), epoch, self.epochs, m["train_loss"], m["train_accuracy"],
+            m["val_loss"], m["val_accuracy"], m["lr"], m["epoch_seconds"], " *" if is_best else "",
+        )
+        with self.path.open("a") as f:
+            f.write(json.dumps({"epoch": epoch, **m}) + "\n")
+
+    def on_train_end(self, result: FitResult) -> None:
+        pass
+
+
+def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | None = None) -> RunResult:
+    """Train the network ``cfg`` describes and record everything in MLflow and ``output_dir``.
+
+    Args:
+        cfg: a composed config (from ``@hydra.main`` or ``hydra.compose``).
+        output_dir: where files go; defaults to Hydra's run dir.
+        overrides: the command-line overrides to record; defaults to Hydra's.
+
+    Raises:
+        ConfigError: before anything is created, for an invalid config.
+        DataError: when no data source works (no MLflow run is created).
+        TrainingDiverged: the loss went NaN/inf (the run ends FAILED).
+    """
+    validate(cfg)
+    hydra_dir, hydra_overrides = hydra_context()
+    output_dir = Path(output_dir or hydra_dir or PROJECT_ROOT / "outputs" / "runs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f"))
+    overrides = hydra_overrides if overrides is None else overrides
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    config_yaml = OmegaConf.to_yaml(OmegaConf.create(resolved))
+    _write_config_files(output_dir, config_yaml, overrides)
+
+    from mnist_np.tracking import MlflowTracker, default_tracking_uri, flatten
+
+    tracking_uri = cfg.mlflow.tracking_uri or default_tracking_uri(PROJECT_ROOT)
+    tracker = MlflowTracker(tracking_uri, cfg.mlflow.experiment_name)
+
+    dtype = np.dtype(cfg.trainer.dtype)
+    started = time.perf_counter()
+    raw = data.load_dataset(cfg.data.name, data_dir=cfg.data.dir, cache_dir=cfg.data.cache_dir)
+    splits = data.make_splits(raw, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed, train_limit=cfg.data.train_limit, dtype=dtype)
+    log.info("data %s: %s (%.1fs)", cfg.data.name, splits.sizes, time.perf_counter() - started)
+
+    run_name = cfg.mlflow.run_name or default_run_name(cfg)
+    tags = {
+        "overrides": " ".join(overrides),
+        "hydra_output_dir": str(output_dir),
+        "mlflow.source.name": "scripts/train.py",
+        "mlflow.source.type": "LOCAL",
+        "test_weights": cfg.trainer.test_weights,
+        **git_tags(),
+        **environment_tags(),
+    }
+    run_id = tracker.start(run_name, flatten(resolved), tags)
+    log.info("MLflow run %s (%s) in %s", run_name, run_id, tracking_uri)
+    try:
+        tracker.log_dataset(raw.spec.name, raw.digest, source=str(cfg.data.dir or "pinned-sha256"), sizes=splits.sizes)
+        result = _train_and_record(cfg, splits, raw, dtype, output_dir, config_yaml, tracker)
+    except KeyboardInterrupt:
+        tracker.end("KILLED", "interrupted by the user (KeyboardInterrupt)")
+        raise
+    except BaseException as e:
+        tracker.end("FAILED", f"{type(e).__name__}: {e}")
+        raise
+    result.run_id = run_id
+    tracker.end("FINISHED")
+    return result
+
+
+def _write_config_files(output_dir: Path, config_yaml: str, overrides: list[str]) -> None:
+    """``config/``: the resolved config, the overrides and Hydra's own config (if Hydra ran us)."""
+    cfg_dir = output_dir / "config"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    (cfg_dir / "config.yaml").write_text(config_yaml)
+    (cfg_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    hydra_yaml = output_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.exists():
+        shutil.copyfile(hydra_yaml, cfg_dir / "hydra.yaml")
+
+
+def _train_and_record(
+    cfg: DictConfig,
+    splits: data.Splits,
+    raw: data.RawDataset,
+    dtype: np.dtype,
+    output_dir: Path,
+    config_yaml: str,
+    tracker: Any,
+) -> RunResult:
+    rngs = rng_streams(cfg.seed)
+    model = build_model(cfg, rngs["init"], dtype)
+    settings = TrainSettings(
+        epochs=cfg.trainer.epochs,
+        batch_size=cfg.trainer.batch_size,
+        eval_batch_size=cfg.trainer.eval_batch_size,
+        monitor=cfg.trainer.monitor,
+        early_stopping_patience=cfg.trainer.early_stopping_patience,
+        progress=sys.stderr.isatty() if cfg.trainer.progress is None else bool(cfg.trainer.progress),
+    )
+    fit_result = fit(
+        model,
+        build_optimizer(cfg),
+        build_schedule(cfg),
+        splits.x_train,
+        splits.y_train,
+        splits.x_val,
+        splits.y_val,
+        settings,
+        shuffle_rng=rngs["shuffle"],
+        dropout_rng=rngs["dropout"],
+        callbacks=[EpochLogger(output_dir / "metrics.jsonl", settings.epochs), tracker],
+    )
+
+    weights_dir = output_dir / "weights"
+    final_params = {k: v.copy() for k, v in model.params.items()}
+    checkpoint.save_weights(weights_dir / "final.npz", final_params, config_yaml)
+    checkpoint.save_weights(weights_dir / "best.npz", fit_result.best_params, config_yaml)
+    if cfg.trainer.test_weights == "best":
+        model.params.update(fit_result.best_params)
+    tested_sha = checkpoint.weights_sha256(model.params)
+
+    logits = model.predict_logits(splits.x_test, cfg.trainer.eval_batch_size)
+    test_loss, test_acc = score_logits(logits, splits.y_test)
+    best = fit_result.history[fit_result.best_epoch - 1]
+    final = {
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+        "best_epoch": float(fit_result.best_epoch),
+        "best_val_loss": best["val_loss"],
+        "best_val_accuracy": best["val_accuracy"],
+        "epochs_trained": float(len(fit_result.history)),
+        "train_seconds": float(sum(h["epoch_seconds"] for h in fit_result.history)),
+    }
+    log.info("test loss %.4f accuracy %.4f (%s weights, epoch %d of %d)", test_loss, test_acc,
+             cfg.trainer.test_weights, fit_result.best_epoch if cfg.trainer.test_weights == "best" else len(fit_result.history),
+             len(fit_result.history))
+    (output_dir / "summary.json").write_text(json.dumps({"metrics": final, "weights_sha256": tested_sha}, indent=2))
+
+    tracker.log_metrics({k: v for k, v in final.items() if v == v}, step=len(fit_result.history))
+    tracker.set_tags({
+        "weights_sha256": checkpoint.weights_sha256(final_params),
+        "tested_weights_sha256": tested_sha,
+        "stopped_early": str(fit_result.stopped_early).lower(),
+    })
+
+    warnings = []
+    if cfg.mlflow.log_plots:
+        try:
+            from mnist_np import plots
+
+            plots.save_all(output_dir / "plots", fit_result.history, splits.y_test, logits.argmax(axis=1),
+                           splits.x_test, model.params["W1"], raw.spec.class_names)
+        except Exception as e:  # a figure must never fail a finished training
+            log.warning("plots failed: %s", e)
+            warnings.append(f"plots: {e}")
+    for sub in ("config", "weights", "plots"):
+        if (output_dir / sub).is_dir():
+            try:
+                tracker.log_artifacts(output_dir / sub, sub)
+            except Exception as e:
+                log.warning("could not upload %s/ to MLflow (it stays in %s): %s", sub, output_dir, e)
+                warnings.append(f"artifacts {sub}: {e}")
+    for name in ("metrics.jsonl", "summary.json", "train.log"):
+        if (output_dir / name).exists():
+            try:
+                tracker.log_artifact(output_dir / name)
+            except Exception as e:
+                warnings.append(f"artifact {name}: {e}")
+    if warnings:
+        tracker.set_tags({"warnings": "; ".join(warnings)[:8000]})
+    return RunResult(run_id="", output_dir=output_dir, metrics=final, history=fit_result.history)

@@ -1,0 +1,176 @@
+"""The training loop: mini-batch gradient descent with events for callbacks.
+
+``fit`` knows nothing about Hydra, MLflow or files. It reports what happens
+through :class:`Callback` methods (train start, epoch end, train end) so
+tracking, logging and checkpointing plug in from outside, and it raises
+:class:`TrainingDiverged` the moment a loss stops being finite.
+
+Per-epoch ``train_loss``/``train_accuracy`` are running figures over the
+epoch's mini-batches (as the weights move, with dropout on), which costs
+nothing extra; ``val_*`` figures are a full evaluation after the epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol, Sequence
+
+import numpy as np
+
+from mnist_np.losses import cross_entropy, softmax_cross_entropy
+from mnist_np.model import MLP
+from mnist_np.optim import Optimizer, Schedule
+
+MONITORS = {"val_loss": -1.0, "val_accuracy": 1.0}  # sign: +1 means higher is better
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; carries where it happened."""
+
+    def __init__(self, epoch: int, batch: int, loss: float) -> None:
+        super().__init__(f"loss became {loss} at epoch {epoch}, batch {batch}; lower optimizer.lr or check the inputs")
+        self.epoch, self.batch, self.loss = epoch, batch, loss
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train (plain values, so the loop needs no config library).
+
+    ``monitor`` picks the epoch whose weights count as best and drives early
+    stopping (``early_stopping_patience`` epochs without improvement).
+    """
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int = 10_000
+    monitor: str = "val_loss"
+    early_stopping_patience: int | None = None
+    progress: bool = False
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: per-epoch metrics and the best epoch's weights."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_params: dict[str, np.ndarray] = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+class Callback(Protocol):
+    def on_train_start(self, model: MLP, settings: TrainSettings) -> None: ...
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], model: MLP, is_best: bool) -> None: ...
+
+    def on_train_end(self, result: FitResult) -> None: ...
+
+
+def evaluate(model: MLP, x: np.ndarray, y: np.ndarray, batch_size: int = 10_000) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``x: (N, 784)``, ``y: (N,)``."""
+    if len(y) == 0:
+        return math.nan, math.nan
+    return score_logits(model.predict_logits(x, batch_size), y)
+
+
+def score_logits(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``logits: (N, C)`` against ``y: (N,)``."""
+    return cross_entropy(logits, y), float(np.mean(logits.argmax(axis=1) == y))
+
+
+def fit(
+    model: MLP,
+    optimizer: Optimizer,
+    schedule: Schedule,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    settings: TrainSettings,
+    shuffle_rng: np.random.Generator,
+    dropout_rng: np.random.Generator,
+    callbacks: Sequence[Callback] = (),
+) -> FitResult:
+    """Train ``model`` in place.
+
+    Args:
+        x_train: ``(N, 784)`` float images in the model's dtype; ``y_train: (N,)`` int labels.
+        x_val, y_val: validation split (may be empty: then the last epoch is the best).
+        shuffle_rng: reshuffles the training set every epoch.
+        dropout_rng: draws dropout masks (its own stream, so turning dropout
+            on does not change the shuffling order).
+
+    Raises:
+        TrainingDiverged: a mini-batch loss was NaN or infinite.
+    """
+    n = x_train.shape[0]
+    bs = settings.batch_size
+    steps = math.ceil(n / bs)
+    has_val = len(y_val) > 0
+    sign = MONITORS[settings.monitor]
+    result = FitResult()
+    best_score = -math.inf
+    since_best = 0
+    for cb in callbacks:
+        cb.on_train_start(model, settings)
+
+    for epoch in range(settings.epochs):
+        start = time.perf_counter()
+        order = shuffle_rng.permutation(n)
+        loss_sum = 0.0
+        correct = 0
+        lr = schedule.lr_at_step(epoch, 0, steps)
+        for b in _progress(range(steps), settings.progress, epoch, settings.epochs):
+            idx = order[b * bs : (b + 1) * bs]
+            xb = x_train[idx]
+            yb = y_train[idx]
+            lr_b = schedule.lr_at_step(epoch, b, steps)
+            logits = model.forward(xb, train=True, rng=dropout_rng)
+            correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
+            loss, dlogits = softmax_cross_entropy(logits, yb)
+            if not math.isfinite(loss):
+                raise TrainingDiverged(epoch + 1, b + 1, loss)
+            loss_sum += loss * len(idx)
+            optimizer.step(model.params, model.backward(dlogits), lr_b)
+        seconds = time.perf_counter() - start
+
+        val_loss, val_acc = evaluate(model, x_val, y_val, settings.eval_batch_size)
+        metrics = {
+            "train_loss": loss_sum / n,
+            "train_accuracy": correct / n,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": lr,
+            "epoch_seconds": seconds,
+            "samples_per_second": n / seconds if seconds > 0 else math.inf,
+        }
+        result.history.append(metrics)
+        score = sign * metrics[settings.monitor] if has_val else float(epoch)
+        is_best = score > best_score
+        if is_best:
+            best_score, since_best = score, 0
+            result.best_epoch = epoch + 1
+            result.best_params = {k: v.copy() for k, v in model.params.items()}
+        else:
+            since_best += 1
+        for cb in callbacks:
+            cb.on_epoch_end(epoch + 1, metrics, model, is_best)
+        patience = settings.early_stopping_patience
+        if patience is not None and has_val and since_best >= patience and epoch + 1 < settings.epochs:
+            result.stopped_early = True
+            break
+
+    for cb in callbacks:
+        cb.on_train_end(result)
+    return result
+
+
+def _progress(steps: Iterable[int], enabled: bool, epoch: int, epochs: int) -> Iterable[int]:
+    """A tqdm bar over the epoch's batches when asked for (terminals), else the bare range."""
+    if not enabled:
+        return steps
+    from tqdm.auto import tqdm
+
+    return tqdm(steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="batch", mininterval=0.25)

@@ -1,0 +1,131 @@
+"""Config composition (every group option and preset) and validation errors."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import PYTHON, TRAIN_SCRIPT
+from mnist_np.config import CONF_DIR, ConfigError, check_overrides, compose, group_options, validate
+
+GROUPS = ["data", "model", "optimizer", "schedule", "trainer", "mlflow"]
+
+
+def test_default_config_is_the_documented_one() -> None:
+    cfg = compose()
+    assert cfg.model.hidden_size == 128 and cfg.model.num_hidden_layers == 1
+    assert cfg.model.activation == "relu" and cfg.data.name == "mnist"
+    assert cfg.data.val_size == 5000 and cfg.trainer.dtype == "float32"
+    validate(cfg)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
+def test_every_group_option_composes_and_validates(group: str, option: str) -> None:
+    cfg = compose([f"{group}={option}"])
+    validate(cfg)
+    if group in ("data", "optimizer", "schedule"):
+        assert cfg[group].name == option
+
+
+@pytest.mark.parametrize("preset", group_options("experiment"))
+def test_every_experiment_preset_composes_and_validates(preset: str) -> None:
+    cfg = compose([f"+experiment={preset}"])
+    validate(cfg)
+    assert "_target_" not in OmegaConf.to_yaml(cfg)
+
+
+def test_seed_baseline_is_the_tutorial_setup() -> None:
+    cfg = compose(["+experiment=seed_baseline"])
+    assert (cfg.model.hidden_size, cfg.model.activation, cfg.model.init, cfg.model.init_scale) == (128, "relu", "normal", 0.01)
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum) == ("sgd", 0.01, 0.0)
+    assert (cfg.trainer.batch_size, cfg.trainer.epochs, cfg.trainer.dtype) == (64, 10, "float64")
+    assert cfg.schedule.name == "constant"
+
+
+def test_debug_preset_shrinks_the_run() -> None:
+    cfg = compose(["+debug=fast"])
+    assert cfg.data.train_limit == 2000 and cfg.trainer.epochs == 2
+
+
+def test_no_target_strings_in_conf() -> None:
+    offenders = [p for p in CONF_DIR.rglob("*.yaml") if "_target_" in p.read_text()]
+    assert offenders == []
+
+
+def test_schema_types_are_enforced_at_composition() -> None:
+    cfg = compose(["trainer.epochs=3", "optimizer.lr=0.5"])
+    assert cfg.trainer.epochs == 3 and isinstance(cfg.trainer.epochs, int)
+    assert cfg.optimizer.lr == 0.5
+
+
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("optimizer=nope", "optimizer='nope' is not a known option; allowed: adam, adamw, sgd"),
+        ("+experiment=nope", "experiment='nope' is not a known option"),
+        ("trainer.epochs=abc", "trainer.epochs='abc' has the wrong type; expected an integer"),
+        ("optimizer.lr=fast", "optimizer.lr='fast' has the wrong type; expected a number"),
+        ("trainer.epoch=3", "trainer.epoch is not a config key; keys of trainer:"),
+        ("model.hidden_size=64,abc", "model.hidden_size='abc' has the wrong type"),
+        ("sed=1", "sed is not a config key; top-level keys: seed"),
+    ],
+)
+def test_bad_overrides_are_caught_before_hydra(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        check_overrides([override])
+    assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_sweeper_search_spaces_are_left_to_the_sweeper() -> None:
+    check_overrides(["optimizer.lr=interval(0.001,0.1)", "hydra.launcher.n_jobs=2", "model.hidden_size=64,128"])
+
+
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("model.hidden_size=-1", "model.hidden_size=-1 is not allowed; expected a number >= 1"),
+        ("optimizer.lr=0", "optimizer.lr=0.0 is not allowed; expected a number > 0"),
+        ("trainer.batch_size=0", "trainer.batch_size=0 is not allowed; expected a number >= 1"),
+        ("data.val_size=60000", "data.val_size=60000 is not allowed; expected an integer in [0, 59999]"),
+        ("model.activation=swish", "model.activation='swish' is not allowed; expected one of leaky_relu, relu, sigmoid, tanh"),
+        ("model.dropout=1.0", "model.dropout=1.0 is not allowed; expected a number in [0, 1)"),
+        ("schedule.warmup_epochs=99", "schedule.warmup_epochs=99.0 is not allowed; expected a number in [0, 15]"),
+        ("trainer.dtype=float16", "trainer.dtype='float16' is not allowed"),
+        ("optimizer.momentum=1.5", "optimizer.momentum=1.5 is not allowed"),
+        ("data.name=cifar10", "data.name='cifar10' is not allowed; expected one of fashion_mnist, mnist"),
+    ],
+)
+def test_value_checks(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        validate(compose([override]))
+    assert fragment in str(e.value)
+
+
+def test_batch_larger_than_the_training_split_is_refused() -> None:
+    with pytest.raises(ConfigError, match="at most the training split's 100 images"):
+        validate(compose(["data.train_limit=100", "trainer.batch_size=128"]))
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["model.hidden_size=-1", "optimizer.lr=0", "optimizer=nope", "trainer.batch_size=0", "trainer.epochs=abc", "data.val_size=60000"],
+)
+def test_cli_rejects_bad_values_with_one_line_and_no_run(override: str, tmp_path: Path) -> None:
+    db = tmp_path / "store" / "mlflow.db"
+    proc = subprocess.run(
+        [PYTHON, str(TRAIN_SCRIPT), override, f"mlflow.tracking_uri=sqlite:///{db}", f"hydra.run.dir={tmp_path / 'out'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    key = override.split("=")[0]
+    assert lines[0].startswith("error: invalid config: ") and key in lines[0]
+    assert not db.exists()  # no MLflow store, so certainly no run
+    assert not (tmp_path / "out" / "weights").exists()

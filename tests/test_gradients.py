@@ -1,0 +1,101 @@
+"""Backpropagation checked against central finite differences in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnist_np.losses import cross_entropy, softmax_cross_entropy
+from mnist_np.model import MLP
+from mnist_np.registry import ACTIVATIONS, INITIALIZERS
+
+EPS = 1e-6
+TOL = 1e-6
+
+
+def rel_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-12))
+
+
+def numeric_grad(f, x: np.ndarray) -> np.ndarray:
+    """d f / d x by central differences, perturbing ``x`` in place."""
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + EPS
+        plus = f()
+        x[i] = old - EPS
+        minus = f()
+        x[i] = old
+        grad[i] = (plus - minus) / (2 * EPS)
+    return grad
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_gradient(name: str) -> None:
+    rng = np.random.default_rng(0)
+    act = ACTIVATIONS[name](negative_slope=0.1)
+    z = rng.normal(size=(4, 5))
+    z[np.abs(z) < 1e-3] = 0.5  # keep clear of ReLU's kink, where no derivative exists
+    upstream = rng.normal(size=z.shape)
+
+    a = act.forward(z.copy())
+    analytic = act.backward(upstream.copy(), a)
+    numeric = numeric_grad(lambda: float(np.sum(act.forward(z.copy()) * upstream)), z)
+    assert rel_error(analytic, numeric) < TOL
+
+
+def test_fused_loss_gradient_matches_finite_differences() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(6, 10)) * 3
+    labels = rng.integers(0, 10, size=6)
+    loss, grad = softmax_cross_entropy(logits.copy(), labels)
+    assert loss == pytest.approx(cross_entropy(logits, labels), rel=1e-12)
+    numeric = numeric_grad(lambda: cross_entropy(logits, labels), logits)
+    assert rel_error(grad, numeric) < TOL
+
+
+def test_fused_loss_is_stable_for_huge_logits() -> None:
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 0.0]], dtype=np.float32)
+    loss, grad = softmax_cross_entropy(logits.copy(), np.array([1, 1]))
+    # Row 0 is confidently wrong by 2e4 nats; row 1 is right: mean 1e4.
+    assert np.isfinite(loss) and loss == pytest.approx(1e4, rel=1e-6)
+    assert np.all(np.isfinite(grad))
+    assert np.allclose(grad.sum(axis=1), 0, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_two_hidden_layer_mlp_gradient(activation: str, dropout: float) -> None:
+    rng = np.random.default_rng(2)
+    model = MLP.initialize(
+        [7, 6, 5, 4], ACTIVATIONS[activation](negative_slope=0.1), INITIALIZERS["xavier"], rng, dropout=dropout, dtype=np.float64
+    )
+    x = rng.normal(size=(5, 7))
+    y = rng.integers(0, 4, size=5)
+
+    def loss() -> float:
+        # The same dropout masks on every evaluation: a fresh generator with one seed.
+        return cross_entropy(model.forward(x, train=True, rng=np.random.default_rng(7)), y)
+
+    logits = model.forward(x, train=True, rng=np.random.default_rng(7))
+    _, dlogits = softmax_cross_entropy(logits, y)
+    grads = {k: g.copy() for k, g in model.backward(dlogits).items()}
+    assert set(grads) == {"W1", "b1", "W2", "b2", "W3", "b3"}
+    for name, param in model.params.items():
+        assert rel_error(grads[name], numeric_grad(loss, param)) < TOL, name
+
+
+def test_dropout_is_off_at_evaluation_and_scaled_in_training() -> None:
+    rng = np.random.default_rng(3)
+    model = MLP.initialize([20, 400, 3], ACTIVATIONS["relu"](), INITIALIZERS["he"], rng, dropout=0.5, dtype=np.float64)
+    x = rng.normal(size=(50, 20))
+    assert np.array_equal(model.forward(x), model.forward(x))  # deterministic without train=True
+    hidden = np.maximum(x @ model.params["W1"] + model.params["b1"], 0)
+    model.forward(x, train=True, rng=np.random.default_rng(0))
+    mask = model._masks[0]
+    assert mask is not None and set(np.unique(mask)) == {0.0, 2.0}  # inverted dropout: kept units x 1/(1-p)
+    assert abs((mask == 0).mean() - 0.5) < 0.02
+    assert np.allclose(model._hidden[0], hidden)
