@@ -89,7 +89,7 @@ class ScheduleConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 128
     eval_batch_size: int = 10_000
     dtype: str = "float32"
@@ -168,10 +168,15 @@ def check_overrides(args: list[str]) -> None:
     (``trainer.epochs=abc``), including every value of a choice/range sweep.
     ``hydra.*`` overrides and flags are left to Hydra.
     """
+    from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    overrides = [a for a in args if not a.startswith("-")]
+    # Hydra's own argument parser separates flags (--config-dir X, -m) from overrides.
+    known, _ = get_args_parser().parse_known_args(args)
+    if known.config_name not in (None, "config") or known.config_dir or known.config_path:
+        return  # another primary config (e.g. a run's saved .hydra/config.yaml): Hydra checks it
+    overrides = list(known.overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:

@@ -93,7 +93,7 @@ def test_sweeper_search_spaces_are_left_to_the_sweeper() -> None:
         ("data.val_size=60000", "data.val_size=60000 is not allowed; expected an integer in [0, 59999]"),
         ("model.activation=swish", "model.activation='swish' is not allowed; expected one of leaky_relu, relu, sigmoid, tanh"),
         ("model.dropout=1.0", "model.dropout=1.0 is not allowed; expected a number in [0, 1)"),
-        ("schedule.warmup_epochs=99", "schedule.warmup_epochs=99.0 is not allowed; expected a number in [0, 15]"),
+        ("schedule.warmup_epochs=99", "schedule.warmup_epochs=99.0 is not allowed; expected a number in [0, 20]"),
         ("trainer.dtype=float16", "trainer.dtype='float16' is not allowed"),
         ("optimizer.momentum=1.5", "optimizer.momentum=1.5 is not allowed"),
         ("data.name=cifar10", "data.name='cifar10' is not allowed; expected one of fashion_mnist, mnist"),
