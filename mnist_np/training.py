@@ -80,6 +80,9 @@ def score_logits(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return cross_entropy(logits, y), float(np.mean(logits.argmax(axis=1) == y))
 
 
+# Overflow on the way to a NaN loss is reported once, by TrainingDiverged,
+# rather than as a stream of NumPy warnings.
+@np.errstate(over="ignore", invalid="ignore", divide="ignore")
 def fit(
     model: MLP,
     optimizer: Optimizer,

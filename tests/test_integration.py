@@ -117,6 +117,7 @@ def test_ctrl_c_ends_the_run_killed(tracking_uri: str, tmp_path: Path, monkeypat
     assert r.info.status == "KILLED" and "KeyboardInterrupt" in r.data.tags["failure_reason"]
 
 
+@pytest.mark.slow
 def test_cli_core_overrides_reach_params_and_weight_shapes(tracking_uri: str, tmp_path: Path) -> None:
     """The README's command, as written, plus a private store and run dir."""
     out = tmp_path / "run"

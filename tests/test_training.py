@@ -1,0 +1,90 @@
+"""The training loop on small synthetic problems: learning, events, early stopping, divergence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnist_np.model import MLP
+from mnist_np.optim import SGD, Schedule
+from mnist_np.registry import ACTIVATIONS, INITIALIZERS
+from mnist_np.training import TrainingDiverged, TrainSettings, evaluate, fit
+
+
+def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three well-separated Gaussian clusters in 784 dimensions: ``x (n, 784) float32``, ``y (n,)``."""
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(99).normal(0, 1, size=(3, 784))
+    y = rng.integers(0, 3, size=n)
+    x = centers[y] + rng.normal(0, 1.0, size=(n, 784))
+    return x.astype(np.float32), y
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_train_start(self, model, settings) -> None:
+        self.events.append(("start",))
+
+    def on_epoch_end(self, epoch, metrics, model, is_best) -> None:
+        self.events.append(("epoch", epoch, is_best, sorted(metrics)))
+
+    def on_train_end(self, result) -> None:
+        self.events.append(("end", len(result.history)))
+
+
+def train(epochs: int = 3, lr: float = 0.05, patience: int | None = None, n_val: int = 200, seed: int = 0, callbacks=()):
+    x, y = blobs(1000, seed=1)
+    xv, yv = blobs(n_val, seed=2)
+    model = MLP.initialize([784, 16, 3], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(seed))
+    settings = TrainSettings(epochs=epochs, batch_size=50, early_stopping_patience=patience)
+    result = fit(model, SGD(momentum=0.9), Schedule("constant", lr, epochs), x, y, xv, yv, settings,
+                 np.random.default_rng(seed + 1), np.random.default_rng(seed + 2), callbacks)
+    return model, result, (xv, yv)
+
+
+def test_fit_learns_and_reports_every_epoch() -> None:
+    rec = Recorder()
+    model, result, (xv, yv) = train(epochs=3, callbacks=[rec])
+    assert len(result.history) == 3
+    assert result.history[-1]["val_accuracy"] > 0.95
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert evaluate(model, xv, yv)[1] == result.history[-1]["val_accuracy"]
+    keys = ["epoch_seconds", "lr", "samples_per_second", "train_accuracy", "train_loss", "val_accuracy", "val_loss"]
+    assert rec.events[0] == ("start",) and rec.events[-1] == ("end", 3)
+    assert [e[1] for e in rec.events[1:-1]] == [1, 2, 3] and all(e[3] == keys for e in rec.events[1:-1])
+
+
+def test_best_params_are_a_copy_from_the_best_epoch() -> None:
+    model, result, _ = train(epochs=3)
+    best = result.history[result.best_epoch - 1]["val_loss"]
+    assert best == min(h["val_loss"] for h in result.history)
+    assert all(result.best_params[k] is not model.params[k] for k in model.params)
+
+
+def test_early_stopping_stops_when_validation_stops_improving() -> None:
+    # A learning rate this high makes validation loss bounce, so patience 1 triggers.
+    _, result, _ = train(epochs=30, lr=0.5, patience=1)
+    assert result.stopped_early and len(result.history) < 30
+    assert len(result.history) - result.best_epoch == 1
+
+
+def test_no_validation_split_makes_the_last_epoch_best() -> None:
+    _, result, _ = train(epochs=2, n_val=0)
+    assert result.best_epoch == 2 and np.isnan(result.history[0]["val_loss"])
+
+
+def test_divergence_raises_with_epoch_and_batch() -> None:
+    with pytest.raises(TrainingDiverged) as e:
+        train(epochs=2, lr=1e8)
+    assert e.value.epoch == 1 and e.value.batch >= 1
+    assert f"epoch 1, batch {e.value.batch}" in str(e.value)
+
+
+def test_training_is_deterministic_for_fixed_generators() -> None:
+    a, _, _ = train(epochs=2)
+    b, _, _ = train(epochs=2)
+    c, _, _ = train(epochs=2, seed=5)
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert not np.array_equal(a.params["W1"], c.params["W1"])
