@@ -97,6 +97,7 @@ class TrainerConfig:
     early_stopping_patience: Optional[int] = None
     test_weights: str = "last"  # score the test set with the last (final.npz) or best epoch's weights (best.npz)
     progress: Optional[bool] = None  # null: a bar on a terminal, one line per epoch otherwise
+    threads: Optional[int] = None  # BLAS threads; null: all cores, shared out among parallel sweep workers
 
 
 @dataclass
@@ -104,6 +105,7 @@ class MlflowConfig:
     tracking_uri: Optional[str] = None  # null: sqlite mlflow.db at the project root
     experiment_name: str = "mnist-np"
     run_name: Optional[str] = None  # null: built from the config, e.g. mlp128-sgd-lr0.1-bs128
+    sweep_name: Optional[str] = None  # the parent run of a --multirun sweep; null: from the swept overrides
     log_plots: bool = True
 
 
@@ -127,13 +129,23 @@ GROUP_SCHEMAS: dict[str, tuple[type, ...]] = {
     "trainer": (TrainerConfig,),
     "mlflow": (MlflowConfig,),
 }
-PRESET_GROUPS = ("experiment", "debug")
+PRESET_GROUPS = ("experiment", "debug", "sweep")
+ROOT_ENV = "MNIST_NP_ROOT"  # conf/config.yaml reads the project root from here
 
 
 def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore (``base_config``, ``optimizer/base_sgd``, ...)."""
+    """Put the schemas and the sweep callback in Hydra's ConfigStore.
+
+    Also exports the project root as ``$MNIST_NP_ROOT``, which the run and
+    sweep dirs in ``conf/config.yaml`` are built from: an environment
+    variable (read with the built-in ``oc.env`` resolver) reaches joblib,
+    submitit and Slurm workers, where a custom resolver would be unknown.
+    """
+    import os
+
     from hydra.core.config_store import ConfigStore
 
+    os.environ.setdefault(ROOT_ENV, str(PROJECT_ROOT))
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(group="data", name="base_data", node=DataConfig)
@@ -143,12 +155,14 @@ def register_configs() -> None:
     cs.store(group="schedule", name="base_schedule", node=ScheduleConfig)
     cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
     cs.store(group="mlflow", name="base_mlflow", node=MlflowConfig)
-
-
-def register_resolvers() -> None:
-    """``${mnist_np.root:}``: the project root, so output dirs are absolute wherever Hydra runs."""
-    if not OmegaConf.has_resolver("mnist_np.root"):
-        OmegaConf.register_new_resolver("mnist_np.root", lambda: str(PROJECT_ROOT))
+    # Hydra instantiates callbacks from _target_ strings; keeping that string
+    # here, in code, leaves conf/ free of import paths.
+    cs.store(
+        group="hydra/callbacks",
+        name="mlflow_sweep",
+        node={"mlflow_sweep": {"_target_": "mnist_np.sweep.MlflowSweepCallback"}},
+        package="hydra.callbacks",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -337,6 +351,8 @@ def _checks(cfg: DictConfig) -> typing.Iterator[str | None]:
         if d.val_size == 0:
             yield _bad("trainer.early_stopping_patience", t.early_stopping_patience, "null when data.val_size=0 (nothing to monitor)")
 
+    if t.threads is not None:
+        yield at_least("trainer.threads", t.threads, 1)
     if not str(cfg.mlflow.experiment_name).strip():
         yield _bad("mlflow.experiment_name", cfg.mlflow.experiment_name, "a non-empty name")
 
@@ -350,7 +366,6 @@ def compose(overrides: typing.Sequence[str] = ()) -> DictConfig:
     from hydra import initialize_config_dir
 
     register_configs()
-    register_resolvers()
     check_overrides(list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))

@@ -105,3 +105,46 @@ def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def sweep_plots(out_dir: Path, rows: Sequence[dict], keys: Sequence[str]) -> list[Path]:
+    """One figure per swept key: validation accuracy of each finished member against its value.
+
+    Numeric values get a numeric axis (logarithmic when they span more than
+    two decades, as learning rates do); anything else is categorical.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "FINISHED" and r["val_accuracy"] is not None]
+    paths = []
+    for key in keys:
+        values = [r.get(key) for r in done]
+        accs = [r["val_accuracy"] for r in done]
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        numbers = _as_numbers(values)
+        if numbers is not None and numbers:
+            ax.scatter(numbers, accs)
+            positive = [v for v in numbers if v > 0]
+            if len(positive) == len(numbers) and max(positive) / min(positive) > 100:
+                ax.set_xscale("log")
+        else:
+            labels = sorted({str(v) for v in values})
+            ax.scatter([labels.index(str(v)) for v in values], accs)
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set_xlabel(key)
+        ax.set_ylabel("validation accuracy")
+        ax.set_title(f"validation accuracy vs {key} ({len(done)} finished members)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / f"val_accuracy_vs_{key.replace('/', '_')}.png"))
+    return paths
+
+
+def _as_numbers(values: Sequence[object]) -> list[float] | None:
+    try:
+        return [float(v) for v in values]  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None

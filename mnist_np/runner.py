@@ -134,17 +134,54 @@ def git_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
         return {}
 
 
-def hydra_context() -> tuple[Path | None, list[str]]:
-    """The Hydra output dir and command-line overrides, when running under ``@hydra.main``."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
+@dataclass
+class HydraContext:
+    """What Hydra tells a job about itself (all empty outside ``@hydra.main``)."""
 
-        if HydraConfig.initialized():
-            hc = HydraConfig.get()
-            return Path(hc.runtime.output_dir), list(hc.overrides.task)
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        pass
-    return None, []
+    output_dir: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    sweep_dir: Path | None = None  # set for --multirun members only
+    job_num: int | None = None
+    launcher: dict[str, Any] = field(default_factory=dict)
+
+
+def hydra_context() -> HydraContext:
+    """The Hydra output dir, overrides, and sweep membership of the current job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return HydraContext()
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    launcher = OmegaConf.to_container(hc.launcher, resolve=False) if hc.launcher else {}
+    return HydraContext(
+        output_dir=Path(hc.runtime.output_dir),
+        overrides=list(hc.overrides.task),
+        sweep_dir=Path(hc.sweep.dir) if multirun else None,
+        job_num=hc.job.num if multirun else None,
+        launcher=launcher if isinstance(launcher, dict) else {},
+    )
+
+
+def blas_threads(cfg: DictConfig, ctx: HydraContext) -> int:
+    """BLAS threads for this run: ``trainer.threads``, else the cores shared among parallel workers.
+
+    joblib's ``n_jobs`` workers each get ``cores // n_jobs`` (at least 1) so a
+    parallel sweep does not oversubscribe the machine; submitit jobs get
+    their ``cpus_per_task`` (1 when unset), as a cluster scheduler would.
+    """
+    if cfg.trainer.threads:
+        return int(cfg.trainer.threads)
+    cores = os.cpu_count() or 1
+    target = str(ctx.launcher.get("_target_", ""))
+    if "n_jobs" in ctx.launcher and "joblib" in target.lower():
+        n_jobs = int(ctx.launcher["n_jobs"])
+        workers = n_jobs if n_jobs > 0 else max(cores + 1 + n_jobs, 1)
+        return max(1, cores // workers)
+    if "submitit" in target.lower():
+        return int(ctx.launcher.get("cpus_per_task") or 1)
+    return cores
 
 
 class EpochLogger:
@@ -187,16 +224,19 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
         TrainingDiverged: the loss went NaN/inf (the run ends FAILED).
     """
     validate(cfg)
-    hydra_dir, hydra_overrides = hydra_context()
-    output_dir = Path(output_dir or hydra_dir or PROJECT_ROOT / "outputs" / "runs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f"))
-    overrides = hydra_overrides if overrides is None else overrides
+    ctx = hydra_context()
+    output_dir = Path(output_dir or ctx.output_dir or PROJECT_ROOT / "outputs" / "runs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f"))
+    overrides = ctx.overrides if overrides is None else overrides
     output_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     config_yaml = OmegaConf.to_yaml(OmegaConf.create(resolved))
     _write_config_files(output_dir, config_yaml, overrides)
 
-    from mnist_np.tracking import MlflowTracker, default_tracking_uri, flatten
+    from threadpoolctl import threadpool_limits
+
+    from mnist_np.sweep import SweepInfo, member_run_name
+    from mnist_np.tracking import PARENT_RUN_TAG, MlflowTracker, default_tracking_uri, flatten
 
     tracking_uri = cfg.mlflow.tracking_uri or default_tracking_uri(PROJECT_ROOT)
     tracker = MlflowTracker(tracking_uri, cfg.mlflow.experiment_name)
@@ -208,26 +248,37 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
     log.info("data %s: %s (%.1fs)", cfg.data.name, splits.sizes, time.perf_counter() - started)
 
     run_name = cfg.mlflow.run_name or default_run_name(cfg)
-    tags = {
-        "overrides": " ".join(overrides),
-        "hydra_output_dir": str(output_dir),
-        "mlflow.source.name": "scripts/train.py",
-        "mlflow.source.type": "LOCAL",
-        "test_weights": cfg.trainer.test_weights,
-        **git_tags(),
-        **environment_tags(),
-    }
-    run_id = tracker.start(run_name, flatten(resolved), tags)
-    log.info("MLflow run %s (%s) in %s", run_name, run_id, tracking_uri)
-    try:
-        tracker.log_dataset(raw.spec.name, raw.digest, source=str(cfg.data.dir or "pinned-sha256"), sizes=splits.sizes)
-        result = _train_and_record(cfg, splits, raw, dtype, output_dir, config_yaml, tracker)
-    except KeyboardInterrupt:
-        tracker.end("KILLED", "interrupted by the user (KeyboardInterrupt)")
-        raise
-    except BaseException as e:
-        tracker.end("FAILED", f"{type(e).__name__}: {e}")
-        raise
+    sweep = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
+    sweep_tags = {}
+    if sweep is not None:
+        run_name = member_run_name(run_name, overrides, sweep.swept, explicit_base=bool(cfg.mlflow.run_name))
+        sweep_tags = {PARENT_RUN_TAG: sweep.parent_run_id, "sweep_job_num": str(ctx.job_num)}
+    threads = blas_threads(cfg, ctx)
+    # One BLAS thread count for the whole run: it is part of what makes two runs bit-identical.
+    with threadpool_limits(limits=threads, user_api="blas"):
+        tags = {
+            "overrides": " ".join(overrides),
+            "hydra_output_dir": str(output_dir),
+            "mlflow.source.name": "scripts/train.py",
+            "mlflow.source.type": "LOCAL",
+            "test_weights": cfg.trainer.test_weights,
+            "host": platform.node(),
+            "pid": str(os.getpid()),
+            **sweep_tags,
+            **git_tags(),
+            **environment_tags(),
+        }
+        run_id = tracker.start(run_name, flatten(resolved), tags)
+        log.info("MLflow run %s (%s) in %s, %d BLAS thread(s)", run_name, run_id, tracking_uri, threads)
+        try:
+            tracker.log_dataset(raw.spec.name, raw.digest, source=str(cfg.data.dir or "pinned-sha256"), sizes=splits.sizes)
+            result = _train_and_record(cfg, splits, raw, dtype, output_dir, config_yaml, tracker)
+        except KeyboardInterrupt:
+            tracker.end("KILLED", "interrupted by the user (KeyboardInterrupt)")
+            raise
+        except BaseException as e:
+            tracker.end("FAILED", f"{type(e).__name__}: {e}")
+            raise
     result.run_id = run_id
     tracker.end("FINISHED")
     return result

@@ -16,7 +16,9 @@ from typing import Any, Mapping
 import mlflow
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+PARENT_RUN_TAG = MLFLOW_PARENT_RUN_ID  # what makes the UI nest a run under its sweep
 
 from mnist_np.model import MLP
 from mnist_np.training import FitResult, TrainSettings
@@ -59,11 +61,15 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 class MlflowTracker:
     """One MLflow run, driven by the training loop's events."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str) -> None:
+    def __init__(self, tracking_uri: str, experiment_name: str, run_id: str | None = None) -> None:
+        """Connect to the store (creating and migrating it on first use) and the experiment.
+
+        ``run_id`` attaches to an existing run instead of starting one.
+        """
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self._experiment(experiment_name)
-        self.run_id: str | None = None
+        self.run_id = run_id
 
     def _experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -86,10 +92,6 @@ class MlflowTracker:
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
         return self.run_id
-
-    @property
-    def artifact_uri(self) -> str:
-        return self.client.get_run(self._id).info.artifact_uri
 
     @property
     def _id(self) -> str:
@@ -126,6 +128,30 @@ class MlflowTracker:
             # MLflow caps tag values at 8000 characters.
             self.set_tags({"failure_reason": reason[:8000]})
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
+
+    def child_runs(self) -> list[dict[str, Any]]:
+        """Runs whose ``mlflow.parentRunId`` is this run, as plain dicts.
+
+        Keys: ``run_id, name, status, params, metrics, tags``.
+        """
+        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self._id}'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=10_000)
+        return [
+            {
+                "run_id": r.info.run_id,
+                "name": r.info.run_name,
+                "status": r.info.status,
+                "params": dict(r.data.params),
+                "metrics": dict(r.data.metrics),
+                "tags": dict(r.data.tags),
+            }
+            for r in runs
+        ]
+
+    def close_other(self, run_id: str, status: str, reason: str) -> None:
+        """End someone else's run (a sweep member whose process died) with a reason."""
+        self.client.set_tag(run_id, "failure_reason", reason[:8000])
+        self.client.set_terminated(run_id, status=status)
 
     # -- training callback -------------------------------------------------
     def on_train_start(self, model: MLP, settings: TrainSettings) -> None:

@@ -129,3 +129,16 @@ def test_cli_rejects_bad_values_with_one_line_and_no_run(override: str, tmp_path
     assert lines[0].startswith("error: invalid config: ") and key in lines[0]
     assert not db.exists()  # no MLflow store, so certainly no run
     assert not (tmp_path / "out" / "weights").exists()
+
+
+@pytest.mark.parametrize("preset", group_options("sweep"))
+def test_every_sweep_preset_composes(preset: str) -> None:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=[f"+sweep={preset}"], return_hydra_config=True)
+    target = {"parallel": "joblib", "optuna": "optuna", "slurm": "Slurm"}[preset]
+    plugin = cfg.hydra.sweeper if preset == "optuna" else cfg.hydra.launcher
+    assert target.lower() in plugin._target_.lower()
+    assert "mlflow_sweep" in cfg.hydra.callbacks

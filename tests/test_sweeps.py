@@ -1,0 +1,195 @@
+"""--multirun sweeps: one MLflow parent per sweep, members as children, with every launcher and sweeper.
+
+Each test runs scripts/train.py as a subprocess (real Hydra, real plugins)
+against a fresh SQLite store, on 1,000 images for 1 epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import PYTHON, TRAIN_SCRIPT
+from mnist_np.sweep import member_run_name, summarize, swept_parameters, table_markdown
+
+pytestmark = pytest.mark.slow
+PER_EPOCH = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "samples_per_second"]
+
+
+def sweep(tmp_path: Path, *args: str, epochs: int = 1, train_limit: int = 1000, wait: bool = True, timeout: int = 600):
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    cmd = [
+        PYTHON, str(TRAIN_SCRIPT), "--multirun", *args,
+        f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=sweeps", "mlflow.log_plots=false",
+        f"data.train_limit={train_limit}", "data.val_size=500", f"trainer.epochs={epochs}", "trainer.progress=false",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), uri
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout), uri
+
+
+def parent_and_children(uri: str):
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1
+    return client, parent, children
+
+
+def check_summary(client: MlflowClient, parent, children, swept: list[str], finished: int, failed: int) -> None:
+    t, m = parent.data.tags, parent.data.metrics
+    assert (m["members"], m["members_finished"], m["members_failed"]) == (finished + failed, finished, failed)
+    done = [c for c in children if c.info.status == "FINISHED"]
+    top = max(c.data.metrics["best_val_accuracy"] for c in done)
+    best = next(c for c in done if c.info.run_id == t["best_run_id"])
+    assert best.data.metrics["best_val_accuracy"] == top  # ties are broken by name
+    assert m["best_val_accuracy"] == best.data.metrics["best_val_accuracy"]
+    assert m["best_test_accuracy"] == best.data.metrics["test_accuracy"]
+    files = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "sweep_summary")}
+    assert {"summary.csv", "summary.md"} | {f"val_accuracy_vs_{k}.png" for k in swept} <= files
+    local = Path(client.download_artifacts(parent.info.run_id, "sweep_summary/summary.csv"))
+    lines = local.read_text().splitlines()
+    assert len(lines) == 1 + finished + failed
+    assert lines[1].split(",")[0] == best.info.run_name  # sorted: best validation accuracy first
+    assert len({c.info.run_name for c in children}) == len(children)  # names are unique
+
+
+def test_grid_2x2_basic_launcher(tmp_path: Path) -> None:
+    proc, uri = sweep(tmp_path, "model.hidden_size=16,32", "optimizer.lr=0.05,0.1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, parent, children = parent_and_children(uri)
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "sweep model.hidden_size=16,32 optimizer.lr=0.05,0.1"
+    assert parent.data.params["model.hidden_size"] == "16,32" and parent.data.params["optimizer.lr"] == "0.05,0.1"
+    combos = sorted((c.data.params["model.hidden_size"], c.data.params["optimizer.lr"]) for c in children)
+    assert combos == [("16", "0.05"), ("16", "0.1"), ("32", "0.05"), ("32", "0.1")]
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert {c.info.run_name for c in children} == {"mlp16-sgd-lr0.05-bs128", "mlp16-sgd-lr0.1-bs128", "mlp32-sgd-lr0.05-bs128", "mlp32-sgd-lr0.1-bs128"}
+    check_summary(client, parent, children, ["model.hidden_size", "optimizer.lr"], finished=4, failed=0)
+    outputs = sorted(p.name for p in (tmp_path / "sweep").iterdir())
+    assert outputs == ["0", "1", "2", "3", "mlflow_sweep.json", "multirun.yaml", "sweep_summary"]
+
+
+def test_grid_2x2_joblib_parallel(tmp_path: Path) -> None:
+    proc, uri = sweep(tmp_path, "+sweep=parallel", "model.hidden_size=16,32", "optimizer.weight_decay=0,0.001")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, parent, children = parent_and_children(uri)
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    # Two workers share the cores: each limits its BLAS threads.
+    assert {c.data.tags["blas_threads"] for c in children} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    assert len({c.data.tags["pid"] for c in children}) >= 2  # really in separate processes
+    # weight decay is not in the base name, so it is appended to keep names apart
+    assert "mlp16-sgd-lr0.1-bs128-weight_decay=0.001" in {c.info.run_name for c in children}
+    check_summary(client, parent, children, ["model.hidden_size", "optimizer.weight_decay"], finished=4, failed=0)
+
+
+def test_submitit_local_launcher(tmp_path: Path) -> None:
+    proc, uri = sweep(tmp_path, "hydra/launcher=submitit_local", "model.hidden_size=16,32")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, parent, children = parent_and_children(uri)
+    assert sorted(c.data.params["model.hidden_size"] for c in children) == ["16", "32"]
+    assert all(c.info.status == "FINISHED" for c in children)
+    check_summary(client, parent, children, ["model.hidden_size"], finished=2, failed=0)
+
+
+def test_optuna_search_with_4_trials(tmp_path: Path) -> None:
+    proc, uri = sweep(tmp_path, "+sweep=optuna", "hydra.sweeper.n_trials=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, parent, children = parent_and_children(uri)
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    for c in children:
+        assert 0.001 <= float(c.data.params["optimizer.lr"]) <= 0.5
+        assert c.data.params["model.hidden_size"] in {"64", "128", "256"}
+        assert c.data.params["trainer.batch_size"] in {"32", "64", "128"}
+    assert parent.data.params["optimizer.lr"] == "tag(log, interval(0.001, 0.5))"
+    check_summary(client, parent, children, ["optimizer.lr", "model.hidden_size", "trainer.batch_size"], finished=4, failed=0)
+    assert (tmp_path / "sweep" / "optimization_results.yaml").exists()
+
+
+def test_a_diverging_member_fails_alone(tmp_path: Path) -> None:
+    proc, uri = sweep(tmp_path, "optimizer.lr=0.1,1e6,0.05")
+    assert proc.returncode == 1
+    assert "1 of 3 sweep members failed" in proc.stderr
+    client, parent, children = parent_and_children(uri)
+    status = {c.data.params["optimizer.lr"]: c.info.status for c in children}
+    assert status == {"0.1": "FINISHED", "1000000.0": "FAILED", "0.05": "FINISHED"}
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "TrainingDiverged" in failed.data.tags["failure_reason"] and "epoch 1, batch" in failed.data.tags["failure_reason"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["members_failed"] == "1"
+    check_summary(client, parent, children, ["optimizer.lr"], finished=2, failed=1)
+
+
+def test_eight_parallel_members_on_a_fresh_store(tmp_path: Path) -> None:
+    """Parallel first use of a new SQLite file must not corrupt it: the parent creates it first."""
+    proc, uri = sweep(tmp_path, "+sweep=parallel", "hydra.launcher.n_jobs=8", "seed=range(8)", epochs=2, train_limit=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, parent, children = parent_and_children(uri)
+    assert len(children) == 8 and all(c.info.status == "FINISHED" for c in children)
+    for c in children:
+        for name in PER_EPOCH:
+            assert [m.step for m in client.get_metric_history(c.info.run_id, name)] == [1, 2], (c.info.run_name, name)
+    assert sorted(int(c.data.params["seed"]) for c in children) == list(range(8))
+
+
+def test_a_member_killed_from_outside_is_marked(tmp_path: Path) -> None:
+    proc, uri = sweep(tmp_path, "+sweep=parallel", "seed=1,2", epochs=40, train_limit=20000, wait=False)
+    try:
+        client = MlflowClient(uri)
+        victim = None
+        deadline = time.monotonic() + 120
+        while victim is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            exp = client.get_experiment_by_name("sweeps") if (tmp_path / "store" / "mlflow.db").exists() else None
+            running = [r for r in client.search_runs([exp.experiment_id]) if r.info.status == "RUNNING" and "pid" in r.data.tags] if exp else []
+            victim = running[0] if running else None
+        assert victim is not None, "no member started"
+        os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, output[-3000:]
+    client, parent, children = parent_and_children(uri)
+    assert all(c.info.status != "RUNNING" for c in children)
+    killed = client.get_run(victim.info.run_id)
+    assert killed.info.status == "FAILED" and "killed from outside" in killed.data.tags["failure_reason"]
+    assert parent.info.status == "FAILED" and int(parent.data.tags["members_failed"]) >= 1
+
+
+# --- the pure parts, without launching anything --------------------------------
+
+
+def test_swept_parameters_command_line_over_search_space() -> None:
+    swept = swept_parameters(["model.hidden_size=64,128", "trainer.epochs=3", "optimizer.lr=tag(log, interval(0.01, 1))"],
+                             {"optimizer.lr": "tag(log, interval(0.001, 0.5))", "trainer.batch_size": "choice(32, 64)"})
+    assert swept == {"optimizer.lr": "tag(log, interval(0.01, 1))", "trainer.batch_size": "choice(32, 64)", "model.hidden_size": "64,128"}
+
+
+def test_member_names_show_only_what_the_base_name_does_not() -> None:
+    swept = {"model.hidden_size": "64,128", "model.dropout": "0,0.2", "optimizer": "sgd,adam"}
+    job = ["model.hidden_size=64", "model.dropout=0.2", "optimizer=adam", "trainer.epochs=3"]
+    assert member_run_name("mlp64-adam-lr0.001-bs128", job, swept, explicit_base=False) == "mlp64-adam-lr0.001-bs128-dropout=0.2"
+    assert member_run_name("mine", job, swept, explicit_base=True) == "mine-hidden_size=64-dropout=0.2-optimizer=adam"
+
+
+def test_summary_picks_the_best_by_validation_never_by_test() -> None:
+    def child(name, status, val, test):
+        return {"run_id": name, "name": name, "status": status, "params": {"k": name}, "tags": {},
+                "metrics": {} if val is None else {"best_val_accuracy": val, "test_accuracy": test}}
+
+    s = summarize([child("a", "FINISHED", 0.90, 0.99), child("b", "FINISHED", 0.95, 0.80), child("c", "FAILED", None, None)], ["k"])
+    assert (s.total, s.finished, s.failed) == (3, 2, 1) and not s.ok
+    assert s.best is not None and s.best["name"] == "b"
+    assert [r["name"] for r in s.rows] == ["b", "a", "c"]
+    md = table_markdown(s.rows)
+    assert md.splitlines()[2].startswith("| b | FINISHED | b | 0.9500 | 0.8000 |")
