@@ -103,7 +103,18 @@ class MlflowTracker:
         """Record the data as an MLflow dataset input: name, digest of the pinned files, split sizes."""
         profile = "{" + ", ".join(f'"{k}": {v}' for k, v in sizes.items()) + "}"
         dataset = Dataset(name=name, digest=digest, source_type="local", source=source, profile=profile)
-        self.client.log_inputs(self._id, datasets=[DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+        inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self._id, datasets=inputs)
+                return
+            except mlflow.exceptions.MlflowException as e:
+                # Parallel sweep members insert the same dataset row at once; the
+                # store checks, then inserts, so the loser sees a UNIQUE violation.
+                # Retrying links the row the winner created.
+                if "UNIQUE" not in str(e) or attempt == 2:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """All of ``metrics`` in one call (one request against a server)."""

@@ -136,6 +136,9 @@ def test_every_sweep_preset_composes(preset: str) -> None:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from mnist_np.config import register_configs
+
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=[f"+sweep={preset}"], return_hydra_config=True)
     target = {"parallel": "joblib", "optuna": "optuna", "slurm": "Slurm"}[preset]

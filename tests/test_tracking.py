@@ -1,0 +1,62 @@
+"""The MLflow adapter against a real SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from mnist_np.tracking import MlflowTracker, artifact_location_for, default_tracking_uri, flatten
+
+
+def test_flatten_uses_dotted_keys() -> None:
+    assert flatten({"optimizer": {"lr": 0.1, "betas": [0.9, 0.99]}, "seed": 0, "data": {"dir": None}}) == {
+        "optimizer.lr": "0.1", "optimizer.betas": "[0.9, 0.99]", "seed": "0", "data.dir": "null"}
+
+
+def test_store_location_is_absolute_with_artifacts_beside_it(tmp_path: Path) -> None:
+    uri = default_tracking_uri(tmp_path)
+    assert uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert artifact_location_for(uri) == (tmp_path / "mlartifacts").as_uri()
+    assert artifact_location_for("http://127.0.0.1:5000") is None
+
+
+def test_concurrent_dataset_insert_is_retried(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two parallel members logging one dataset: the loser of the insert race retries and links it."""
+    tracker = MlflowTracker(tracking_uri, "tests")
+    tracker.start("r", {}, {})
+    real = tracker.client.log_inputs
+    calls = []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise mlflow.exceptions.MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client, "log_inputs", racing)
+    tracker.log_dataset("mnist", "abc", "pinned", {"train": 1, "val": 1, "test": 1})
+    assert len(calls) == 2
+    (inp,) = tracker.client.get_run(tracker.run_id).inputs.dataset_inputs
+    assert inp.dataset.digest == "abc"
+
+
+def test_other_errors_are_not_retried(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    tracker = MlflowTracker(tracking_uri, "tests")
+    tracker.start("r", {}, {})
+
+    def broken(*args, **kwargs):
+        raise mlflow.exceptions.MlflowException("disk I/O error")
+
+    monkeypatch.setattr(tracker.client, "log_inputs", broken)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="disk I/O"):
+        tracker.log_dataset("mnist", "abc", "pinned", {"train": 1})
+
+
+def test_end_records_status_and_reason(tracking_uri: str) -> None:
+    tracker = MlflowTracker(tracking_uri, "tests")
+    run_id = tracker.start("r", {"a": "1"}, {"t": "x"})
+    tracker.end("FAILED", "because")
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == "because" and run.data.params == {"a": "1"}
