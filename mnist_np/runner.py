@@ -32,6 +32,7 @@ from mnist_np.model import MLP
 from mnist_np.training import FitResult, TrainSettings, fit, score_logits
 
 log = logging.getLogger(__name__)
+KILLED_REASON = "the run's process ended without closing it (killed from outside: kill -9, out of memory, node lost)"
 
 
 @dataclass
@@ -236,10 +237,14 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
     from threadpoolctl import threadpool_limits
 
     from mnist_np.sweep import SweepInfo, member_run_name
-    from mnist_np.tracking import PARENT_RUN_TAG, MlflowTracker, default_tracking_uri, flatten
+    from mnist_np.procs import process_identity
+    from mnist_np.tracking import PARENT_RUN_TAG, PROCESS_TAG, MlflowTracker, default_tracking_uri, flatten
 
     tracking_uri = cfg.mlflow.tracking_uri or default_tracking_uri(PROJECT_ROOT)
     tracker = MlflowTracker(tracking_uri, cfg.mlflow.experiment_name)
+    # Runs whose process was killed from outside (kill -9, out of memory) never closed
+    # themselves; whoever next uses the experiment on this host closes them.
+    tracker.reap_dead_runs(KILLED_REASON)
 
     dtype = np.dtype(cfg.trainer.dtype)
     started = time.perf_counter()
@@ -264,6 +269,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
             "test_weights": cfg.trainer.test_weights,
             "host": platform.node(),
             "pid": str(os.getpid()),
+            PROCESS_TAG: process_identity(),
             **sweep_tags,
             **git_tags(),
             **environment_tags(),

@@ -35,7 +35,7 @@ SUMMARY_DIR = "sweep_summary"
 NAME_KEYS = frozenset(
     {"model.hidden_size", "model.num_hidden_layers", "optimizer", "optimizer.name", "optimizer.lr", "trainer.batch_size", "data", "data.name"}
 )
-DEAD_MEMBER_REASON = "the member's process ended without closing its run (killed from outside: out of memory, kill -9, node lost)"
+DEAD_MEMBER_REASON = "the member's process ended without closing its run (killed from outside: kill -9, out of memory, node lost)"
 
 
 @dataclass
@@ -224,7 +224,12 @@ class MlflowSweepCallback(Callback):
             "mlflow.source.name": "scripts/train.py --multirun",
             **git_tags(),
         }
-        run_id = tracker.start(name, params, tags)
+        from mnist_np.procs import process_identity
+        from mnist_np.runner import KILLED_REASON
+        from mnist_np.tracking import PROCESS_TAG
+
+        tracker.reap_dead_runs(KILLED_REASON)
+        run_id = tracker.start(name, params, {**tags, PROCESS_TAG: process_identity()})
         _open = SweepInfo(run_id, uri, config.mlflow.experiment_name, name, str(sweep_dir), swept)
         _open.save()
         log.info("MLflow parent run %r (%s) for the sweep in %s", name, run_id, sweep_dir)

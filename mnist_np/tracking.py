@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 PARENT_RUN_TAG = MLFLOW_PARENT_RUN_ID  # what makes the UI nest a run under its sweep
+PROCESS_TAG = "process"  # host:pid:start of the process that owns a RUNNING run
 
 from mnist_np.model import MLP
 from mnist_np.training import FitResult, TrainSettings
@@ -163,6 +164,23 @@ class MlflowTracker:
         """End someone else's run (a sweep member whose process died) with a reason."""
         self.client.set_tag(run_id, "failure_reason", reason[:8000])
         self.client.set_terminated(run_id, status=status)
+
+    def reap_dead_runs(self, reason: str) -> list[str]:
+        """Close (FAILED, with ``reason``) every RUNNING run of the experiment whose process is gone.
+
+        Runs carry a ``process`` tag (see :mod:`mnist_np.procs`); runs of other
+        hosts, or without the tag, are left alone.
+        """
+        from mnist_np.procs import is_dead
+
+        running = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+        reaped = []
+        for r in running:
+            ident = r.data.tags.get(PROCESS_TAG)
+            if ident and r.info.run_id != self.run_id and is_dead(ident):
+                self.close_other(r.info.run_id, "FAILED", f"{reason} (process {ident} is gone)")
+                reaped.append(r.info.run_id)
+        return reaped
 
     # -- training callback -------------------------------------------------
     def on_train_start(self, model: MLP, settings: TrainSettings) -> None:

@@ -146,3 +146,33 @@ def test_seed_baseline_preset_trains_in_float64(tracking_uri: str, tmp_path: Pat
         assert f["W1"].dtype == np.float64
     _, r = only_run(tracking_uri)
     assert r.info.run_name == "seed-baseline" and r.data.params["trainer.dtype"] == "float64"
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_is_closed_by_the_next_run(tracking_uri: str, tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [PYTHON, str(TRAIN_SCRIPT), f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment_name=tests",
+         "trainer.epochs=50", "mlflow.log_plots=false", "trainer.progress=false", f"hydra.run.dir={tmp_path / 'killed'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        metrics = tmp_path / "killed" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+            time.sleep(0.3)
+        assert metrics.exists() and metrics.stat().st_size > 0, "training never got to its first epoch"
+        os.kill(proc.pid, signal.SIGKILL)  # mid-training, after at least one epoch was logged
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    client, killed = only_run(tracking_uri)
+    assert killed.info.status == "RUNNING"  # nobody could close it
+
+    run(compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false")), output_dir=tmp_path / "next")
+    after = client.get_run(killed.info.run_id)
+    assert after.info.status == "FAILED" and "killed from outside" in after.data.tags["failure_reason"]

@@ -60,3 +60,27 @@ def test_end_records_status_and_reason(tracking_uri: str) -> None:
     tracker.end("FAILED", "because")
     run = tracker.client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == "because" and run.data.params == {"a": "1"}
+
+
+def test_runs_of_dead_processes_are_reaped_and_live_ones_kept(tracking_uri: str) -> None:
+    import subprocess
+    import sys
+
+    from mnist_np.procs import is_dead, process_identity
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead_ident = process_identity(child.pid)
+    assert not is_dead(dead_ident)
+    child.kill()
+    child.wait()
+    assert is_dead(dead_ident) and not is_dead(process_identity())
+    assert not is_dead("another-host:1:123")
+
+    tracker = MlflowTracker(tracking_uri, "tests")
+    dead = tracker.start("killed", {}, {"process": dead_ident})
+    alive = MlflowTracker(tracking_uri, "tests").start("alive", {}, {"process": process_identity()})
+    elsewhere = MlflowTracker(tracking_uri, "tests").start("elsewhere", {}, {"process": "another-host:1:123"})
+    assert MlflowTracker(tracking_uri, "tests").reap_dead_runs("gone") == [dead]
+    get = tracker.client.get_run
+    assert get(dead).info.status == "FAILED" and get(dead).data.tags["failure_reason"].startswith("gone (process ")
+    assert get(alive).info.status == "RUNNING" and get(elsewhere).info.status == "RUNNING"
