@@ -98,6 +98,8 @@ class TrainerConfig:
     test_weights: str = "last"  # score the test set with the last (final.npz) or best epoch's weights (best.npz)
     progress: Optional[bool] = None  # null: a bar on a terminal, one line per epoch otherwise
     threads: Optional[int] = None  # BLAS threads; null: all cores, shared out among parallel sweep workers
+    checkpoint_every: int = 1  # full training state (for resume) every N epochs, and after the last
+    keep_checkpoints: int = 2  # how many of them stay on disk
 
 
 @dataclass
@@ -107,6 +109,7 @@ class MlflowConfig:
     run_name: Optional[str] = None  # null: built from the config, e.g. mlp128-sgd-lr0.1-bs128
     sweep_name: Optional[str] = None  # the parent run of a --multirun sweep; null: from the swept overrides
     log_plots: bool = True
+    log_checkpoints: bool = False  # also upload every training-state checkpoint to the run
 
 
 @dataclass
@@ -118,6 +121,7 @@ class Config:
     trainer: TrainerConfig = MISSING
     mlflow: MlflowConfig = MISSING
     seed: int = 0
+    resume: Optional[str] = None  # a run id or output dir: continue that interrupted run instead
 
 
 # Which schema each config group's options follow.
@@ -353,6 +357,8 @@ def _checks(cfg: DictConfig) -> typing.Iterator[str | None]:
 
     if t.threads is not None:
         yield at_least("trainer.threads", t.threads, 1)
+    yield at_least("trainer.checkpoint_every", t.checkpoint_every, 1)
+    yield at_least("trainer.keep_checkpoints", t.keep_checkpoints, 1)
     if not str(cfg.mlflow.experiment_name).strip():
         yield _bad("mlflow.experiment_name", cfg.mlflow.experiment_name, "a non-empty name")
 
@@ -369,3 +375,32 @@ def compose(overrides: typing.Sequence[str] = ()) -> DictConfig:
     check_overrides(list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def load_run_config(text: str, source: str = "config") -> DictConfig:
+    """A config read back from a run (untrusted data): checked against the schema, then validated.
+
+    Unknown keys and wrong types are refused (the schema is strict), and
+    nothing in it is ever imported or executed: components are names looked
+    up in the registries.
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        raw = OmegaConf.create(text)
+        if not isinstance(raw, DictConfig):
+            raise ConfigError(f"{source}: not a mapping")
+        optimizer_schema = AdamConfig if str(raw.get("optimizer", {}).get("name", "sgd")).startswith("adam") else SGDConfig
+        schema = OmegaConf.structured(
+            Config(
+                data=DataConfig(), model=ModelConfig(), optimizer=optimizer_schema(), schedule=ScheduleConfig(),
+                trainer=TrainerConfig(), mlflow=MlflowConfig(),
+            )
+        )
+        cfg = OmegaConf.merge(schema, raw)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{source}: {key + ': ' if key else ''}{str(e).splitlines()[0]}") from None
+    assert isinstance(cfg, DictConfig)
+    validate(cfg)
+    return cfg

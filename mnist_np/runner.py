@@ -27,7 +27,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_np import checkpoint, data, registry
-from mnist_np.config import PROJECT_ROOT, validate
+from mnist_np.config import PROJECT_ROOT, ConfigError, validate
 from mnist_np.model import MLP
 from mnist_np.training import FitResult, TrainSettings, fit, score_logits
 
@@ -188,11 +188,17 @@ def blas_threads(cfg: DictConfig, ctx: HydraContext) -> int:
 class EpochLogger:
     """One short log line per epoch, and ``metrics.jsonl`` in the output dir (nothing is lost)."""
 
-    def __init__(self, path: Path, epochs: int) -> None:
+    def __init__(self, path: Path, epochs: int, append: bool = False) -> None:
         self.path = path
         self.epochs = epochs
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
+        if not append:
+            path.write_text("")
+
+    @staticmethod
+    def rewrite(path: Path, history: list[dict[str, float]]) -> None:
+        """``metrics.jsonl`` holding exactly ``history`` (one line per epoch, from epoch 1)."""
+        path.write_text("".join(json.dumps({"epoch": i, **m}) + "\n" for i, m in enumerate(history, start=1)))
 
     def on_train_start(self, model: MLP, settings: TrainSettings) -> None:
         log.info("training %s for %d epochs, batch %d", "-".join(map(str, model.sizes)), self.epochs, settings.batch_size)
@@ -211,19 +217,42 @@ class EpochLogger:
         pass
 
 
-def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | None = None) -> RunResult:
+RUN_FILE = "mlflow_run.json"  # in the output dir: which MLflow run these files belong to
+
+
+def load_splits(cfg: DictConfig) -> tuple[data.RawDataset, data.Splits]:
+    """The dataset and its train/val/test split as the config describes them."""
+    started = time.perf_counter()
+    dtype = np.dtype(cfg.trainer.dtype)
+    raw = data.load_dataset(cfg.data.name, data_dir=cfg.data.dir, cache_dir=cfg.data.cache_dir)
+    splits = data.make_splits(raw, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed, train_limit=cfg.data.train_limit, dtype=dtype)
+    log.info("data %s: %s (%.1fs)", cfg.data.name, splits.sizes, time.perf_counter() - started)
+    return raw, splits
+
+
+def run(
+    cfg: DictConfig,
+    output_dir: Path | None = None,
+    overrides: list[str] | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> RunResult:
     """Train the network ``cfg`` describes and record everything in MLflow and ``output_dir``.
+
+    With ``cfg.resume`` set, continue that interrupted run instead (see :func:`resume`).
 
     Args:
         cfg: a composed config (from ``@hydra.main`` or ``hydra.compose``).
         output_dir: where files go; defaults to Hydra's run dir.
         overrides: the command-line overrides to record; defaults to Hydra's.
+        extra_tags: more tags for the MLflow run (e.g. ``reproduces``).
 
     Raises:
         ConfigError: before anything is created, for an invalid config.
         DataError: when no data source works (no MLflow run is created).
         TrainingDiverged: the loss went NaN/inf (the run ends FAILED).
     """
+    if cfg.get("resume"):
+        return resume(str(cfg.resume), cfg.mlflow.tracking_uri)
     validate(cfg)
     ctx = hydra_context()
     output_dir = Path(output_dir or ctx.output_dir or PROJECT_ROOT / "outputs" / "runs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f"))
@@ -234,10 +263,8 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
     config_yaml = OmegaConf.to_yaml(OmegaConf.create(resolved))
     _write_config_files(output_dir, config_yaml, overrides)
 
-    from threadpoolctl import threadpool_limits
-
-    from mnist_np.sweep import SweepInfo, member_run_name
     from mnist_np.procs import process_identity
+    from mnist_np.sweep import SweepInfo, member_run_name
     from mnist_np.tracking import PARENT_RUN_TAG, PROCESS_TAG, MlflowTracker, default_tracking_uri, flatten
 
     tracking_uri = cfg.mlflow.tracking_uri or default_tracking_uri(PROJECT_ROOT)
@@ -245,12 +272,7 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
     # Runs whose process was killed from outside (kill -9, out of memory) never closed
     # themselves; whoever next uses the experiment on this host closes them.
     tracker.reap_dead_runs(KILLED_REASON)
-
-    dtype = np.dtype(cfg.trainer.dtype)
-    started = time.perf_counter()
-    raw = data.load_dataset(cfg.data.name, data_dir=cfg.data.dir, cache_dir=cfg.data.cache_dir)
-    splits = data.make_splits(raw, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed, train_limit=cfg.data.train_limit, dtype=dtype)
-    log.info("data %s: %s (%.1fs)", cfg.data.name, splits.sizes, time.perf_counter() - started)
+    raw, splits = load_splits(cfg)
 
     run_name = cfg.mlflow.run_name or default_run_name(cfg)
     sweep = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
@@ -259,33 +281,107 @@ def run(cfg: DictConfig, output_dir: Path | None = None, overrides: list[str] | 
         run_name = member_run_name(run_name, overrides, sweep.swept, explicit_base=bool(cfg.mlflow.run_name))
         sweep_tags = {PARENT_RUN_TAG: sweep.parent_run_id, "sweep_job_num": str(ctx.job_num)}
     threads = blas_threads(cfg, ctx)
+    tags = {
+        "overrides": " ".join(overrides),
+        "hydra_output_dir": str(output_dir),
+        "mlflow.source.name": "scripts/train.py",
+        "mlflow.source.type": "LOCAL",
+        "test_weights": cfg.trainer.test_weights,
+        "host": platform.node(),
+        "pid": str(os.getpid()),
+        PROCESS_TAG: process_identity(),
+        **sweep_tags,
+        **git_tags(),
+        **(extra_tags or {}),
+    }
+    run_id = tracker.start(run_name, flatten(resolved), tags)
+    (output_dir / RUN_FILE).write_text(
+        json.dumps({"run_id": run_id, "tracking_uri": tracking_uri, "experiment_name": cfg.mlflow.experiment_name}, indent=2)
+    )
+    log.info("MLflow run %s (%s) in %s, %d BLAS thread(s)", run_name, run_id, tracking_uri, threads)
+    return _execute(cfg, tracker, raw, splits, output_dir, config_yaml, threads, state=None, first_time=True)
+
+
+def resume(target: str, tracking_uri: str | None = None) -> RunResult:
+    """Continue an interrupted run, given its MLflow run id or its output dir.
+
+    The run's own saved config is used (checked against the schema first:
+    it is data read back from disk), its newest checkpoint restores weights,
+    optimizer state, random generators and history, and training goes on in
+    the same output dir and the same MLflow run -- which ends FINISHED with
+    one metric value per epoch. The final weights are bit-identical to an
+    uninterrupted run's on the same machine. A run that already finished is
+    left alone.
+    """
+    from mnist_np.config import load_run_config
+    from mnist_np.procs import process_identity
+    from mnist_np.tracking import PROCESS_TAG, MlflowTracker, default_tracking_uri, run_output_dir
+
+    output_dir = Path(target)
+    if not output_dir.is_dir():
+        try:
+            output_dir = run_output_dir(target, tracking_uri or default_tracking_uri(PROJECT_ROOT))
+        except ValueError as e:
+            raise ConfigError(f"resume={target}: {e}") from None
+    run_file = output_dir / RUN_FILE
+    config_file = output_dir / "config" / "config.yaml"
+    if not run_file.exists() or not config_file.exists():
+        raise ConfigError(f"resume={target}: {output_dir} holds no run to resume (expected {RUN_FILE} and config/config.yaml)")
+    info = json.loads(run_file.read_text())
+    cfg = load_run_config(config_file.read_text(), source=str(config_file))
+    tracker = MlflowTracker(info["tracking_uri"], info["experiment_name"], run_id=info["run_id"])
+    summary = output_dir / "summary.json"
+    if tracker.status() == "FINISHED" and summary.exists():
+        log.info("run %s already finished; nothing to resume", info["run_id"])
+        print(f"run {info['run_id']} already finished ({output_dir}); nothing to do")
+        return RunResult(info["run_id"], output_dir, json.loads(summary.read_text())["metrics"])
+
+    latest = checkpoint.latest_checkpoint(output_dir / "checkpoints")
+    state = checkpoint.load_state(latest) if latest else None
+    done = state.epoch if state else 0
+    raw, splits = load_splits(cfg)
+    config_yaml = config_file.read_text()
+    tracker.reopen({PROCESS_TAG: process_identity(), "pid": str(os.getpid()), "resumed_from_epoch": str(done)})
+    # Epochs the checkpoint has but MLflow missed get logged now; epochs MLflow
+    # has beyond the checkpoint are re-run with identical results and not logged twice.
+    history = state.result.history if state else []
+    tracker.reconcile_epochs(history)
+    EpochLogger.rewrite(output_dir / "metrics.jsonl", history)
+    log.info("resuming run %s in %s after epoch %d", info["run_id"], output_dir, done)
+    threads = blas_threads(cfg, hydra_context())
+    return _execute(cfg, tracker, raw, splits, output_dir, config_yaml, threads, state=state, first_time=False)
+
+
+def _execute(
+    cfg: DictConfig,
+    tracker: Any,
+    raw: data.RawDataset,
+    splits: data.Splits,
+    output_dir: Path,
+    config_yaml: str,
+    threads: int,
+    state: checkpoint.TrainingState | None,
+    first_time: bool,
+) -> RunResult:
+    """Train (from scratch or from ``state``) inside an open MLflow run and always close it."""
+    from threadpoolctl import threadpool_limits
+
     # One BLAS thread count for the whole run: it is part of what makes two runs bit-identical.
     with threadpool_limits(limits=threads, user_api="blas"):
-        tags = {
-            "overrides": " ".join(overrides),
-            "hydra_output_dir": str(output_dir),
-            "mlflow.source.name": "scripts/train.py",
-            "mlflow.source.type": "LOCAL",
-            "test_weights": cfg.trainer.test_weights,
-            "host": platform.node(),
-            "pid": str(os.getpid()),
-            PROCESS_TAG: process_identity(),
-            **sweep_tags,
-            **git_tags(),
-            **environment_tags(),
-        }
-        run_id = tracker.start(run_name, flatten(resolved), tags)
-        log.info("MLflow run %s (%s) in %s, %d BLAS thread(s)", run_name, run_id, tracking_uri, threads)
         try:
-            tracker.log_dataset(raw.spec.name, raw.digest, source=str(cfg.data.dir or "pinned-sha256"), sizes=splits.sizes)
-            result = _train_and_record(cfg, splits, raw, dtype, output_dir, config_yaml, tracker)
+            env = environment_tags()
+            tracker.set_tags(env)
+            (output_dir / "environment.json").write_text(json.dumps(env, indent=2))
+            if first_time:
+                tracker.log_dataset(raw.spec.name, raw.digest, source=str(cfg.data.dir or "pinned-sha256"), sizes=splits.sizes)
+            result = _train_and_record(cfg, splits, raw, output_dir, config_yaml, tracker, state)
         except KeyboardInterrupt:
-            tracker.end("KILLED", "interrupted by the user (KeyboardInterrupt)")
+            tracker.end("KILLED", "interrupted by the user (KeyboardInterrupt); continue with resume=<run id>")
             raise
         except BaseException as e:
             tracker.end("FAILED", f"{type(e).__name__}: {e}")
             raise
-    result.run_id = run_id
+    result.run_id = tracker.run_id
     tracker.end("FINISHED")
     return result
 
@@ -305,13 +401,22 @@ def _train_and_record(
     cfg: DictConfig,
     splits: data.Splits,
     raw: data.RawDataset,
-    dtype: np.dtype,
     output_dir: Path,
     config_yaml: str,
     tracker: Any,
+    state: checkpoint.TrainingState | None,
 ) -> RunResult:
+    dtype = np.dtype(cfg.trainer.dtype)
     rngs = rng_streams(cfg.seed)
     model = build_model(cfg, rngs["init"], dtype)
+    optimizer = build_optimizer(cfg)
+    fit_state = FitResult()
+    if state is not None:
+        # Everything fit() reads or draws from, exactly as it was after state.epoch.
+        model.params.update({k: np.array(v, dtype=dtype) for k, v in state.params.items()})
+        optimizer.load_state_dict(state.optimizer)
+        checkpoint.restore_rngs(rngs, state.rng_states)
+        fit_state = state.result
     settings = TrainSettings(
         epochs=cfg.trainer.epochs,
         batch_size=cfg.trainer.batch_size,
@@ -320,9 +425,15 @@ def _train_and_record(
         early_stopping_patience=cfg.trainer.early_stopping_patience,
         progress=sys.stderr.isatty() if cfg.trainer.progress is None else bool(cfg.trainer.progress),
     )
+    checkpointer = checkpoint.Checkpointer(
+        output_dir / "checkpoints", optimizer, rngs, config_yaml, tracker.run_id, settings.epochs,
+        every=cfg.trainer.checkpoint_every, keep=cfg.trainer.keep_checkpoints,
+        on_saved=(lambda path: tracker.log_artifact(path, "checkpoints")) if cfg.mlflow.log_checkpoints else None,
+    )
+    checkpointer.bind(fit_state)
     fit_result = fit(
         model,
-        build_optimizer(cfg),
+        optimizer,
         build_schedule(cfg),
         splits.x_train,
         splits.y_train,
@@ -331,7 +442,9 @@ def _train_and_record(
         settings,
         shuffle_rng=rngs["shuffle"],
         dropout_rng=rngs["dropout"],
-        callbacks=[EpochLogger(output_dir / "metrics.jsonl", settings.epochs), tracker],
+        # The checkpoint is written before MLflow hears of the epoch: see resume().
+        callbacks=[EpochLogger(output_dir / "metrics.jsonl", settings.epochs, append=state is not None), checkpointer, tracker],
+        result=fit_state,
     )
 
     weights_dir = output_dir / "weights"
@@ -357,11 +470,14 @@ def _train_and_record(
     log.info("test loss %.4f accuracy %.4f (%s weights, epoch %d of %d)", test_loss, test_acc,
              cfg.trainer.test_weights, fit_result.best_epoch if cfg.trainer.test_weights == "best" else len(fit_result.history),
              len(fit_result.history))
-    (output_dir / "summary.json").write_text(json.dumps({"metrics": final, "weights_sha256": tested_sha}, indent=2))
+    final_sha = checkpoint.weights_sha256(final_params)
+    (output_dir / "summary.json").write_text(
+        json.dumps({"metrics": final, "weights_sha256": final_sha, "tested_weights_sha256": tested_sha}, indent=2)
+    )
 
     tracker.log_metrics({k: v for k, v in final.items() if v == v}, step=len(fit_result.history))
     tracker.set_tags({
-        "weights_sha256": checkpoint.weights_sha256(final_params),
+        "weights_sha256": final_sha,
         "tested_weights_sha256": tested_sha,
         "stopped_early": str(fit_result.stopped_early).lower(),
     })

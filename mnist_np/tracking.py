@@ -59,6 +59,40 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def run_output_dir(run_id: str, tracking_uri: str) -> Path:
+    """The output dir a run recorded (tag ``hydra_output_dir``); a clear error for an unknown run."""
+    try:
+        run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ValueError(f"no run {run_id!r} in {tracking_uri} (pass a run id from that store, or an output dir)") from None
+    if "hydra_output_dir" not in run.data.tags:
+        raise ValueError(f"run {run_id} records no output dir (tag hydra_output_dir)")
+    return Path(run.data.tags["hydra_output_dir"])
+
+
+def fetch_run(run_id: str, tracking_uri: str, dest: Path, artifacts: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A run's tags, final metrics, per-step metric histories, and local copies of ``artifacts``.
+
+    Returns ``{"tags", "metrics", "history": {name: {step: value}}, "files": {artifact: Path}, "status"}``.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ValueError(f"no run {run_id!r} in {tracking_uri}") from None
+    history = {
+        name: {m.step: m.value for m in client.get_metric_history(run_id, name)} for name in run.data.metrics
+    }
+    files = {}
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in artifacts:
+        try:
+            files[path] = Path(client.download_artifacts(run_id, path, str(dest)))
+        except (mlflow.exceptions.MlflowException, OSError):
+            raise ValueError(f"run {run_id} has no artifact {path}") from None
+    return {"tags": dict(run.data.tags), "metrics": dict(run.data.metrics), "history": history, "files": files, "status": run.info.status}
+
+
 class MlflowTracker:
     """One MLflow run, driven by the training loop's events."""
 
@@ -71,6 +105,7 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self._experiment(experiment_name)
         self.run_id = run_id
+        self.skip_steps: set[int] = set()
 
     def _experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -141,6 +176,31 @@ class MlflowTracker:
             self.set_tags({"failure_reason": reason[:8000]})
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
 
+    def status(self) -> str:
+        """The run's status (RUNNING, FINISHED, FAILED, KILLED)."""
+        return self.client.get_run(self._id).info.status
+
+    def reopen(self, tags: Mapping[str, str]) -> None:
+        """Mark an interrupted run RUNNING again (to resume it) and drop its old failure reason."""
+        self.client.update_run(self._id, status="RUNNING")
+        try:
+            self.client.delete_tag(self._id, "failure_reason")
+        except mlflow.exceptions.MlflowException:
+            pass  # there was none
+        self.set_tags(tags)
+
+    def reconcile_epochs(self, history: list[dict[str, float]], probe: str = "train_loss") -> None:
+        """Make MLflow hold exactly epochs 1..len(history) of a resumed run, each once.
+
+        Epochs in ``history`` that never reached MLflow are logged now; epochs
+        MLflow already has past it will be re-run and are not logged again.
+        """
+        logged = {m.step for m in self.client.get_metric_history(self._id, probe)}
+        for epoch, metrics in enumerate(history, start=1):
+            if epoch not in logged:
+                self.log_metrics({k: v for k, v in metrics.items() if v == v}, step=epoch)
+        self.skip_steps = {step for step in logged if step > len(history)}
+
     def child_runs(self) -> list[dict[str, Any]]:
         """Runs whose ``mlflow.parentRunId`` is this run, as plain dicts.
 
@@ -187,6 +247,8 @@ class MlflowTracker:
         pass
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], model: MLP, is_best: bool) -> None:
+        if epoch in self.skip_steps:
+            return  # logged before an interruption; the re-run gave the same values
         finite = {k: v for k, v in metrics.items() if v == v}  # MLflow rejects NaN from some stores
         try:
             self.log_metrics(finite, step=epoch)
@@ -195,3 +257,147 @@ class MlflowTracker:
 
     def on_train_end(self, result: FitResult) -> None:
         pass
+
+
+# ---------------------------------------------------------------------------
+# The trained network as an MLflow model, and weights by run id
+
+import numpy as np  # noqa: E402  (appended section; the rest of the module has no need for it)
+
+PYFUNC_MODEL_NAME = "model"  # runs:/<run id>/model
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # logged as the model's code
+
+
+def _pyfunc_requirements() -> list[str]:
+    """Exact pins of what the packaged model code imports (the model needs nothing else)."""
+    from importlib import metadata
+
+    reqs = []
+    for dist in ("mlflow", "numpy", "pandas", "PyYAML"):
+        try:
+            reqs.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:  # e.g. only mlflow-skinny installed
+            reqs.append(dist)
+    return reqs
+
+
+def log_pyfunc_model(client_run_id: str, tracking_uri: str, weights_path: Path, input_example: np.ndarray) -> str:
+    """Log the weights file as an MLflow pyfunc model named ``model`` of run ``client_run_id``.
+
+    The model is ``mnist_np/pyfunc_model.py`` ("models from code": a
+    self-contained NumPy forward pass) plus the ``.npz`` as its ``weights``
+    artifact, with a signature inferred from ``input_example`` and the model's
+    own output on it. It becomes an MLflow 3 logged model linked to the run,
+    so ``runs:/<run id>/model`` and ``models:/<model id>`` both load it.
+
+    Only client calls with an explicit store are used -- no fluent
+    ``start_run`` (which would set a RUNNING run FINISHED on exit) and no
+    global tracking URI or experiment -- so the run's status is untouched
+    and this works from inside a run that is still going.
+
+    Args:
+        client_run_id: the run to attach the model to (any status).
+        tracking_uri: its store.
+        weights_path: a weights ``.npz`` (``W1, b1, ...`` and ``config``).
+        input_example: a few inputs ``(n, 784)`` in [0, 1]; stored as the
+            example and cast to float32, the signature's input type (the
+            model casts to its weights' dtype itself).
+
+    Returns:
+        ``runs:/<run id>/model``.
+    """
+    import tempfile
+
+    import mlflow.pyfunc
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model, infer_signature
+    from mlflow.pyfunc import PythonModelContext
+
+    from mnist_np.pyfunc_model import WEIGHTS_ARTIFACT, MnistNpModel
+
+    weights_path = Path(weights_path).resolve()
+    example = np.ascontiguousarray(input_example, dtype=np.float32)
+    if example.ndim != 2 or len(example) == 0:
+        raise ValueError(f"input_example must be (n, 784) with n >= 1, got shape {example.shape}")
+    artifacts = {WEIGHTS_ARTIFACT: str(weights_path)}
+    # The signature's output side comes from the packaged model class itself,
+    # so it describes exactly what serving returns.
+    probe = MnistNpModel()
+    probe.load_context(PythonModelContext(artifacts=artifacts, model_config=None))
+    signature = infer_signature(example, probe.predict(None, example))
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.get_run(client_run_id)
+    model = client.create_logged_model(
+        experiment_id=run.info.experiment_id,
+        name=PYFUNC_MODEL_NAME,
+        source_run_id=client_run_id,
+        params=dict(run.data.params),  # as mlflow's own log_model does: the run's config, searchable on the model
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="mnist-np-model-") as tmp:
+            local = Path(tmp) / PYFUNC_MODEL_NAME
+            mlflow.pyfunc.save_model(
+                path=str(local),
+                python_model=str(PYFUNC_CODE),
+                artifacts=artifacts,
+                signature=signature,
+                input_example=example,
+                pip_requirements=_pyfunc_requirements(),
+                # MLmodel records which run and logged model it belongs to.
+                mlflow_model=Model(artifact_path=model.artifact_location, run_id=client_run_id,
+                                   model_uuid=model.model_id, model_id=model.model_id),
+            )
+            client.log_model_artifacts(model.model_id, str(local))
+        client.log_outputs(client_run_id, models=[LoggedModelOutput(model.model_id, step=0)])
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    except BaseException:
+        try:  # never leave a PENDING model behind; the original error is what matters
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        except Exception:
+            log.warning("could not mark logged model %s FAILED", model.model_id)
+        raise
+    return f"runs:/{client_run_id}/{PYFUNC_MODEL_NAME}"
+
+
+def resolve_weights(run_id_or_path: str, tracking_uri: str | None, which: str = "final", dst_dir: Path | None = None) -> Path:
+    """A local weights file: ``run_id_or_path`` itself if it is a file, else the run's ``weights/{which}.npz``.
+
+    Args:
+        run_id_or_path: a ``.npz`` path or an MLflow run id.
+        tracking_uri: the store for a run id; ``None``: ``$MLFLOW_TRACKING_URI``,
+            else the project's default store.
+        which: ``final`` or ``best``.
+        dst_dir: where a downloaded file goes (default: a new temp dir; a
+            file-based store may hand back its own path without copying).
+
+    Raises:
+        ValueError: one line -- a bad ``which``, a missing file, a missing
+        store, an unknown run, or a run without that weights file.
+    """
+    import os
+    import tempfile
+
+    if which not in ("final", "best"):
+        raise ValueError(f"which={which!r}; expected final or best")
+    path = Path(run_id_or_path)
+    if path.is_file():
+        return path
+    if path.suffix == ".npz" or os.sep in run_id_or_path:
+        raise ValueError(f"{run_id_or_path}: no such file")
+    from mnist_np.config import PROJECT_ROOT
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(PROJECT_ROOT)
+    # MlflowClient would create (and migrate) an empty database at a wrong path.
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        raise ValueError(f"no MLflow store at {uri} (looking for run {run_id_or_path!r})")
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id_or_path)
+    except mlflow.exceptions.MlflowException:
+        raise ValueError(f"no run {run_id_or_path!r} in {uri}, and no such file") from None
+    dst = dst_dir if dst_dir is not None else Path(tempfile.mkdtemp(prefix="mnist-np-weights-"))
+    try:
+        return Path(client.download_artifacts(run_id_or_path, f"weights/{which}.npz", str(dst)))
+    except (mlflow.exceptions.MlflowException, OSError):
+        raise ValueError(f"run {run_id_or_path} has no artifact weights/{which}.npz") from None

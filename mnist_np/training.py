@@ -58,6 +58,13 @@ class FitResult:
     best_epoch: int = 0
     best_params: dict[str, np.ndarray] = field(default_factory=dict)
     stopped_early: bool = False
+    # Early-stopping bookkeeping, kept here so a checkpoint can carry it.
+    best_score: float = -math.inf
+    since_best: int = 0
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
 
 
 class Callback(Protocol):
@@ -95,6 +102,7 @@ def fit(
     shuffle_rng: np.random.Generator,
     dropout_rng: np.random.Generator,
     callbacks: Sequence[Callback] = (),
+    result: FitResult | None = None,
 ) -> FitResult:
     """Train ``model`` in place.
 
@@ -104,6 +112,10 @@ def fit(
         shuffle_rng: reshuffles the training set every epoch.
         dropout_rng: draws dropout masks (its own stream, so turning dropout
             on does not change the shuffling order).
+        result: the state of an interrupted training (from a checkpoint) to
+            continue after its last epoch; with the model, optimizer and
+            generators restored too, the outcome is bit-identical to an
+            uninterrupted run.
 
     Raises:
         TrainingDiverged: a mini-batch loss was NaN or infinite.
@@ -113,13 +125,13 @@ def fit(
     steps = math.ceil(n / bs)
     has_val = len(y_val) > 0
     sign = MONITORS[settings.monitor]
-    result = FitResult()
-    best_score = -math.inf
-    since_best = 0
+    result = FitResult() if result is None else result
     for cb in callbacks:
         cb.on_train_start(model, settings)
 
-    for epoch in range(settings.epochs):
+    # A run that stopped early has nothing left to do, even when resumed.
+    first = settings.epochs if result.stopped_early else result.epochs_done
+    for epoch in range(first, settings.epochs):
         start = time.perf_counter()
         order = shuffle_rng.permutation(n)
         loss_sum = 0.0
@@ -151,18 +163,19 @@ def fit(
         }
         result.history.append(metrics)
         score = sign * metrics[settings.monitor] if has_val else float(epoch)
-        is_best = score > best_score
+        is_best = score > result.best_score
         if is_best:
-            best_score, since_best = score, 0
+            result.best_score, result.since_best = score, 0
             result.best_epoch = epoch + 1
             result.best_params = {k: v.copy() for k, v in model.params.items()}
         else:
-            since_best += 1
+            result.since_best += 1
+        patience = settings.early_stopping_patience
+        stop = patience is not None and has_val and result.since_best >= patience and epoch + 1 < settings.epochs
+        result.stopped_early = stop
         for cb in callbacks:
             cb.on_epoch_end(epoch + 1, metrics, model, is_best)
-        patience = settings.early_stopping_patience
-        if patience is not None and has_val and since_best >= patience and epoch + 1 < settings.epochs:
-            result.stopped_early = True
+        if stop:
             break
 
     for cb in callbacks:

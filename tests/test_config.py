@@ -70,7 +70,7 @@ def test_schema_types_are_enforced_at_composition() -> None:
         ("optimizer.lr=fast", "optimizer.lr='fast' has the wrong type; expected a number"),
         ("trainer.epoch=3", "trainer.epoch is not a config key; keys of trainer:"),
         ("model.hidden_size=64,abc", "model.hidden_size='abc' has the wrong type"),
-        ("sed=1", "sed is not a config key; top-level keys: seed"),
+        ("sed=1", "sed is not a config key; top-level keys: resume, seed"),
     ],
 )
 def test_bad_overrides_are_caught_before_hydra(override: str, fragment: str) -> None:
