@@ -1,7 +1,17 @@
 """Benchmarks, measured side by side in one run and reported as medians and ratios.
 
+    python scripts/bench.py loop                  # our training loop vs the GEMM roofline and PyTorch
     python scripts/bench.py sweep                 # parallel vs basic launcher, 4 members x 10 epochs
     python scripts/bench.py sweep --repeats 5 --members 4 --epochs 10 --json bench-sweep.json
+
+``loop`` times the project's own training loop (``mnist_np.training.fit``,
+built from the config by the runner's own builders) per epoch for each
+batch size, median of several epochs after a warm-up epoch; measures this
+machine's float32 GEMM peak in the same run and the FLOP lower bound of an
+epoch; runs the same MLP in PyTorch with the same batch size and thread
+count when torch is installed (``pip install torch==2.13.0``: never a
+runtime dependency); and times the tutorial's float64 formulation
+(``+experiment=seed_baseline``) for reference.
 
 ``sweep`` runs the same ``--multirun`` sweep (default config, ``seed=0..N-1``)
 with Hydra's basic launcher and with ``+sweep=parallel`` (joblib, one worker
@@ -78,9 +88,134 @@ def bench_sweep(args: argparse.Namespace) -> dict:
     return result
 
 
+def gemm_peak(threads: int, n: int = 2048, repeats: int = 7) -> float:
+    """float32 GFLOP/s of one large square matrix product (median of ``repeats``)."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    times = []
+    with threadpool_limits(limits=threads, user_api="blas"):
+        np.matmul(a, b, out=out)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            np.matmul(a, b, out=out)
+            times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def epoch_flops(sizes: list[int], n: int) -> float:
+    """Multiply-adds of one epoch as FLOPs: forward (X W), weight gradients (X^T dZ), and input
+    gradients for every layer but the first (dZ W^T)."""
+    layers = list(zip(sizes[:-1], sizes[1:]))
+    per_sample = sum(2 * i * o for i, o in layers) * 2 + sum(2 * i * o for i, o in layers[1:])
+    return per_sample * n
+
+
+def time_ours(overrides: list[str], epochs: int, threads: int) -> tuple[list[float], dict]:
+    """Per-epoch seconds of mnist_np.training.fit on the real data, built as the runner builds it."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from mnist_np.config import compose
+    from mnist_np.runner import build_model, build_optimizer, build_schedule, load_splits, rng_streams
+    from mnist_np.training import TrainSettings, fit
+
+    cfg = compose([*overrides, f"trainer.epochs={epochs}", "trainer.progress=false"])
+    _, splits = load_splits(cfg)
+    rngs = rng_streams(cfg.seed)
+    model = build_model(cfg, rngs["init"], np.dtype(cfg.trainer.dtype))
+    settings = TrainSettings(epochs=epochs, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        result = fit(model, build_optimizer(cfg), build_schedule(cfg), splits.x_train, splits.y_train,
+                     splits.x_val, splits.y_val, settings, rngs["shuffle"], rngs["dropout"])
+    return [h["epoch_seconds"] for h in result.history], {"sizes": model.sizes, "n": len(splits.y_train)}
+
+
+def time_torch(batch_size: int, epochs: int, threads: int, sizes: list[int], n: int) -> list[float] | None:
+    """The same MLP and optimizer in PyTorch on the CPU: plain tensors sliced per batch, no DataLoader."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x = torch.rand(n, sizes[0])
+    y = torch.randint(0, sizes[-1], (n,))
+    layers: list = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        perm = torch.randperm(n)
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_loop(args: argparse.Namespace) -> dict:
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    from mnist_np.config import register_configs
+
+    register_configs()
+    threads = args.threads
+    peak = gemm_peak(threads)
+    rows = []
+    for bs in args.batch_sizes:
+        ours, shape = time_ours([f"trainer.batch_size={bs}"], args.epochs + 1, threads)
+        ours_med = statistics.median(ours[1:])  # the first epoch warms caches and allocators
+        bound = epoch_flops(shape["sizes"], shape["n"]) / (peak * 1e9)
+        torch_times = time_torch(bs, args.epochs + 1, threads, shape["sizes"], shape["n"]) if not args.no_torch else None
+        torch_med = statistics.median(torch_times[1:]) if torch_times else None
+        rows.append({"name": f"default, batch {bs}", "batch_size": bs, "ours_s": ours_med, "ours_all": ours,
+                     "bound_s": bound, "ours_over_bound": ours_med / bound,
+                     "torch_s": torch_med, "ours_over_torch": ours_med / torch_med if torch_med else None})
+        print(f"  batch {bs}: ours {ours_med:.3f} s" + (f", torch {torch_med:.3f} s" if torch_med else ""), flush=True)
+    seed, shape = time_ours(["+experiment=seed_baseline"], min(args.epochs + 1, 4), threads)
+    seed_med = statistics.median(seed[1:])
+    rows.append({"name": "seed_baseline (float64, batch 64)", "batch_size": 64, "ours_s": seed_med, "ours_all": seed,
+                 "bound_s": None, "ours_over_bound": None, "torch_s": None, "ours_over_torch": None})
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    result = {
+        "benchmark": "loop", "threads": threads, "gemm_peak_gflops": peak, "numpy": np.__version__,
+        "blas": f"{blas[0].get('internal_api')} {blas[0].get('version')} ({blas[0].get('architecture')})" if blas else "?",
+        "platform": platform.platform(), "cpu_count": os.cpu_count(), "rows": rows,
+    }
+    print()
+    print(f"float32 GEMM peak: {peak:.0f} GFLOP/s with {threads} thread(s); numpy {np.__version__}, {result['blas']}")
+    print(f"{'':36s}{'ours s':>8s}{'bound s':>9s}{'ours/bound':>11s}{'torch s':>9s}{'ours/torch':>11s}")
+    for r in rows:
+        f = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+        print(f"{r['name']:36s}{r['ours_s']:8.3f}{f(r['bound_s'], '9.3f'):>9s}{f(r['ours_over_bound'], '11.2f'):>11s}"
+              f"{f(r['torch_s'], '9.3f'):>9s}{f(r['ours_over_torch'], '11.2f'):>11s}")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
+    lp = sub.add_parser("loop", help="the training loop per epoch against the roofline and PyTorch")
+    lp.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
+    lp.add_argument("--epochs", type=int, default=5, help="timed epochs per case (after one warm-up)")
+    lp.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    lp.add_argument("--no-torch", action="store_true")
+    lp.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-loop.json")
     p = sub.add_parser("sweep", help="a parallel (joblib) sweep against the basic launcher")
     p.add_argument("--members", type=int, default=4)
     p.add_argument("--epochs", type=int, default=10)
@@ -88,7 +223,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-sweep.json")
     args = parser.parse_args()
-    result = bench_sweep(args)
+    result = bench_loop(args) if args.what == "loop" else bench_sweep(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.json}")
