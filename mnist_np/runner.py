@@ -505,6 +505,15 @@ def _train_and_record(
                 tracker.log_artifact(output_dir / name)
             except Exception as e:
                 warnings.append(f"artifact {name}: {e}")
+    try:
+        from mnist_np.tracking import log_pyfunc_model
+
+        # The model serves the weights the test set was scored with.
+        served = weights_dir / ("best.npz" if cfg.trainer.test_weights == "best" else "final.npz")
+        log_pyfunc_model(tracker.run_id, tracker.tracking_uri, served, splits.x_test[:5])
+    except Exception as e:  # packaging the model must never fail a finished training
+        log.warning("could not log the MLflow model: %s", e)
+        warnings.append(f"model: {e}")
     if warnings:
         tracker.set_tags({"warnings": "; ".join(warnings)[:8000]})
     return RunResult(run_id="", output_dir=output_dir, metrics=final, history=fit_result.history)

@@ -307,6 +307,7 @@ def log_pyfunc_model(client_run_id: str, tracking_uri: str, weights_path: Path, 
         ``runs:/<run id>/model``.
     """
     import tempfile
+    import warnings
 
     import mlflow.pyfunc
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
@@ -324,7 +325,10 @@ def log_pyfunc_model(client_run_id: str, tracking_uri: str, weights_path: Path, 
     # so it describes exactly what serving returns.
     probe = MnistNpModel()
     probe.load_context(PythonModelContext(artifacts=artifacts, model_config=None))
-    signature = infer_signature(example, probe.predict(None, example))
+    with warnings.catch_warnings():
+        # MLflow warns that an int column cannot hold missing values; a label is never missing.
+        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+        signature = infer_signature(example, probe.predict(None, example))
 
     client = MlflowClient(tracking_uri=tracking_uri)
     run = client.get_run(client_run_id)

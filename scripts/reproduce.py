@@ -24,6 +24,7 @@ def main() -> int:
     parser.add_argument("run_id", nargs="?", help="the MLflow run to reproduce")
     parser.add_argument("--from-dir", type=Path, help="reproduce from a run's output dir instead")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlflow.db)")
+    parser.add_argument("--output-dir", type=Path, help="where the reproduction's files go (default: outputs/runs/<date>/<time>)")
     args = parser.parse_args()
     if (args.run_id is None) == (args.from_dir is None):
         parser.error("give either a RUN_ID or --from-dir DIR")
@@ -52,7 +53,7 @@ def main() -> int:
     cfg.mlflow.tracking_uri = uri
     cfg.resume = None
     print(f"reproducing {original.source} ...", flush=True)
-    result = run(cfg, overrides=[], extra_tags={"reproduces": what})
+    result = run(cfg, output_dir=args.output_dir, overrides=[], extra_tags={"reproduces": what})
     verdict = compare(original, record_from_dir(result.output_dir), used_config_yaml=original.config_yaml)
     print(verdict.render())
     print(f"new run: {result.run_id} ({result.output_dir})")

@@ -91,7 +91,7 @@ def _train(tracking_uri: str, out: Path, *extra: str, wait: bool = True):
 @pytest.mark.slow
 def test_reproduce_a_run_gives_identical_hashes(tracking_uri: str, tmp_path: Path) -> None:
     result = run(compose(small_overrides(tracking_uri, "mlflow.log_plots=false", "model.dropout=0.1")), output_dir=tmp_path / "orig")
-    proc = subprocess.run([PYTHON, str(REPRODUCE), result.run_id, "--tracking-uri", tracking_uri],
+    proc = subprocess.run([PYTHON, str(REPRODUCE), result.run_id, "--tracking-uri", tracking_uri, "--output-dir", str(tmp_path / "copy")],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "verdict: IDENTICAL" in proc.stdout
@@ -106,8 +106,8 @@ def test_reproduce_from_an_edited_config_names_the_difference(tracking_uri: str,
     result = run(compose(small_overrides(tracking_uri, "mlflow.log_plots=false")), output_dir=tmp_path / "orig")
     config = result.output_dir / "config" / "config.yaml"
     config.write_text(config.read_text().replace("  lr: 0.1\n", "  lr: 0.05\n"))
-    proc = subprocess.run([PYTHON, str(REPRODUCE), "--from-dir", str(result.output_dir), "--tracking-uri", tracking_uri],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([PYTHON, str(REPRODUCE), "--from-dir", str(result.output_dir), "--tracking-uri", tracking_uri,
+                           "--output-dir", str(tmp_path / "copy")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "verdict: DIFFERENT -- first difference: train_loss at epoch 1" in proc.stdout
     assert "config differs: optimizer.lr: 0.1 -> 0.05" in proc.stdout
