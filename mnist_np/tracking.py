@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module that imports mlflow.
+"""MLflow tracking: the one module of the package that talks to MLflow (besides pyfunc_model.py, the code packaged inside each logged model).
 
 :class:`MlflowTracker` is a training callback. It opens a run, logs params,
 tags and the dataset up front, one batch of metrics per epoch (step = epoch),
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import mlflow
+import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -261,8 +262,6 @@ class MlflowTracker:
 
 # ---------------------------------------------------------------------------
 # The trained network as an MLflow model, and weights by run id
-
-import numpy as np  # noqa: E402  (appended section; the rest of the module has no need for it)
 
 PYFUNC_MODEL_NAME = "model"  # runs:/<run id>/model
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # logged as the model's code
