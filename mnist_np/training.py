@@ -131,6 +131,9 @@ def fit(
 
     # A run that stopped early has nothing left to do, even when resumed.
     first = settings.epochs if result.stopped_early else result.epochs_done
+    # One batch buffer for the whole run: gathering into it avoids a fresh
+    # (batch, 784) allocation per step.
+    xb_buffer = np.empty((min(bs, n),) + x_train.shape[1:], dtype=x_train.dtype)
     for epoch in range(first, settings.epochs):
         start = time.perf_counter()
         order = shuffle_rng.permutation(n)
@@ -139,7 +142,8 @@ def fit(
         lr = schedule.lr_at_step(epoch, 0, steps)
         for b in _progress(range(steps), settings.progress, epoch, settings.epochs):
             idx = order[b * bs : (b + 1) * bs]
-            xb = x_train[idx]
+            # mode="clip": with mode="raise" numpy buffers `out` (indices are valid here).
+            xb = np.take(x_train, idx, axis=0, out=xb_buffer[: len(idx)], mode="clip")
             yb = y_train[idx]
             lr_b = schedule.lr_at_step(epoch, b, steps)
             logits = model.forward(xb, train=True, rng=dropout_rng)
