@@ -30,6 +30,40 @@ log = logging.getLogger(__name__)
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow server named by the tracking URI does not answer."""
+
+
+SERVER_PROBE_SECONDS = 5.0
+
+
+def check_server(tracking_uri: str, timeout: float = SERVER_PROBE_SECONDS) -> None:
+    """Fail within ``timeout`` seconds if an ``http(s)://`` tracking server does not answer.
+
+    MLflow's client would otherwise retry with back-off for minutes before
+    the first request fails; a run should learn at once, before training.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read(64)
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            return  # a server with authentication: it is up; credentials are MLflow's business
+        raise TrackingUnavailable(f"MLflow server {tracking_uri} answered {e.code} at /health; is it an MLflow server?") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingUnavailable(
+            f"MLflow server {tracking_uri} is not reachable ({reason}); start it, or unset "
+            "mlflow.tracking_uri / MLFLOW_TRACKING_URI to use the project's mlflow.db"
+        ) from None
+
+
 def default_tracking_uri(project_root: Path) -> str:
     """The project's store: SQLite ``mlflow.db`` at the project root (absolute)."""
     return f"sqlite:///{(project_root / 'mlflow.db').resolve()}"
@@ -103,6 +137,7 @@ class MlflowTracker:
         ``run_id`` attaches to an existing run instead of starting one.
         """
         self.tracking_uri = tracking_uri
+        check_server(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_id = self._experiment(experiment_name)
         self.run_id = run_id

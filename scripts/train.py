@@ -36,6 +36,7 @@ def main(cfg: DictConfig) -> float:
     from mnist_np import sweep
     from mnist_np.data import DataError
     from mnist_np.runner import run
+    from mnist_np.tracking import TrackingUnavailable
     from mnist_np.training import TrainingDiverged
 
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -48,7 +49,7 @@ def main(cfg: DictConfig) -> float:
             return math.nan
         print(f"error: invalid config: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (DataError, TrainingDiverged) as e:
+    except (DataError, TrainingDiverged, TrackingUnavailable) as e:
         log.error("%s", e)
         if in_sweep:
             return math.nan

@@ -84,3 +84,26 @@ def test_runs_of_dead_processes_are_reaped_and_live_ones_kept(tracking_uri: str)
     get = tracker.client.get_run
     assert get(dead).info.status == "FAILED" and get(dead).data.tags["failure_reason"].startswith("gone (process ")
     assert get(alive).info.status == "RUNNING" and get(elsewhere).info.status == "RUNNING"
+
+
+def test_a_server_that_is_down_fails_fast_with_one_line(tmp_path: Path) -> None:
+    """No minutes of retries: the run stops before training, and no output is made."""
+    import socket
+    import subprocess
+    import time
+
+    from conftest import PYTHON, TRAIN_SCRIPT
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    proc = subprocess.run(
+        [PYTHON, str(TRAIN_SCRIPT), f"mlflow.tracking_uri=http://127.0.0.1:{port}", f"hydra.run.dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: MLflow server http://127.0.0.1:{port} is not reachable")
+    assert not (tmp_path / "out" / "weights").exists()
