@@ -128,6 +128,39 @@ def fetch_run(run_id: str, tracking_uri: str, dest: Path, artifacts: tuple[str, 
     return {"tags": dict(run.data.tags), "metrics": dict(run.data.metrics), "history": history, "files": files, "status": run.info.status}
 
 
+def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list[dict[str, Any]]:
+    """Runs as plain dicts with keys ``run_id, name, status, params, metrics, tags``."""
+    runs = client.search_runs(experiment_ids, filter_string=filter_string, max_results=10_000)
+    return [
+        {
+            "run_id": r.info.run_id,
+            "name": r.info.run_name,
+            "status": r.info.status,
+            "params": dict(r.data.params),
+            "metrics": dict(r.data.metrics),
+            "tags": dict(r.data.tags),
+        }
+        for r in runs
+    ]
+
+
+def runs_to_compare(tracking_uri: str, target: str) -> tuple[str, list[dict[str, Any]]]:
+    """The runs ``scripts/compare.py`` shows: an experiment's trainings (sweep parents left out),
+    or a sweep parent's members. Returns a title and the runs."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(target)
+    if exp is not None:
+        runs = [r for r in search_runs(client, [exp.experiment_id]) if "sweep_dir" not in r["tags"]]
+        return f"experiment {target!r}", runs
+    try:
+        parent = client.get_run(target)
+    except mlflow.exceptions.MlflowException:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ValueError(f"{target!r} is neither an experiment ({', '.join(names) or 'none'}) nor a run in {tracking_uri}") from None
+    runs = search_runs(client, [parent.info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{target}'")
+    return f"sweep {parent.info.run_name!r}", runs
+
+
 class MlflowTracker:
     """One MLflow run, driven by the training loop's events."""
 
@@ -238,23 +271,8 @@ class MlflowTracker:
         self.skip_steps = {step for step in logged if step > len(history)}
 
     def child_runs(self) -> list[dict[str, Any]]:
-        """Runs whose ``mlflow.parentRunId`` is this run, as plain dicts.
-
-        Keys: ``run_id, name, status, params, metrics, tags``.
-        """
-        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self._id}'"
-        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=10_000)
-        return [
-            {
-                "run_id": r.info.run_id,
-                "name": r.info.run_name,
-                "status": r.info.status,
-                "params": dict(r.data.params),
-                "metrics": dict(r.data.metrics),
-                "tags": dict(r.data.tags),
-            }
-            for r in runs
-        ]
+        """Runs whose ``mlflow.parentRunId`` is this run, as plain dicts (see :func:`search_runs`)."""
+        return search_runs(self.client, [self.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self._id}'")
 
     def close_other(self, run_id: str, status: str, reason: str) -> None:
         """End someone else's run (a sweep member whose process died) with a reason."""

@@ -6,6 +6,8 @@ against a fresh SQLite store, on 1,000 images for 1 epoch.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import signal
 import subprocess
@@ -78,6 +80,19 @@ def test_grid_2x2_basic_launcher(tmp_path: Path) -> None:
     check_summary(client, parent, children, ["model.hidden_size", "optimizer.lr"], finished=4, failed=0)
     outputs = sorted(p.name for p in (tmp_path / "sweep").iterdir())
     assert outputs == ["0", "1", "2", "3", "mlflow_sweep.json", "multirun.yaml", "sweep_summary"]
+
+    # The same sweep compared from a terminal: a sorted table, and CSV for scripts.
+    compare = [PYTHON, str(TRAIN_SCRIPT.parent / "compare.py"), parent.info.run_id, "--tracking-uri", uri]
+    text = subprocess.run(compare, capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith("sweep 'sweep model.hidden_size=16,32 optimizer.lr=0.05,0.1': 4 runs, 4 finished")
+    assert lines[1].split()[:4] == ["name", "status", "model.hidden_size", "optimizer.lr"]
+    best = client.get_run(parent.data.tags["best_run_id"]).info.run_name
+    assert lines[2].split()[0] == best and len(lines) == 6
+    rows = list(csv.DictReader(io.StringIO(subprocess.run([*compare, "--csv"], capture_output=True, text=True, timeout=120).stdout)))
+    vals = [float(r["val_accuracy"]) for r in rows]
+    assert len(rows) == 4 and vals == sorted(vals, reverse=True)
 
 
 def test_grid_2x2_joblib_parallel(tmp_path: Path) -> None:

@@ -1,0 +1,48 @@
+"""Compare runs from a terminal: a sorted table of an experiment's runs or a sweep's members.
+
+    python scripts/compare.py                      # the experiment mnist-np
+    python scripts/compare.py mnist-np-debug       # another experiment
+    python scripts/compare.py <PARENT_RUN_ID>      # the members of one sweep
+    python scripts/compare.py <PARENT_RUN_ID> --csv > sweep.csv
+
+Columns: name, status, the params that differ between the runs, best
+validation accuracy, test accuracy, epochs, training seconds. Sorted by
+validation accuracy (finished runs first); the test set never decides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("target", nargs="?", default="mnist-np", help="an experiment name or a sweep's parent run id")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlflow.db)")
+    parser.add_argument("--csv", action="store_true", help="CSV on stdout, for scripts")
+    args = parser.parse_args()
+
+    from mnist_np.config import PROJECT_ROOT
+    from mnist_np.sweep import summarize, table_csv, table_text, varying_params
+    from mnist_np.tracking import TrackingUnavailable, check_server, default_tracking_uri, runs_to_compare
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(PROJECT_ROOT)
+    try:
+        check_server(uri)
+        title, runs = runs_to_compare(uri, args.target)
+    except (TrackingUnavailable, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = summarize(runs, varying_params(runs))
+    if args.csv:
+        sys.stdout.write(table_csv(summary.rows))
+        return 0
+    print(f"{title}: {summary.total} runs, {summary.finished} finished, {summary.failed} failed or unfinished")
+    sys.stdout.write(table_text(summary.rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
