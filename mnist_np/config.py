@@ -262,6 +262,52 @@ def _describe_type(hint: Any) -> str:
 # Value checks on the composed config
 
 
+def estimated_bytes(cfg: DictConfig) -> int:
+    """A generous estimate of a run's peak memory: data, parameters and the copies training keeps.
+
+    Parameters are held ~6 times (weights, gradients, optimizer state up to
+    two arrays, scratch, best-epoch copy); activations for one training batch
+    and one evaluation chunk; the dataset as floats plus its raw bytes.
+    """
+    m, t = cfg.model, cfg.trainer
+    item = 8 if t.dtype == "float64" else 4
+    sizes = [784] + [int(m.hidden_size)] * int(m.num_hidden_layers) + [10]
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    widest = max(sizes)
+    activations = (int(t.batch_size) * 4 + int(t.eval_batch_size) * 2) * widest * (len(sizes) - 1)
+    data = 70_000 * 784 * (item + 1)
+    return (params * 6 + activations) * item + data
+
+
+def available_bytes() -> int | None:
+    """Memory the system can give us now (``MemAvailable``), if it says."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _memory_check(cfg: DictConfig) -> str | None:
+    """Refuse, before any allocation, a network that cannot fit in memory."""
+    needed, free = estimated_bytes(cfg), available_bytes()
+    if free is None or needed <= free:
+        return None
+    gib = 1024**3
+    return (
+        f"model.hidden_size={cfg.model.hidden_size} (x{cfg.model.num_hidden_layers} layers, batch "
+        f"{cfg.trainer.batch_size}, {cfg.trainer.dtype}) needs about {needed / gib:.1f} GiB but "
+        f"{free / gib:.1f} GiB is available; expected a smaller network or batch"
+    )
+
+
 def validate(cfg: DictConfig) -> None:
     """Check values and combinations; raise :class:`ConfigError` naming the first bad key.
 
@@ -359,6 +405,7 @@ def _checks(cfg: DictConfig) -> typing.Iterator[str | None]:
         yield at_least("trainer.threads", t.threads, 1)
     yield at_least("trainer.checkpoint_every", t.checkpoint_every, 1)
     yield at_least("trainer.keep_checkpoints", t.keep_checkpoints, 1)
+    yield _memory_check(cfg)
     if not str(cfg.mlflow.experiment_name).strip():
         yield _bad("mlflow.experiment_name", cfg.mlflow.experiment_name, "a non-empty name")
 

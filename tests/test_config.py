@@ -145,3 +145,22 @@ def test_every_sweep_preset_composes(preset: str) -> None:
     plugin = cfg.hydra.sweeper if preset == "optuna" else cfg.hydra.launcher
     assert target.lower() in plugin._target_.lower()
     assert "mlflow_sweep" in cfg.hydra.callbacks
+
+
+def test_an_absurd_network_is_refused_before_any_allocation(tmp_path: Path) -> None:
+    db = tmp_path / "store" / "mlflow.db"
+    proc = subprocess.run(
+        [PYTHON, str(TRAIN_SCRIPT), "model.hidden_size=1000000000", f"mlflow.tracking_uri=sqlite:///{db}", f"hydra.run.dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    (line,) = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert line.startswith("error: invalid config: model.hidden_size=1000000000") and "GiB is available" in line
+    assert not db.exists()
+
+
+def test_default_and_best_presets_fit_comfortably() -> None:
+    from mnist_np.config import estimated_bytes
+
+    assert estimated_bytes(compose()) < 1024**3
+    assert estimated_bytes(compose(["+experiment=best_mnist"])) < 1024**3

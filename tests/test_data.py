@@ -766,3 +766,46 @@ def test_real_splits(real: dict[str, RawDataset], name: str) -> None:
     other = make_splits(raw, val_size=5000, split_seed=1, train_limit=1000)
     assert not np.array_equal(other.x_val, s.x_val)
     assert not np.array_equal(other.y_train, same.y_train)
+
+
+# --- property-based: the IDX reader on random and mutated bytes --------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _valid_idx(dims: tuple[int, ...]) -> bytes:
+    import struct as _struct
+
+    body = bytes(range(256)) * (int(np.prod(dims)) // 256 + 1)
+    return _struct.pack(">BBBB", 0, 0, 0x08, len(dims)) + _struct.pack(f">{len(dims)}I", *dims) + body[: int(np.prod(dims))]
+
+
+@settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=512))
+def test_idx_reader_on_random_bytes_raises_only_data_error(buf: bytes) -> None:
+    try:
+        arr = parse_idx(buf)
+    except DataError:
+        return
+    assert arr.nbytes <= len(buf)  # never more data than the file holds
+
+
+@settings(max_examples=300, deadline=1000)
+@given(
+    st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple),
+    st.lists(st.tuples(st.integers(0, 63), st.integers(0, 255)), max_size=4),
+    st.integers(-8, 8),
+)
+def test_idx_reader_on_mutated_files(dims: tuple[int, ...], flips: list[tuple[int, int]], cut: int) -> None:
+    """Headers with forged sizes, flipped bytes, truncation or trailing bytes: a clean array or DataError."""
+    buf = bytearray(_valid_idx(dims))
+    for pos, value in flips:
+        if pos < len(buf):
+            buf[pos] = value
+    data = bytes(buf[: len(buf) + cut]) if cut < 0 else bytes(buf) + b"\x00" * cut
+    try:
+        arr = parse_idx(data)
+    except DataError:
+        return
+    assert arr.dtype == np.uint8 and arr.nbytes <= len(data)

@@ -176,3 +176,15 @@ def test_a_run_killed_with_sigkill_is_closed_by_the_next_run(tracking_uri: str, 
     run(compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false")), output_dir=tmp_path / "next")
     after = client.get_run(killed.info.run_id)
     assert after.info.status == "FAILED" and "killed from outside" in after.data.tags["failure_reason"]
+
+
+def test_a_failing_plot_never_fails_a_finished_training(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("no font today")
+
+    monkeypatch.setattr("mnist_np.plots.save_all", broken)
+    run(compose(small_overrides(tracking_uri, "trainer.epochs=1")), output_dir=tmp_path / "out")
+    client, r = only_run(tracking_uri)
+    assert r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics
+    assert "plots: no font today" in r.data.tags["warnings"]
+    assert (tmp_path / "out" / "weights" / "final.npz").exists()
