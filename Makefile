@@ -9,7 +9,7 @@ ARGS   ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: venv train test ui clean
+.PHONY: venv train test ui sweep bench clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,15 @@ test: $(STAMP)
 # root); it binds to loopback unless HOST is given.
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT)
+
+# A small example sweep: 2 x 2 grid in parallel, 5 epochs each, one MLflow parent run.
+sweep: $(STAMP)
+	$(PY) scripts/train.py --multirun +sweep=parallel model.hidden_size=64,128 optimizer.lr=0.05,0.1 trainer.epochs=5 $(ARGS)
+
+# Training-loop benchmark against the GEMM roofline and PyTorch (installs the pinned CPU torch).
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) scripts/bench.py loop $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
