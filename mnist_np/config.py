@@ -138,7 +138,7 @@ ROOT_ENV = "MNIST_NP_ROOT"  # conf/config.yaml reads the project root from here
 
 
 def register_configs() -> None:
-    """Put the schemas and the sweep callback in Hydra's ConfigStore.
+    """Put the schemas (group ``schema/``) and the sweep callback in Hydra's ConfigStore.
 
     Also exports the project root as ``$MNIST_NP_ROOT``, which the run and
     sweep dirs in ``conf/config.yaml`` are built from: an environment
@@ -152,13 +152,18 @@ def register_configs() -> None:
     os.environ.setdefault(ROOT_ENV, str(PROJECT_ROOT))
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="data", name="base_data", node=DataConfig)
-    cs.store(group="model", name="base_model", node=ModelConfig)
-    cs.store(group="optimizer", name="base_sgd", node=SGDConfig)
-    cs.store(group="optimizer", name="base_adam", node=AdamConfig)
-    cs.store(group="schedule", name="base_schedule", node=ScheduleConfig)
-    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
-    cs.store(group="mlflow", name="base_mlflow", node=MlflowConfig)
+    # Schemas live in their own group, so they do not show up as options of
+    # the groups they type (`optimizer=base_sgd` is not a choice anyone should see).
+    for group, name, node in [
+        ("data", "data", DataConfig),
+        ("model", "mlp", ModelConfig),
+        ("optimizer", "sgd", SGDConfig),
+        ("optimizer", "adam", AdamConfig),
+        ("schedule", "schedule", ScheduleConfig),
+        ("trainer", "trainer", TrainerConfig),
+        ("mlflow", "mlflow", MlflowConfig),
+    ]:
+        cs.store(group=f"schema/{group}", name=name, node=node, package=group)
     # Hydra instantiates callbacks from _target_ strings; keeping that string
     # here, in code, leaves conf/ free of import paths.
     cs.store(

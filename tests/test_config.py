@@ -164,3 +164,18 @@ def test_default_and_best_presets_fit_comfortably() -> None:
 
     assert estimated_bytes(compose()) < 1024**3
     assert estimated_bytes(compose(["+experiment=best_mnist"])) < 1024**3
+
+
+@pytest.mark.parametrize("option,key", [("optimizer=adam", "optimizer.eps"), ("optimizer=sgd", "optimizer.momentum"),
+                                        ("schedule=step", "schedule.gamma"), ("data=fashion_mnist", "data.val_size")])
+def test_group_options_are_typed_by_their_schema(option: str, key: str) -> None:
+    from omegaconf import ValidationError
+
+    cfg = compose([option])
+    with pytest.raises(ValidationError):
+        OmegaConf.update(cfg, key, "not a number")
+
+
+def test_help_lists_real_options_only() -> None:
+    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--help"], capture_output=True, text=True, timeout=120)
+    assert "optimizer: adam, adamw, sgd\n" in proc.stdout and "base_" not in proc.stdout
