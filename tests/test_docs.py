@@ -1,0 +1,56 @@
+"""The README's configuration reference agrees with the schema and the default config."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+from omegaconf import OmegaConf
+
+from mnist_np.config import GROUP_SCHEMAS, PROJECT_ROOT, Config, compose
+
+README = (PROJECT_ROOT / "README.md").read_text()
+ROWS = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z_.]+)` \| ([^|]*) \|", README, re.M)}
+
+
+def schema_keys() -> set[str]:
+    keys = {f.name for f in dataclasses.fields(Config) if f.name not in GROUP_SCHEMAS}
+    for group, schemas in GROUP_SCHEMAS.items():
+        keys |= {f"{group}.{f.name}" for s in schemas for f in dataclasses.fields(s)}
+    return keys
+
+
+def test_every_schema_key_is_documented_and_nothing_else() -> None:
+    documented = set(ROWS)
+    assert schema_keys() - documented == set(), "keys missing from the README's configuration table"
+    assert documented - schema_keys() == set(), "README documents keys the schema does not have"
+
+
+def default_of(key: str) -> object:
+    """The key's value in the default config, or in the first option of its group that has it
+    (``optimizer.betas`` exists only for adam/adamw)."""
+    from mnist_np.config import group_options
+
+    value = OmegaConf.select(compose(), key, default="<absent>")
+    group = key.split(".")[0]
+    for option in group_options(group) if value == "<absent>" else []:
+        value = OmegaConf.select(compose([f"{group}={option}"]), key, default="<absent>")
+        if value != "<absent>":
+            break
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def render(value: object) -> str:
+    """How the README writes a value: YAML-ish (null, true, [0.9, 0.999])."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+@pytest.mark.parametrize("key", sorted(schema_keys()))
+def test_documented_default_is_the_real_default(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert f"`{render(default_of(key))}`" in ROWS[key], (key, ROWS[key])
