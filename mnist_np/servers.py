@@ -1,0 +1,156 @@
+"""A real MLflow tracking server in a subprocess, for tests and scripts.
+
+:func:`start_mlflow_server` runs the venv's ``mlflow server`` executable on
+loopback with a throwaway store (SQLite ``mlflow.db`` plus a proxied
+artifacts folder), waits until ``/health`` answers, and hands back an
+:class:`MlflowServer` that stops it again. Runs then point at it with
+``mlflow.tracking_uri=<server.url>``, exactly as users point runs at a
+shared server.
+
+This module never imports MLflow: it only starts the executable and speaks
+HTTP to it, so tracking stays the business of :mod:`mnist_np.tracking`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+LOOPBACK = "127.0.0.1"
+# A cold `mlflow server` imports a lot and migrates a new SQLite file: ~5-15 s
+# on a busy 2-core machine. The limit is generous so a loaded CI box still passes.
+START_TIMEOUT_SECONDS = 120.0
+
+
+class ServerError(RuntimeError):
+    """The MLflow server could not be started (the message carries its log's tail)."""
+
+
+def mlflow_executable() -> str:
+    """The ``mlflow`` command of the running interpreter's environment (the venv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "mlflow"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("mlflow")
+    if found is None:
+        raise ServerError("no `mlflow` executable beside the Python interpreter or on PATH (pip install mlflow)")
+    return found
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def is_healthy(url: str, timeout: float = 2.0) -> bool:
+    """True when ``<url>/health`` answers 200 (MLflow's liveness endpoint)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class MlflowServer:
+    """A running ``mlflow server``; use it as a context manager or call :meth:`stop`."""
+
+    url: str
+    root: Path  # holds mlflow.db, artifacts/ and server.log
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def backend_store_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the server's combined stdout/stderr (for error messages)."""
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the server and its worker processes (they share its process group)."""
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=timeout)
+
+    def __enter__(self) -> "MlflowServer":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def start_mlflow_server(
+    root: Path,
+    host: str = LOOPBACK,
+    port: int | None = None,
+    workers: int = 1,
+    timeout: float = START_TIMEOUT_SECONDS,
+    extra_args: tuple[str, ...] = (),
+) -> MlflowServer:
+    """Start ``mlflow server`` over a store in ``root`` and wait until it is healthy.
+
+    Args:
+        root: folder for ``mlflow.db``, ``artifacts/`` (served through the
+            server, so clients need no shared filesystem) and ``server.log``.
+        host: interface to bind; loopback unless a test needs otherwise.
+        port: a free port is picked when ``None``.
+        workers: server worker processes; one is plenty for a test and
+            spares the cores the trainings need.
+        timeout: seconds to wait for ``/health``.
+        extra_args: more ``mlflow server`` options.
+
+    Raises:
+        ServerError: the server exited or did not become healthy in time
+            (the message ends with the tail of its log).
+    """
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    url = f"http://{host}:{port}"
+    log_path = root / "server.log"
+    cmd = [
+        mlflow_executable(), "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--host", host, "--port", str(port), "--workers", str(workers),
+        *extra_args,
+    ]
+    with log_path.open("wb") as log_file:
+        # Own process group: stop() ends the server's workers with it.
+        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   cwd=root, start_new_session=True)
+    server = MlflowServer(url=url, root=root, process=process, log_path=log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerError(f"mlflow server exited with status {process.returncode}:\n{server.log_tail()}")
+        if is_healthy(url):
+            return server
+        time.sleep(0.5)
+    server.stop()
+    raise ServerError(f"mlflow server at {url} not healthy after {timeout:.0f} s:\n{server.log_tail()}")
