@@ -26,84 +26,137 @@ def save_all(
     first_layer: np.ndarray,
     class_names: Sequence[str],
 ) -> list[Path]:
-    """Write the run's figures into ``out_dir``; returns their paths.
+    """Write the run's figures into ``out_dir``, one PNG each; returns their paths.
+
+    ``loss_curves.png`` and ``accuracy_curves.png`` (train and validation per
+    epoch), ``confusion_matrix.png`` (test counts), ``misclassified.png``
+    (test images with true and predicted class) and
+    ``first_layer_weights.png`` (each hidden unit's 784 input weights as a
+    28x28 image). Sized to stay readable when shown ~700 px wide.
 
     Args:
         history: per-epoch metric dicts (``train_loss``, ``val_loss``, ``train_accuracy``, ...).
         y_true, y_pred: ``(N,)`` test labels and predictions.
         x_test: ``(N, 784)`` test images in [0, 1].
         first_layer: ``W1: (784, H)``.
+        class_names: display name per label (digits, or Fashion-MNIST's garments).
     """
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    epochs = np.arange(1, len(history) + 1)
+    return [
+        _curves(out_dir / "loss_curves.png", history, "loss", "cross-entropy loss (nats per image)"),
+        _curves(out_dir / "accuracy_curves.png", history, "accuracy", "accuracy (%)"),
+        _confusion(out_dir / "confusion_matrix.png", y_true, y_pred, class_names),
+        _misclassified(out_dir / "misclassified.png", y_true, y_pred, x_test, class_names),
+        _first_layer(out_dir / "first_layer_weights.png", first_layer),
+    ]
 
-    for metric, label in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-        for split in ("train", "val"):
-            values = [h[f"{split}_{metric}"] for h in history]
-            if not np.all(np.isnan(values)):
-                ax.plot(epochs, values, marker="o", label="train (running)" if split == "train" else "validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.set_title(f"{label} per epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        paths.append(_save(fig, out_dir / f"{metric}_curves.png"))
+
+def _curves(path: Path, history: Sequence[dict[str, float]], metric: str, ylabel: str) -> Path:
+    """Train and validation ``metric`` per epoch; the legend gives each curve's last value."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    scale = 100.0 if metric == "accuracy" else 1.0
+    epochs = np.arange(1, len(history) + 1)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    # The train figure is a running average over the epoch's batches (the
+    # network changes while it is measured), hence above validation early on.
+    for split, label in (("train", "train (running average)"), ("val", "validation")):
+        values = np.array([h[f"{split}_{metric}"] for h in history], dtype=float) * scale
+        if np.all(np.isnan(values)):
+            continue
+        last = values[~np.isnan(values)][-1]
+        ax.plot(epochs, values, marker="o" if len(epochs) <= 30 else None, markersize=4,
+                label=f"{label}: {last:.2f}" if metric == "accuracy" else f"{label}: {last:.4f}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{metric} per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _confusion(path: Path, y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> Path:
+    """Counts with class names; colour on a log scale so that a handful of errors still shows."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     cm = confusion_matrix(y_true, y_pred, len(class_names))
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
-    ax.imshow(cm, cmap="Blues")
+    fig, ax = plt.subplots(figsize=(6.4, 6), dpi=100)
+    cmap = plt.get_cmap("Blues").with_extremes(bad="white")  # zero counts: masked by the log scale, drawn blank
+    norm = LogNorm(vmin=1, vmax=max(int(cm.max()), 2))
+    ax.imshow(np.ma.masked_equal(cm, 0), cmap=cmap, norm=norm)
     ticks = np.arange(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    long_names = max(len(n) for n in class_names) > 2
+    ax.set_xticks(ticks, class_names, rotation=40 if long_names else 0, ha="right" if long_names else "center")
     ax.set_yticks(ticks, class_names)
-    threshold = cm.max() / 2
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if cm[i, j] > threshold else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"test confusion matrix (accuracy {np.mean(y_true == y_pred):.4f})")
+            dark = cm[i, j] > 0 and norm(cm[i, j]) > 0.6
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    correct, total = int(np.trace(cm)), int(cm.sum())
+    ax.set_title(f"test set: {correct:,} of {total:,} correct ({100 * correct / max(total, 1):.2f}%)")
     fig.tight_layout()
-    paths.append(_save(fig, out_dir / "confusion_matrix.png"))
+    return _save(fig, path)
 
-    # The two image grids are drawn as one mosaic each (one axes, one
-    # imshow) rather than one axes per tile: ~100 axes cost seconds.
-    wrong = np.flatnonzero(y_true != y_pred)[:36]
-    cols = 6
+
+def _misclassified(path: Path, y_true: np.ndarray, y_pred: np.ndarray, x_test: np.ndarray,
+                   class_names: Sequence[str], cols: int = 6, limit: int = 36) -> Path:
+    """The first ``limit`` misclassified test images, each under its true and predicted class."""
+    import matplotlib.pyplot as plt
+
+    wrong = np.flatnonzero(y_true != y_pred)[:limit]
     rows = max(1, int(np.ceil(len(wrong) / cols)))
-    fig, ax = plt.subplots(figsize=(7, 1.25 * rows + 0.6), dpi=100)
-    ax.imshow(_mosaic(x_test[wrong].reshape(-1, 28, 28), cols, pad=10, fill=0.0), cmap="gray_r", vmin=0, vmax=1)
+    pad = 16  # image pixels above each tile for its two-line label
+    # One mosaic (one axes, one imshow) rather than an axes per tile: ~100 axes cost seconds.
+    mosaic = _mosaic(x_test[wrong].reshape(-1, 28, 28), cols, pad=pad, fill=0.0)
+    width = 7.0  # inches; the height follows the mosaic's shape, plus room for the title
+    fig, ax = plt.subplots(figsize=(width, width * mosaic.shape[0] / mosaic.shape[1] + 0.5), dpi=100)
+    ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1)
     for i, k in enumerate(wrong):
         r, c = divmod(i, cols)
-        ax.text(c * 38 + 19, r * 38 + 9, f"true {class_names[y_true[k]]}, pred {class_names[y_pred[k]]}",
-                ha="center", va="bottom", fontsize=6.5)
+        ax.text(c * (28 + pad) + (28 + pad) / 2, r * (28 + pad) + pad - 1,
+                f"true {class_names[y_true[k]]}\npred {class_names[y_pred[k]]}",
+                ha="center", va="bottom", fontsize=8, linespacing=1.1)
     ax.axis("off")
-    ax.set_title(f"misclassified test images (first {len(wrong)} of {int(np.sum(y_true != y_pred))})", pad=12)
+    total = int(np.sum(y_true != y_pred))
+    ax.set_title(f"misclassified test images (first {len(wrong)} of {total:,})", pad=4)
     fig.tight_layout()
-    paths.append(_save(fig, out_dir / "misclassified.png"))
+    return _save(fig, path)
 
-    units = min(first_layer.shape[1], 64)
+
+def _first_layer(path: Path, first_layer: np.ndarray, limit: int = 64) -> Path:
+    """The first ``limit`` hidden units' input weights, each as a 28x28 image."""
+    import matplotlib.pyplot as plt
+
+    units = min(first_layer.shape[1], limit)
     w = first_layer[:, :units].T.reshape(units, 28, 28)
     # Each unit on its own symmetric scale, so weak and strong units both show structure.
     w = w / np.maximum(np.abs(w).reshape(units, -1).max(axis=1), 1e-12)[:, None, None]
-    fig, ax = plt.subplots(figsize=(7, 7), dpi=100)
-    ax.imshow(_mosaic(w, int(np.ceil(np.sqrt(units))), pad=2, fill=0.0), cmap="seismic", vmin=-1, vmax=1)
+    fig, ax = plt.subplots(figsize=(6, 6.3), dpi=100)
+    # Nearest-neighbour: each weight a crisp square (and a PNG a fraction of the size).
+    ax.imshow(_mosaic(w, int(np.ceil(np.sqrt(units))), pad=2, fill=0.0), cmap="seismic", vmin=-1, vmax=1,
+              interpolation="nearest")
     ax.axis("off")
-    ax.set_title(f"first-layer weights (first {units} of {first_layer.shape[1]} units; red +, blue -)")
+    ax.set_title(f"first-layer weights, one 28x28 image per hidden unit\n"
+                 f"(first {units} of {first_layer.shape[1]} units; red positive, blue negative)", fontsize=10)
     fig.tight_layout()
-    paths.append(_save(fig, out_dir / "first_layer_weights.png"))
-    return paths
+    return _save(fig, path)
 
 
 def _mosaic(tiles: np.ndarray, cols: int, pad: int, fill: float) -> np.ndarray:
-    """``tiles: (N, h, w)`` -> one ``(rows*(h+pad), cols*(w+pad))`` image, row-major, ``pad`` px apart."""
+    """``tiles: (N, h, w)`` -> one ``(rows*(h+pad), cols*(w+pad))`` image, row-major.
+
+    Each tile sits at the bottom of its cell, centred across: ``pad`` rows
+    above it (room for a label) and ``pad // 2`` columns either side.
+    """
     n, h, w = tiles.shape
     rows = max(1, int(np.ceil(n / cols)))
     out = np.full((rows * (h + pad), cols * (w + pad)), fill, dtype=np.float32)
