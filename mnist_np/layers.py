@@ -2,7 +2,7 @@
 
 Shapes: a batch is ``(N, features)``; a dense layer holds ``W: (in, out)`` and
 ``b: (out,)`` so the forward pass is ``X @ W + b`` with no transposes.
-Activations work in place where they can, because on the hot path an extra
+Activations work in place, because on the hot path an extra
 ``(N, hidden)`` temporary per call costs more than the arithmetic.
 """
 
@@ -20,7 +20,7 @@ class Activation(Protocol):
     name: str
 
     def forward(self, z: np.ndarray) -> np.ndarray:
-        """``z: (N, H)`` pre-activation -> ``a: (N, H)``; may overwrite ``z``."""
+        """``z: (N, H)`` pre-activation -> ``a: (N, H)``, computed in place: returns ``z``."""
 
     def backward(self, grad_a: np.ndarray, a: np.ndarray) -> np.ndarray:
         """``dL/da (N, H)`` and the forward output ``a`` -> ``dL/dz (N, H)``; may overwrite ``grad_a``."""
@@ -34,9 +34,10 @@ class ReLU:
         return np.maximum(z, 0, out=z)
 
     def backward(self, grad_a: np.ndarray, a: np.ndarray) -> np.ndarray:
-        # a > 0 exactly where z > 0, so the output is enough to route the gradient.
-        grad_a[a <= 0] = 0
-        return grad_a
+        # a > 0 exactly where z > 0, so the output is enough to route the
+        # gradient; a multiply by the boolean mask is one vectorised pass,
+        # where masked assignment would gather and scatter.
+        return np.multiply(grad_a, a > 0, out=grad_a)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class LeakyReLU:
     name: str = "leaky_relu"
 
     def forward(self, z: np.ndarray) -> np.ndarray:
-        return np.where(z > 0, z, z * z.dtype.type(self.negative_slope))
+        return np.multiply(z, z.dtype.type(self.negative_slope), out=z, where=z < 0)
 
     def backward(self, grad_a: np.ndarray, a: np.ndarray) -> np.ndarray:
         # For slope > 0 the sign of a equals the sign of z.
@@ -101,10 +102,13 @@ def normal(rng: np.random.Generator, fan_in: int, fan_out: int, scale: float) ->
     return rng.normal(0.0, scale, size=(fan_in, fan_out))
 
 
-def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float, dtype: np.dtype) -> np.ndarray:
-    """Inverted-dropout mask: 0 with probability ``rate``, else ``1/(1-rate)``.
+def dropout_mask(rng: np.random.Generator, out: np.ndarray, rate: float, keep: np.ndarray | None = None) -> np.ndarray:
+    """Fill ``out`` with an inverted-dropout mask: 0 with probability ``rate``, else ``1/(1-rate)``.
 
-    Scaling at train time means evaluation needs no change at all.
+    Scaling at train time means evaluation needs no change at all. ``out``
+    (float32 or float64) first receives the uniform draws; ``keep``, a bool
+    array of the same shape, is scratch space (allocated when not given).
     """
-    keep = rng.random(shape, dtype=np.float32 if dtype == np.float32 else np.float64) >= rate
-    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
+    rng.random(out=out, dtype=out.dtype)
+    keep = np.greater_equal(out, rate, out=keep)
+    return np.multiply(keep, out.dtype.type(1.0 / (1.0 - rate)), out=out)

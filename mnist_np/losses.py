@@ -31,16 +31,21 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-logp[np.arange(len(labels)), labels].mean())
 
 
-def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, grad_scale: float | None = None) -> tuple[float, np.ndarray]:
     """Fused loss and gradient.
 
     Args:
         logits: ``(N, C)`` scores; overwritten with the gradient to save a buffer.
         labels: ``(N,)`` integer classes in ``[0, C)``.
+        grad_scale: the gradient is ``(softmax - onehot) * grad_scale``;
+            ``None`` means ``1 / N``, the gradient of the mean. A shard of a
+            larger batch passes ``1 / batch_size`` so the shards' gradients
+            add up to the batch's.
 
     Returns:
-        ``(loss, dlogits)``: the mean cross-entropy (a Python float) and
-        ``dL/dlogits: (N, C)``, which is the ``logits`` array itself.
+        ``(loss, dlogits)``: the mean cross-entropy over these ``N`` rows (a
+        Python float) and ``dL/dlogits: (N, C)``, which is the ``logits``
+        array itself.
     """
     n = logits.shape[0]
     rows = np.arange(n)
@@ -53,5 +58,5 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
     loss = float(np.mean(np.log(sums[:, 0]) - picked))
     logits /= sums
     logits[rows, labels] -= 1
-    logits *= logits.dtype.type(1.0 / n)
+    logits *= logits.dtype.type(1.0 / n if grad_scale is None else grad_scale)
     return loss, logits

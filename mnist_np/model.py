@@ -4,13 +4,21 @@
 ``b1: (128,)``, ``W2: (128, 10)``, ``b2: (10,)``. Parameters live in one flat
 dict keyed ``W1, b1, W2, b2, ...`` -- the same names they carry in ``.npz``
 files and the names optimizer state is keyed by.
+
+Two passes, two entry points: :meth:`MLP.forward` for inference (any number
+of rows, nothing kept), and :meth:`MLP.gradients` for training, which runs the
+forward pass, the fused loss and the backward pass over one (shard of a)
+mini-batch inside a preallocated :class:`Workspace` and writes the gradients
+where the caller says -- so several shards of one batch can be computed at the
+same time, each in its own workspace, without allocating on the hot path.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mnist_np.layers import Activation, Initializer, dropout_mask
+from mnist_np.layers import Activation, Initializer
+from mnist_np.losses import softmax_cross_entropy
 
 
 def param_names(num_layers: int) -> list[str]:
@@ -18,11 +26,34 @@ def param_names(num_layers: int) -> list[str]:
     return [f"{kind}{i}" for i in range(1, num_layers + 1) for kind in ("W", "b")]
 
 
+class Workspace:
+    """Preallocated buffers for :meth:`MLP.gradients` on up to ``rows`` samples.
+
+    ``x: (rows, 784)`` the gathered inputs; per hidden layer ``h`` (the
+    activation, computed in place over the pre-activation) and, with dropout,
+    ``a`` (the activation times the mask, the next layer's input); ``logits:
+    (rows, C)``, overwritten by their gradient; ``da`` per hidden layer, the
+    gradient flowing back into it. One workspace serves one thread.
+    """
+
+    def __init__(self, sizes: list[int], rows: int, dtype: np.dtype, dropout: bool) -> None:
+        hidden = sizes[1:-1]
+        self.rows = rows
+        self.x = np.empty((rows, sizes[0]), dtype=dtype)
+        self.h = [np.empty((rows, width), dtype=dtype) for width in hidden]
+        self.a = [np.empty((rows, width), dtype=dtype) for width in hidden] if dropout else self.h
+        self.da = [np.empty((rows, width), dtype=dtype) for width in hidden]
+        self.logits = np.empty((rows, sizes[-1]), dtype=dtype)
+
+
 class MLP:
     """Dense layers with an activation between them and a linear output.
 
     Args:
         params: ``{"W1": (in, h1), "b1": (h1,), ..., "WL": (h_{L-1}, C), "bL": (C,)}``.
+            The dict is the model's: an optimizer may point its entries at
+            other storage (see :meth:`mnist_np.optim.Optimizer.attach`), so
+            read ``model.params[name]`` rather than keeping an array.
         activation: nonlinearity after every hidden layer.
         dropout: inverted-dropout rate on hidden activations during training.
     """
@@ -35,11 +66,6 @@ class MLP:
         self.activation = activation
         self.dropout = float(dropout)
         self.dtype = self.params["W1"].dtype
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
-        # Forward-pass values the backward pass needs; set by forward(train=True).
-        self._inputs: list[np.ndarray] = []
-        self._hidden: list[np.ndarray] = []
-        self._masks: list[np.ndarray | None] = []
 
     @classmethod
     def initialize(
@@ -69,59 +95,79 @@ class MLP:
         """Layer widths, input first: e.g. ``[784, 128, 10]``."""
         return [self.params["W1"].shape[0]] + [self.params[f"W{i}"].shape[1] for i in range(1, self.num_layers + 1)]
 
-    def forward(self, x: np.ndarray, train: bool = False, rng: np.random.Generator | None = None) -> np.ndarray:
-        """``x: (N, 784)`` -> ``logits: (N, C)``.
+    def load_params(self, params: dict[str, np.ndarray]) -> None:
+        """Copy ``params`` (same names and shapes) into the model's arrays, cast to its dtype."""
+        for name, target in self.params.items():
+            np.copyto(target, params[name], casting="unsafe")
 
-        With ``train=True`` the values needed by :meth:`backward` are kept and
-        dropout (if any) is applied using ``rng``.
-        """
-        use_dropout = train and self.dropout > 0
-        if use_dropout and rng is None:
-            raise ValueError("dropout needs a random generator")
-        if train:
-            self._inputs, self._hidden, self._masks = [], [], []
+    def workspace(self, rows: int) -> Workspace:
+        """Buffers for training on up to ``rows`` samples at a time (see :meth:`gradients`)."""
+        return Workspace(self.sizes, rows, self.dtype, dropout=self.dropout > 0)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Inference: ``x: (N, 784)`` -> ``logits: (N, C)``, no dropout, nothing kept."""
         a = x
         for i in range(1, self.num_layers + 1):
-            if train:
-                self._inputs.append(a)
             z = a @ self.params[f"W{i}"]
             z += self.params[f"b{i}"]
             if i == self.num_layers:
                 return z
-            h = self.activation.forward(z)
-            mask = None
-            if use_dropout:
-                mask = dropout_mask(rng, h.shape, self.dropout, h.dtype)  # type: ignore[arg-type]
-                a = h * mask
-            else:
-                a = h
-            if train:
-                self._hidden.append(h)
-                self._masks.append(mask)
+            a = self.activation.forward(z)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def backward(self, dlogits: np.ndarray) -> dict[str, np.ndarray]:
-        """Gradients of the loss for the last ``forward(train=True)``.
+    def gradients(
+        self,
+        ws: Workspace,
+        n: int,
+        y: np.ndarray,
+        grads: dict[str, np.ndarray],
+        grad_scale: float,
+        masks: list[np.ndarray] | None = None,
+    ) -> tuple[float, int]:
+        """Forward, fused softmax cross-entropy and backward over ``ws.x[:n]``.
 
         Args:
-            dlogits: ``dL/dlogits: (N, C)``.
+            ws: workspace whose first ``n`` rows of ``x`` hold the inputs ``(n, 784)``.
+            y: ``(n,)`` integer labels.
+            grads: arrays shaped like ``params``; overwritten with
+                ``grad_scale * sum over the n samples of dloss/dparam``.
+            grad_scale: ``1 / batch_size``, so the gradients of a batch's
+                shards add up to the gradient of the batch's mean loss.
+            masks: per hidden layer, ``(n, H)`` inverted-dropout masks (0 or
+                ``1/(1-rate)``), drawn by the caller so that the masks of a
+                batch do not depend on how it is split into shards.
 
         Returns:
-            ``self.grads``: a dict shaped like ``params``, overwritten on every call.
+            ``(loss_sum, correct)``: the summed cross-entropy of the ``n``
+            samples and how many the forward pass classified right.
         """
-        dz = dlogits
-        for i in range(self.num_layers, 0, -1):
-            a_prev = self._inputs[i - 1]
-            np.matmul(a_prev.T, dz, out=self.grads[f"W{i}"])
-            np.sum(dz, axis=0, out=self.grads[f"b{i}"])
+        last = self.num_layers
+        a = ws.x[:n]
+        inputs = [a]
+        for i in range(1, last):
+            h = np.matmul(a, self.params[f"W{i}"], out=ws.h[i - 1][:n])
+            h += self.params[f"b{i}"]
+            self.activation.forward(h)
+            if masks is not None:
+                a = np.multiply(h, masks[i - 1], out=ws.a[i - 1][:n])
+            else:
+                a = h
+            inputs.append(a)
+        logits = np.matmul(a, self.params[f"W{last}"], out=ws.logits[:n])
+        logits += self.params[f"b{last}"]
+        correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+        loss, dz = softmax_cross_entropy(logits, y, grad_scale)
+
+        for i in range(last, 0, -1):
+            np.matmul(inputs[i - 1].T, dz, out=grads[f"W{i}"])
+            np.sum(dz, axis=0, out=grads[f"b{i}"])
             if i == 1:
                 break
-            da = dz @ self.params[f"W{i}"].T
-            mask = self._masks[i - 2]
-            if mask is not None:
-                da *= mask
-            dz = self.activation.backward(da, self._hidden[i - 2])
-        return self.grads
+            da = np.matmul(dz, self.params[f"W{i}"].T, out=ws.da[i - 2][:n])
+            if masks is not None:
+                da *= masks[i - 2]
+            dz = self.activation.backward(da, ws.h[i - 2][:n])
+        return loss * n, correct
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 10_000) -> np.ndarray:
         """Logits ``(N, C)`` for ``x: (N, 784)``, in chunks to bound memory."""

@@ -374,7 +374,7 @@ def _execute(
             (output_dir / "environment.json").write_text(json.dumps(env, indent=2))
             if first_time:
                 tracker.log_dataset(raw.spec.name, raw.digest, source=str(cfg.data.dir or "pinned-sha256"), sizes=splits.sizes)
-            result = _train_and_record(cfg, splits, raw, output_dir, config_yaml, tracker, state)
+            result = _train_and_record(cfg, splits, raw, output_dir, config_yaml, tracker, state, threads)
         except KeyboardInterrupt:
             tracker.end("KILLED", "interrupted by the user (KeyboardInterrupt); continue with resume=<run id>")
             raise
@@ -405,6 +405,7 @@ def _train_and_record(
     config_yaml: str,
     tracker: Any,
     state: checkpoint.TrainingState | None,
+    threads: int,
 ) -> RunResult:
     dtype = np.dtype(cfg.trainer.dtype)
     rngs = rng_streams(cfg.seed)
@@ -413,7 +414,7 @@ def _train_and_record(
     fit_state = FitResult()
     if state is not None:
         # Everything fit() reads or draws from, exactly as it was after state.epoch.
-        model.params.update({k: np.array(v, dtype=dtype) for k, v in state.params.items()})
+        model.load_params(state.params)
         optimizer.load_state_dict(state.optimizer)
         checkpoint.restore_rngs(rngs, state.rng_states)
         fit_state = state.result
@@ -424,6 +425,7 @@ def _train_and_record(
         monitor=cfg.trainer.monitor,
         early_stopping_patience=cfg.trainer.early_stopping_patience,
         progress=sys.stderr.isatty() if cfg.trainer.progress is None else bool(cfg.trainer.progress),
+        threads=threads,
     )
     checkpointer = checkpoint.Checkpointer(
         output_dir / "checkpoints", optimizer, rngs, config_yaml, tracker.run_id, settings.epochs,

@@ -19,9 +19,12 @@ from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
-from mnist_np.losses import cross_entropy, softmax_cross_entropy
+from threadpoolctl import threadpool_limits
+
+from mnist_np.losses import cross_entropy
 from mnist_np.model import MLP
 from mnist_np.optim import Optimizer, Schedule
+from mnist_np.stepper import Stepper
 
 MONITORS = {"val_loss": -1.0, "val_accuracy": 1.0}  # sign: +1 means higher is better
 
@@ -40,6 +43,8 @@ class TrainSettings:
 
     ``monitor`` picks the epoch whose weights count as best and drives early
     stopping (``early_stopping_patience`` epochs without improvement).
+    ``threads``: cores for the batch loop (see :mod:`mnist_np.stepper`); the
+    result depends on it, so a run records it.
     """
 
     epochs: int
@@ -48,6 +53,7 @@ class TrainSettings:
     monitor: str = "val_loss"
     early_stopping_patience: int | None = None
     progress: bool = False
+    threads: int = 1
 
 
 @dataclass
@@ -131,56 +137,51 @@ def fit(
 
     # A run that stopped early has nothing left to do, even when resumed.
     first = settings.epochs if result.stopped_early else result.epochs_done
-    # One batch buffer for the whole run: gathering into it avoids a fresh
-    # (batch, 784) allocation per step.
-    xb_buffer = np.empty((min(bs, n),) + x_train.shape[1:], dtype=x_train.dtype)
-    for epoch in range(first, settings.epochs):
-        start = time.perf_counter()
-        order = shuffle_rng.permutation(n)
-        loss_sum = 0.0
-        correct = 0
-        lr = schedule.lr_at_step(epoch, 0, steps)
-        for b in _progress(range(steps), settings.progress, epoch, settings.epochs):
-            idx = order[b * bs : (b + 1) * bs]
-            # mode="clip": with mode="raise" numpy buffers `out` (indices are valid here).
-            xb = np.take(x_train, idx, axis=0, out=xb_buffer[: len(idx)], mode="clip")
-            yb = y_train[idx]
-            lr_b = schedule.lr_at_step(epoch, b, steps)
-            logits = model.forward(xb, train=True, rng=dropout_rng)
-            correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
-            loss, dlogits = softmax_cross_entropy(logits, yb)
-            if not math.isfinite(loss):
-                raise TrainingDiverged(epoch + 1, b + 1, loss)
-            loss_sum += loss * len(idx)
-            optimizer.step(model.params, model.backward(dlogits), lr_b)
-        seconds = time.perf_counter() - start
+    with Stepper(model, optimizer, x_train, y_train, bs, settings.threads, dropout_rng) as stepper:
+        for epoch in range(first, settings.epochs):
+            start = time.perf_counter()
+            order = shuffle_rng.permutation(n)
+            loss_sum = 0.0
+            correct = 0
+            lr = schedule.lr_at_step(epoch, 0, steps)
+            # Every product in the batch loop runs single-threaded: the stepper
+            # spreads whole shards over the cores instead.
+            with threadpool_limits(limits=1, user_api="blas"):
+                for b in _progress(range(steps), settings.progress, epoch, settings.epochs):
+                    batch_loss, batch_correct = stepper.step(order[b * bs : (b + 1) * bs], schedule.lr_at_step(epoch, b, steps))
+                    if not math.isfinite(batch_loss):
+                        raise TrainingDiverged(epoch + 1, b + 1, batch_loss / min(bs, n - b * bs))
+                    loss_sum += batch_loss
+                    correct += batch_correct
+                stepper.sync()
+            seconds = time.perf_counter() - start
 
-        val_loss, val_acc = evaluate(model, x_val, y_val, settings.eval_batch_size)
-        metrics = {
-            "train_loss": loss_sum / n,
-            "train_accuracy": correct / n,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "lr": lr,
-            "epoch_seconds": seconds,
-            "samples_per_second": n / seconds if seconds > 0 else math.inf,
-        }
-        result.history.append(metrics)
-        score = sign * metrics[settings.monitor] if has_val else float(epoch)
-        is_best = score > result.best_score
-        if is_best:
-            result.best_score, result.since_best = score, 0
-            result.best_epoch = epoch + 1
-            result.best_params = {k: v.copy() for k, v in model.params.items()}
-        else:
-            result.since_best += 1
-        patience = settings.early_stopping_patience
-        stop = patience is not None and has_val and result.since_best >= patience and epoch + 1 < settings.epochs
-        result.stopped_early = stop
-        for cb in callbacks:
-            cb.on_epoch_end(epoch + 1, metrics, model, is_best)
-        if stop:
-            break
+            val_loss, val_acc = evaluate(model, x_val, y_val, settings.eval_batch_size)
+            metrics = {
+                "train_loss": loss_sum / n,
+                "train_accuracy": correct / n,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "lr": lr,
+                "epoch_seconds": seconds,
+                "samples_per_second": n / seconds if seconds > 0 else math.inf,
+            }
+            result.history.append(metrics)
+            score = sign * metrics[settings.monitor] if has_val else float(epoch)
+            is_best = score > result.best_score
+            if is_best:
+                result.best_score, result.since_best = score, 0
+                result.best_epoch = epoch + 1
+                result.best_params = {k: v.copy() for k, v in model.params.items()}
+            else:
+                result.since_best += 1
+            patience = settings.early_stopping_patience
+            stop = patience is not None and has_val and result.since_best >= patience and epoch + 1 < settings.epochs
+            result.stopped_early = stop
+            for cb in callbacks:
+                cb.on_epoch_end(epoch + 1, metrics, model, is_best)
+            if stop:
+                break
 
     for cb in callbacks:
         cb.on_train_end(result)

@@ -128,7 +128,8 @@ def time_ours(overrides: list[str], epochs: int, threads: int) -> tuple[list[flo
     _, splits = load_splits(cfg)
     rngs = rng_streams(cfg.seed)
     model = build_model(cfg, rngs["init"], np.dtype(cfg.trainer.dtype))
-    settings = TrainSettings(epochs=epochs, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size)
+    settings = TrainSettings(epochs=epochs, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
+                             threads=threads)
     with threadpool_limits(limits=threads, user_api="blas"):
         result = fit(model, build_optimizer(cfg), build_schedule(cfg), splits.x_train, splits.y_train,
                      splits.x_val, splits.y_val, settings, rngs["shuffle"], rngs["dropout"])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
 from mnist_np.model import MLP
 from mnist_np.optim import SGD, Schedule
 from mnist_np.registry import ACTIVATIONS, INITIALIZERS
+from mnist_np.stepper import shard_count
 from mnist_np.training import TrainingDiverged, TrainSettings, evaluate, fit
 
 
@@ -88,3 +91,55 @@ def test_training_is_deterministic_for_fixed_generators() -> None:
     c, _, _ = train(epochs=2, seed=5)
     assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
     assert not np.array_equal(a.params["W1"], c.params["W1"])
+
+
+def train_threads(threads: int, n: int = 1001, batch_size: int = 100, lr: float = 0.05, dropout: float = 0.0, model_seed: int = 0):
+    """One epoch on blobs with ``threads`` shards per batch; ``n`` leaves a 1-row last batch."""
+    x, y = blobs(n, seed=1)
+    model = MLP.initialize([784, 16, 3], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(model_seed), dropout=dropout)
+    settings = TrainSettings(epochs=1, batch_size=batch_size, threads=threads)
+    result = fit(model, SGD(momentum=0.9, nesterov=True, weight_decay=5e-4), Schedule("constant", lr, 1), x, y, x[:0], y[:0],
+                 settings, np.random.default_rng(1), np.random.default_rng(2))
+    return model, result
+
+
+def test_shard_count_follows_threads_and_batch_size() -> None:
+    assert shard_count(128, 2) == 2 and shard_count(512, 2) == 2 and shard_count(512, 8) == 8
+    assert shard_count(32, 2) == 1  # too few rows per shard to pay for a second thread
+    assert shard_count(128, 1) == 1 and shard_count(1, 4) == 1
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_threaded_steps_are_deterministic_and_agree_with_one_thread(dropout: float) -> None:
+    before = threading.active_count()
+    a, ra = train_threads(2, dropout=dropout)
+    b, rb = train_threads(2, dropout=dropout)
+    one, r1 = train_threads(1, dropout=dropout)
+    assert threading.active_count() == before  # the workers are gone
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)  # same threads, same bits
+    assert ra.history[0]["train_loss"] == rb.history[0]["train_loss"]
+    # Two shards add their gradients in another order than one: equal up to rounding.
+    assert all(np.allclose(a.params[k], one.params[k], rtol=1e-4, atol=1e-6) for k in a.params)
+    assert ra.history[0]["train_accuracy"] == pytest.approx(r1.history[0]["train_accuracy"], abs=0.01)
+
+
+def test_an_error_in_a_worker_thread_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = MLP.gradients
+
+    def failing(self, ws, n, *args, **kwargs):
+        if threading.current_thread().name == "shard-1":
+            raise MemoryError("shard 1 ran out")
+        return real(self, ws, n, *args, **kwargs)
+
+    monkeypatch.setattr(MLP, "gradients", failing)
+    before = threading.active_count()
+    with pytest.raises(MemoryError, match="shard 1"):
+        train_threads(2)
+    assert threading.active_count() == before
+
+
+def test_divergence_with_threads_stops_cleanly() -> None:
+    before = threading.active_count()
+    with pytest.raises(TrainingDiverged):
+        train_threads(2, lr=1e8)
+    assert threading.active_count() == before
