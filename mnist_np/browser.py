@@ -230,11 +230,19 @@ class MlflowUI:
             if switch.get_attribute("aria-checked") != "true":
                 switch.click()
 
-    def screenshot(self, path: Path, clip_to: "Locator | None" = None) -> Path:
-        """Save a PNG of the viewport, or of the rectangle ``clip_to`` covers."""
+    def screenshot(self, path: Path, top: "Locator | None" = None, bottom: "Locator | None" = None,
+                   margin: int = 12) -> Path:
+        """Save a PNG of the viewport, or of the band from ``top``'s top edge to ``bottom``'s
+        bottom edge, as wide as the widest of the two (plus ``margin`` pixels around)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        if clip_to is None:
+        if top is None or bottom is None:
             self.page.screenshot(path=str(path))
-        else:
-            clip_to.screenshot(path=str(path))
+            return path
+        a, b = top.bounding_box(), bottom.bounding_box()
+        if a is None or b is None:
+            raise RuntimeError(f"cannot clip {path.name}: an element to clip to is not on screen")
+        x0, y0 = min(a["x"], b["x"]) - margin, a["y"] - margin
+        x1 = max(a["x"] + a["width"], b["x"] + b["width"]) + margin
+        y1 = b["y"] + b["height"] + margin
+        self.page.screenshot(path=str(path), clip={"x": max(x0, 0), "y": max(y0, 0), "width": x1 - max(x0, 0), "height": y1 - max(y0, 0)})
         return path

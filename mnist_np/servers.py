@@ -13,6 +13,7 @@ HTTP to it, so tracking stays the business of :mod:`mnist_np.tracking`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +77,12 @@ class MlflowServer:
     @property
     def backend_store_uri(self) -> str:
         return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    def experiment_id(self, name: str) -> str:
+        """The id of experiment ``name``, asked over the REST API (as the UI's URLs need it)."""
+        query = urllib.parse.urlencode({"experiment_name": name})
+        with urllib.request.urlopen(f"{self.url}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=30) as response:
+            return str(json.load(response)["experiment"]["experiment_id"])
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the server's combined stdout/stderr (for error messages)."""
