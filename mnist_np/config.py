@@ -197,6 +197,8 @@ def check_overrides(args: list[str]) -> None:
 
     # Hydra's own argument parser separates flags (--config-dir X, -m) from overrides.
     known, _ = get_args_parser().parse_known_args(args)
+    if known.shell_completion:
+        return  # `-sc install=bash`: its words are Hydra's commands, not config overrides
     if known.config_name not in (None, "config") or known.config_dir or known.config_path:
         return  # another primary config (e.g. a run's saved .hydra/config.yaml): Hydra checks it
     overrides = list(known.overrides)
