@@ -2,19 +2,20 @@
 
 An optimizer keeps the parameters, the gradients of every shard of the
 mini-batch and its own state (momentum, Adam moments) as the rows of one
-matrix, ``(shards + 1 + slots, P)`` for ``P`` numbers in all parameters:
-
-    row 0 .. shards-1   gradients, one row per shard (written by the model)
-    row shards          the parameters (the model's arrays are views of it)
-    the rows after      the optimizer's state, e.g. ``velocity``
+matrix ``(rows, P)``, for ``P`` numbers in all parameters together: one
+gradient row per shard (written by the model), a row of parameters (the
+model's arrays are views of it) and a row per state ``slot`` (``velocity``;
+``m``, ``v``).
 
 The layout lets an SGD step be one small matrix product: the update is linear
-in ``(gradients, weights, velocity)``, so ``[w'; v'] = C(lr) @ [g_1; ...; g_s;
-w; v]`` reads every row once, adds up the shards' gradients on the way, and
-runs as a BLAS call instead of a string of elementwise passes. The columns
-are cut into parts (one per thread) and cache-sized chunks, so several threads
-can update disjoint columns at once. State is keyed by parameter name in
-:meth:`Optimizer.state_dict` (``velocity/W1``), as checkpoints store it.
+in ``(weights, velocity, gradients)``, so ``[w'; v'] = C(lr) @ [w; v; g_1;
+...; g_s]`` reads every row once, adds up the shards' gradients on the way,
+and runs as one BLAS call instead of a string of elementwise passes. The
+product cannot write over its own input, so SGD keeps two blocks of
+``[w; v]`` rows around the gradient rows and alternates between them.
+The columns are cut into parts, one per thread, that can be updated at the
+same time. State is keyed by parameter name in :meth:`Optimizer.state_dict`
+(``velocity/W1``), as checkpoints store it.
 
 Weight decay applies to weight matrices (``W*``) only: decaying biases only
 hurts (Loshchilov & Hutter, 2019, follow the same convention).
@@ -37,79 +38,107 @@ Chunk = tuple[int, int, bool]  # columns [lo, hi) of one parameter, and whether 
 
 
 class Optimizer:
-    """The shared machinery: the state matrix, its views, parts and chunks.
+    """The shared machinery: the state matrix, its rows as named views, and column parts.
 
-    Subclasses name their state ``slots``, turn a learning rate into a
-    per-step :meth:`plan` and apply it to a chunk of columns in
-    :meth:`_update_chunk`. Use: ``grads = opt.attach(model.params, shards)``,
-    fill ``grads[k]``, then ``opt.step(lr)`` -- or, from several threads,
-    ``plan = opt.plan(lr)`` once and ``opt.update(plan, part)`` per part.
+    Use: ``grads = opt.attach(model.params, shards)``, fill ``grads[k]``,
+    then ``opt.step(lr)``. From several threads: ``plan = opt.plan(lr)``
+    once; after every shard's gradients are in, ``opt.swap_buffers()``
+    once; then ``opt.update(plan, part)`` for every part, in any threads.
+
+    Subclasses name their ``slots``, lay out the rows (:meth:`_layout`), turn
+    a learning rate into a per-step :meth:`plan`, and apply it to a chunk of
+    columns (:meth:`_update_chunk`).
     """
 
     slots: tuple[str, ...] = ()
-    chunk_columns: int | None = None  # None: one chunk per parameter and part
+    _scratch_rows = 0  # per-part temporaries of a chunk's width
 
     def __init__(self) -> None:
         self.state: np.ndarray | None = None
         self.shards = 0
         self.grads: list[dict[str, np.ndarray]] = []  # one dict per shard, set by attach
+        self._params: dict[str, np.ndarray] = {}  # the attached dict, kept pointing at the current row
+        self._param_views: dict[int, dict[str, np.ndarray]] = {}
+        self._current = 0  # row of the parameters; the slots follow it
+        self._grad_rows: list[int] = []
         self._views: dict[str, slice] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._parts: list[list[Chunk]] = []
         self._scratch: list[np.ndarray] = []
         self._pending: dict[str, np.ndarray] = {}
 
+    def _layout(self, shards: int) -> tuple[int, list[int], int]:
+        """``(rows, gradient rows, parameter row)``; the slots follow the parameter row."""
+        return shards + 1 + len(self.slots), list(range(shards)), shards
+
     def attach(self, params: dict[str, np.ndarray], shards: int = 1, parts: int = 1) -> list[dict[str, np.ndarray]]:
         """Move ``params`` into the state matrix and return one gradient dict per shard.
 
         The entries of ``params`` are replaced by views of the matrix (values
-        copied), so the model trains the optimizer's copy from now on. State
-        loaded before (:meth:`load_state_dict`) or kept from an earlier attach
-        of the same parameters is carried over; otherwise it starts at zero.
+        copied), so the model trains the optimizer's copy from now on; read
+        them afresh after a step, as the row they view may change. State
+        loaded before (:meth:`load_state_dict`) or kept from an earlier
+        attach is carried over; otherwise it starts at zero.
         """
-        names = list(params)
-        dtype = params[names[0]].dtype
+        # Decaying parameters first: the update then needs one chunk per kind, not per parameter.
+        names = sorted(params, key=lambda k: not _decays(k))
         sizes = [params[k].size for k in names]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-        views = {k: slice(offsets[i], offsets[i + 1]) for i, k in enumerate(names)}
-        carried = self.state_dict()
-        self.state = np.zeros((shards + 1 + len(self.slots), offsets[-1]), dtype=dtype)
-        self.shards, self._views = shards, views
+        carried = {**self.state_dict(), **self._pending}
+        rows, self._grad_rows, self._current = self._layout(shards)
+        self.state = np.zeros((rows, offsets[-1]), dtype=params[names[0]].dtype)
+        self.shards = shards
+        self._views = {k: slice(offsets[i], offsets[i + 1]) for i, k in enumerate(names)}
         self._shapes = {k: params[k].shape for k in names}
         for k in names:
-            self.state[shards, views[k]] = params[k].ravel()
-            params[k] = self._row(shards)[k]
-        self.load_state_dict({**carried, **self._pending})
+            self.state[self._current, self._views[k]] = params[k].ravel()
+        self._params, self._param_views = params, {}
+        self._point_params()
         self._pending = {}
+        self.load_state_dict(carried)
         self._partition(parts)
-        self.grads = [self._row(i) for i in range(shards)]
+        self.grads = [self._row(i) for i in self._grad_rows]
         return self.grads
 
     def _row(self, row: int) -> dict[str, np.ndarray]:
         assert self.state is not None
         return {k: self.state[row, s].reshape(self._shapes[k]) for k, s in self._views.items()}
 
+    def _point_params(self) -> None:
+        views = self._param_views.get(self._current)
+        if views is None:  # made once per row: a step re-points the dict without building views
+            views = self._param_views[self._current] = self._row(self._current)
+        self._params.update(views)
+
     def _partition(self, parts: int) -> None:
-        """Cut the columns into ``parts`` contiguous, equal parts, each a list of chunks."""
+        """Cut the columns into ``parts`` contiguous, equal parts, each a list of chunks.
+
+        A chunk is a run of parameters that all decay or all do not, cut at
+        part boundaries: every BLAS call has a fixed cost, so a few large
+        calls are faster than many small (or cache-sized) ones.
+        """
         assert self.state is not None
         total = self.state.shape[1]
+        kinds: list[Chunk] = []
+        for name, s in self._views.items():  # decaying parameters come first (see attach)
+            if kinds and kinds[-1][2] == _decays(name):
+                kinds[-1] = (kinds[-1][0], s.stop, kinds[-1][2])
+            else:
+                kinds.append((s.start, s.stop, _decays(name)))
         bounds = [round(total * i / parts) for i in range(parts + 1)]
-        limit = self.chunk_columns or total
         self._parts = []
         for lo_part, hi_part in zip(bounds[:-1], bounds[1:]):
-            chunks: list[Chunk] = []
-            for name, s in self._views.items():
-                lo, hi = max(s.start, lo_part), min(s.stop, hi_part)
-                chunks += [(a, min(a + limit, hi), _decays(name)) for a in range(lo, hi, limit)]
-            self._parts.append(chunks)
+            chunks = [(max(lo, lo_part), min(hi, hi_part), decays) for lo, hi, decays in kinds]
+            self._parts.append([c for c in chunks if c[0] < c[1]])
         widest = max((hi - lo for part in self._parts for lo, hi, _ in part), default=0)
         self._scratch = [np.empty((self._scratch_rows, widest), dtype=self.state.dtype) for _ in range(parts)]
-
-    _scratch_rows = 1
 
     def plan(self, lr: float) -> Any:
         """Everything one step needs that does not depend on the columns (called once per step)."""
         raise NotImplementedError
+
+    def swap_buffers(self) -> None:
+        """Make the row this step writes the parameters (once per step, before the next step reads them)."""
 
     def update(self, plan: Any, part: int = 0) -> None:
         """Apply ``plan`` to the columns of ``part`` (parts may run in parallel threads)."""
@@ -122,6 +151,7 @@ class Optimizer:
     def step(self, lr: float) -> None:
         """One update of all parameters from the gradients in the shard rows."""
         plan = self.plan(lr)
+        self.swap_buffers()
         for part in range(len(self._parts)):
             self.update(plan, part)
 
@@ -132,10 +162,10 @@ class Optimizer:
         pass
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Flat state arrays keyed ``"<slot>/<param>"`` (e.g. ``"velocity/W1"``), plus scalars."""
-        out = dict(self._pending) if self.state is None else {}
+        """State arrays keyed ``"<slot>/<param>"`` (e.g. ``"velocity/W1"``), plus scalars."""
+        out = dict(self._pending)
         if self.state is not None:
-            for i, slot in enumerate(self.slots, start=self.shards + 1):
+            for i, slot in enumerate(self.slots, start=self._current + 1):
                 out.update({f"{slot}/{k}": v.copy() for k, v in self._row(i).items()})
         out.update(self._scalar_state())
         return out
@@ -147,10 +177,17 @@ class Optimizer:
         if self.state is None:
             self._pending = {k: np.array(v) for k, v in arrays.items()}
             return
-        for i, slot in enumerate(self.slots, start=self.shards + 1):
+        for i, slot in enumerate(self.slots, start=self._current + 1):
             for k, target in self._row(i).items():
                 if f"{slot}/{k}" in arrays:
                     np.copyto(target, arrays[f"{slot}/{k}"], casting="unsafe")
+
+
+@dataclass(frozen=True)
+class _SGDPlan:
+    source: slice  # the rows the product reads: [w; v; g...] or [g...; w; v]
+    target: slice  # the rows it writes: the other [w; v] block
+    coefficients: dict[bool, np.ndarray]  # by "decays"
 
 
 class SGD(Optimizer):
@@ -161,12 +198,12 @@ class SGD(Optimizer):
     PyTorch formulation, so the two can be compared step for step); without
     momentum ``w -= lr * g`` and there is no velocity.
 
-    All of it is linear, so a step is ``[w'; v'] = C @ [g_1; ...; g_s; w; v]``
-    with ``C`` from :meth:`plan`; Nesterov, for instance, expands to
-    ``w' = w - lr * ((1 + m) * g + m^2 * v)``.
+    All of it is linear, so a step is one product ``[w'; v'] = C @ [w; v;
+    g_1; ...; g_s]``; Nesterov, for instance, expands to
+    ``w' = w - lr * ((1 + m) * g + m^2 * v)``. Rows: ``[w; v]`` block A, the
+    gradients, ``[w; v]`` block B; steps read one block with the gradients
+    (a contiguous run of rows either way) and write the other.
     """
-
-    chunk_columns = 8192  # the product's output stays in cache until copied back
 
     def __init__(self, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> None:
         super().__init__()
@@ -176,29 +213,42 @@ class SGD(Optimizer):
         self.nesterov = nesterov
         self.weight_decay = weight_decay
         self.slots = ("velocity",) if momentum else ()
-        self._scratch_rows = 1 + len(self.slots)
 
-    def coefficients(self, lr: float, weight_decay: float) -> np.ndarray:
-        """``C``, ``(1 + slots, shards + 1 + slots)``: new ``[w; v]`` from ``[g_1..g_s; w; v]``."""
+    def _layout(self, shards: int) -> tuple[int, list[int], int]:
+        k = 1 + len(self.slots)
+        return 2 * k + shards, list(range(k, k + shards)), 0
+
+    def coefficients(self, lr: float, weight_decay: float) -> list[list[float]]:
+        """``C`` for the order ``[w; v; g_1 ... g_s]``: ``1 + slots`` rows of ``1 + slots + shards``."""
         s, mu, wd = self.shards, self.momentum, weight_decay
-        c = np.zeros((1 + len(self.slots), s + 1 + len(self.slots)))
         if not mu:
-            c[0, :s], c[0, s] = -lr, 1 - lr * wd
-        else:
-            scale = lr * (1 + mu) if self.nesterov else lr  # how much of this step's g reaches w
-            c[0, :s], c[0, s], c[0, s + 1] = -scale, 1 - scale * wd, -lr * mu * (mu if self.nesterov else 1)
-            c[1, :s], c[1, s], c[1, s + 1] = 1, wd, mu
-        assert self.state is not None
-        return c.astype(self.state.dtype)
+            return [[1 - lr * wd] + [-lr] * s]
+        scale = lr * (1 + mu) if self.nesterov else lr  # how much of this step's g reaches w
+        return [
+            [1 - scale * wd, -lr * mu * (mu if self.nesterov else 1)] + [-scale] * s,
+            [wd, mu] + [1.0] * s,
+        ]
 
-    def plan(self, lr: float) -> dict[bool, np.ndarray]:
-        return {True: self.coefficients(lr, self.weight_decay), False: self.coefficients(lr, 0.0)}
-
-    def _update_chunk(self, plan: dict[bool, np.ndarray], lo: int, hi: int, decays: bool, scratch: np.ndarray) -> None:
+    def plan(self, lr: float) -> _SGDPlan:
         assert self.state is not None
-        # The product cannot write over its own input, hence the cache-sized scratch.
-        np.matmul(plan[decays], self.state[:, lo:hi], out=scratch)
-        self.state[self.shards :, lo:hi] = scratch
+        k, s = 1 + len(self.slots), self.shards
+        if self._current == 0:  # read [w; v; g...] = rows 0 .. k+s, write block B
+            source, target, rotate = slice(0, k + s), slice(k + s, 2 * k + s), 0
+        else:  # read [g...; w; v] = rows k .. 2k+s, write block A: C's columns rotated to match
+            source, target, rotate = slice(k, 2 * k + s), slice(0, k), s
+        coefficients = {}
+        for decays in (True, False):
+            c = self.coefficients(lr, self.weight_decay if decays else 0.0)
+            coefficients[decays] = np.array([row[len(row) - rotate :] + row[: len(row) - rotate] for row in c], dtype=self.state.dtype)
+        return _SGDPlan(source, target, coefficients)
+
+    def swap_buffers(self) -> None:
+        self._current = self.shards + 1 + len(self.slots) if self._current == 0 else 0
+        self._point_params()
+
+    def _update_chunk(self, plan: _SGDPlan, lo: int, hi: int, decays: bool, scratch: np.ndarray) -> None:
+        assert self.state is not None
+        np.matmul(plan.coefficients[decays], self.state[plan.source, lo:hi], out=self.state[plan.target, lo:hi])
 
 
 @dataclass(frozen=True)
@@ -216,7 +266,8 @@ class Adam(Optimizer):
     into ``step`` and ``eps_hat``. ``decoupled=False``: weight decay is added
     to the gradient (L2, as in ``torch.optim.Adam``); ``decoupled=True`` is
     AdamW: ``w *= 1 - lr * wd`` separately from the adaptive step.
-    The shards' gradients are added up in the first shard's row.
+    Updates in place; the shards' gradients are added up in the first
+    shard's row.
     """
 
     slots = ("m", "v")
@@ -244,11 +295,11 @@ class Adam(Optimizer):
 
     def _update_chunk(self, plan: _AdamPlan, lo: int, hi: int, decays: bool, scratch: np.ndarray) -> None:
         assert self.state is not None
-        s = self.shards
         rows = self.state[:, lo:hi]
-        g, w, m, v = rows[0], rows[s], rows[s + 1], rows[s + 2]
-        for k in range(1, s):
+        g = rows[self._grad_rows[0]]
+        for k in self._grad_rows[1:]:
             g += rows[k]
+        w, m, v = rows[self._current], rows[self._current + 1], rows[self._current + 2]
         dt = w.dtype.type
         buf, num = scratch[0], scratch[1]
         if self.weight_decay and decays:

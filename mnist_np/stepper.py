@@ -109,6 +109,8 @@ class Stepper:
         """Phase 0: shard ``k``'s gradients. Phase 1: part ``k`` of the update."""
         idx, masks, plan = job
         if phase == 1:
+            if k == 0:  # the caller, after every shard's gradients are in
+                self.optimizer.swap_buffers()
             self.optimizer.update(plan, k)
             return
         per = math.ceil(len(idx) / self.shards)
