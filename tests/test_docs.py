@@ -54,3 +54,13 @@ def render(value: object) -> str:
 def test_documented_default_is_the_real_default(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert f"`{render(default_of(key))}`" in ROWS[key], (key, ROWS[key])
+
+
+def test_readme_pictures_exist_and_stay_small() -> None:
+    """Every image the README shows is committed, a real PNG, and small enough to keep in git."""
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert {"docs/images/mlflow-compare.png", "docs/images/confusion-matrix.png"} <= set(images)
+    for rel in images:
+        path = PROJECT_ROOT / rel
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", rel
+        assert path.stat().st_size < 300_000, rel
