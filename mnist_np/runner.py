@@ -6,6 +6,10 @@ validate first (nothing is created for a bad config), open the tracking store
 MLflow run, so every run that exists has a real training behind it. The run
 is always closed -- FINISHED, FAILED with its reason, or KILLED on Ctrl-C --
 and everything it logs is also written to its output dir.
+
+Once the run exists, MLflow can no longer stop it: the tracker fails soft
+(see :mod:`mnist_np.tracking`), and if the server came back by the end the
+run uploads what it missed itself (:mod:`mnist_np.sync`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_np import checkpoint, data, registry
 from mnist_np.config import PROJECT_ROOT, ConfigError, validate
 from mnist_np.model import MLP
+from mnist_np.sync import RUN_FILE, write_run_file
 from mnist_np.training import FitResult, TrainSettings, fit, score_logits
 
 log = logging.getLogger(__name__)
@@ -217,9 +222,6 @@ class EpochLogger:
         pass
 
 
-RUN_FILE = "mlflow_run.json"  # in the output dir: which MLflow run these files belong to
-
-
 def load_splits(cfg: DictConfig) -> tuple[data.RawDataset, data.Splits]:
     """The dataset and its train/val/test split as the config describes them."""
     started = time.perf_counter()
@@ -265,10 +267,10 @@ def run(
 
     from mnist_np.procs import process_identity
     from mnist_np.sweep import SweepInfo, member_run_name
-    from mnist_np.tracking import PARENT_RUN_TAG, PROCESS_TAG, MlflowTracker, default_tracking_uri, flatten
+    from mnist_np.tracking import JOURNAL_FILE, PARENT_RUN_TAG, PROCESS_TAG, MlflowTracker, default_tracking_uri, flatten
 
     tracking_uri = cfg.mlflow.tracking_uri or default_tracking_uri(PROJECT_ROOT)
-    tracker = MlflowTracker(tracking_uri, cfg.mlflow.experiment_name)
+    tracker = MlflowTracker(tracking_uri, cfg.mlflow.experiment_name, journal=output_dir / JOURNAL_FILE)
     # Runs whose process was killed from outside (kill -9, out of memory) never closed
     # themselves; whoever next uses the experiment on this host closes them.
     tracker.reap_dead_runs(KILLED_REASON)
@@ -295,9 +297,7 @@ def run(
         **(extra_tags or {}),
     }
     run_id = tracker.start(run_name, flatten(resolved), tags)
-    (output_dir / RUN_FILE).write_text(
-        json.dumps({"run_id": run_id, "tracking_uri": tracking_uri, "experiment_name": cfg.mlflow.experiment_name}, indent=2)
-    )
+    write_run_file(output_dir, run_id, tracking_uri, cfg.mlflow.experiment_name)
     log.info("MLflow run %s (%s) in %s, %d BLAS thread(s)", run_name, run_id, tracking_uri, threads)
     return _execute(cfg, tracker, raw, splits, output_dir, config_yaml, threads, state=None, first_time=True)
 
@@ -315,7 +315,7 @@ def resume(target: str, tracking_uri: str | None = None) -> RunResult:
     """
     from mnist_np.config import load_run_config
     from mnist_np.procs import process_identity
-    from mnist_np.tracking import PROCESS_TAG, MlflowTracker, default_tracking_uri, run_output_dir
+    from mnist_np.tracking import JOURNAL_FILE, PROCESS_TAG, MlflowTracker, default_tracking_uri, run_output_dir
 
     output_dir = Path(target)
     if not output_dir.is_dir():
@@ -329,7 +329,7 @@ def resume(target: str, tracking_uri: str | None = None) -> RunResult:
         raise ConfigError(f"resume={target}: {output_dir} holds no run to resume (expected {RUN_FILE} and config/config.yaml)")
     info = json.loads(run_file.read_text())
     cfg = load_run_config(config_file.read_text(), source=str(config_file))
-    tracker = MlflowTracker(info["tracking_uri"], info["experiment_name"], run_id=info["run_id"])
+    tracker = MlflowTracker(info["tracking_uri"], info["experiment_name"], run_id=info["run_id"], journal=output_dir / JOURNAL_FILE)
     summary = output_dir / "summary.json"
     if tracker.status() == "FINISHED" and summary.exists():
         log.info("run %s already finished; nothing to resume", info["run_id"])
@@ -366,24 +366,47 @@ def _execute(
     """Train (from scratch or from ``state``) inside an open MLflow run and always close it."""
     from threadpoolctl import threadpool_limits
 
+    # From here on a tracking failure never stops the training (everything is in the journal).
+    tracker.fail_soft = True
     # One BLAS thread count for the whole run: it is part of what makes two runs bit-identical.
     with threadpool_limits(limits=threads, user_api="blas"):
         try:
             env = environment_tags()
-            tracker.set_tags(env)
             (output_dir / "environment.json").write_text(json.dumps(env, indent=2))
+            tracker.set_tags(env)
             if first_time:
                 tracker.log_dataset(raw.spec.name, raw.digest, source=str(cfg.data.dir or "pinned-sha256"), sizes=splits.sizes)
             result = _train_and_record(cfg, splits, raw, output_dir, config_yaml, tracker, state, threads)
         except KeyboardInterrupt:
             tracker.end("KILLED", "interrupted by the user (KeyboardInterrupt); continue with resume=<run id>")
+            _catch_up(tracker, output_dir, now=False)
             raise
         except BaseException as e:
             tracker.end("FAILED", f"{type(e).__name__}: {e}")
+            _catch_up(tracker, output_dir)
             raise
     result.run_id = tracker.run_id
     tracker.end("FINISHED")
+    _catch_up(tracker, output_dir)
     return result
+
+
+def _catch_up(tracker: Any, output_dir: Path, now: bool = True) -> None:
+    """After a run that lost MLflow: upload what it missed if the server is back, else say how to."""
+    if tracker.offline is None:
+        return
+    from mnist_np.sync import sync_output_dir
+    from mnist_np.tracking import server_reachable
+
+    if now and server_reachable(tracker.tracking_uri):
+        try:
+            report = sync_output_dir(output_dir)
+            log.info("MLflow is back: %s", report.line())
+            return
+        except Exception as e:  # the files are safe; the user can sync later
+            log.warning("could not upload the missed calls yet: %s", e)
+    log.warning("the run is complete in %s but MLflow misses part of it; upload it with: python scripts/sync.py %s",
+                output_dir, output_dir)
 
 
 def _write_config_files(output_dir: Path, config_yaml: str, overrides: list[str]) -> None:
@@ -494,28 +517,16 @@ def _train_and_record(
         except Exception as e:  # a figure must never fail a finished training
             log.warning("plots failed: %s", e)
             warnings.append(f"plots: {e}")
+    # Uploads fail soft (the tracker logs why); what MLflow refused while it was up becomes a warning.
     for sub in ("config", "weights", "plots"):
         if (output_dir / sub).is_dir():
-            try:
-                tracker.log_artifacts(output_dir / sub, sub)
-            except Exception as e:
-                log.warning("could not upload %s/ to MLflow (it stays in %s): %s", sub, output_dir, e)
-                warnings.append(f"artifacts {sub}: {e}")
+            tracker.log_artifacts(output_dir / sub, sub)
     for name in ("metrics.jsonl", "summary.json", "train.log"):
         if (output_dir / name).exists():
-            try:
-                tracker.log_artifact(output_dir / name)
-            except Exception as e:
-                warnings.append(f"artifact {name}: {e}")
-    try:
-        from mnist_np.tracking import log_pyfunc_model
-
-        # The model serves the weights the test set was scored with.
-        served = weights_dir / ("best.npz" if cfg.trainer.test_weights == "best" else "final.npz")
-        log_pyfunc_model(tracker.run_id, tracker.tracking_uri, served, splits.x_test[:5])
-    except Exception as e:  # packaging the model must never fail a finished training
-        log.warning("could not log the MLflow model: %s", e)
-        warnings.append(f"model: {e}")
+            tracker.log_artifact(output_dir / name)
+    # The model serves the weights the test set was scored with.
+    tracker.log_model(weights_dir / ("best.npz" if cfg.trainer.test_weights == "best" else "final.npz"), splits.x_test[:5])
+    warnings += tracker.failures
     if warnings:
         tracker.set_tags({"warnings": "; ".join(warnings)[:8000]})
     return RunResult(run_id="", output_dir=output_dir, metrics=final, history=fit_result.history)

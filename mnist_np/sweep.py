@@ -84,6 +84,7 @@ class SweepSummary:
 # by finish_open_sweep() from scripts/train.py when the sweep crashed first.
 _open: SweepInfo | None = None
 last_summary: SweepSummary | None = None
+unsynced: str | None = None  # set when MLflow was unreachable as the sweep ended: why
 
 
 def swept_parameters(task_overrides: Sequence[str], sweeper_params: Mapping[str, Any] | None = None) -> dict[str, str]:
@@ -269,21 +270,54 @@ def finish_open_sweep(crash: str | None = None, status: str = "FAILED") -> Sweep
     Args:
         crash: why the sweep itself stopped early (then the parent ends ``status``).
     """
-    global _open, last_summary
+    global _open, last_summary, unsynced
     info, _open = _open, None
     if info is None:
         return None
-    from mnist_np.tracking import MlflowTracker
+    from mnist_np.tracking import TrackingUnavailable
+
+    try:
+        last_summary = close_sweep(info, crash, status, members_done=True)
+    except TrackingUnavailable as e:
+        # The members' results are in their dirs; the summary can be made later, from MLflow.
+        unsynced = str(e)
+        log.warning("MLflow is unreachable as the sweep ends (%s); upload and summarise it later with: "
+                    "python scripts/sync.py %s", e, info.sweep_dir)
+        return None
+    return last_summary
+
+
+def close_sweep(info: SweepInfo, crash: str | None = None, status: str = "FAILED", members_done: bool = False) -> SweepSummary:
+    """Give the parent run its summary and final status.
+
+    A member run still RUNNING whose output dir shows it ended (it lost MLflow
+    on the way) is synced from that dir. Any other RUNNING member is closed as
+    dead when ``members_done`` (every member has returned) or when its
+    process is gone; otherwise the sweep is still going and nothing is closed.
+
+    Raises:
+        TrackingUnavailable: the server does not answer.
+        ValueError: members are still running (only without ``members_done``).
+    """
+    from mnist_np.procs import is_dead
+    from mnist_np.sync import read_journal, sync_output_dir
+    from mnist_np.tracking import JOURNAL_FILE, PROCESS_TAG, MlflowTracker
 
     tracker = MlflowTracker(info.tracking_uri, info.experiment_name, run_id=info.parent_run_id)
     children = tracker.child_runs()
     for c in children:
-        if c["status"] == "RUNNING":
-            # Every member has returned (or the sweep is over): nobody will close this run.
+        if c["status"] != "RUNNING":
+            continue
+        journal = Path(c["tags"].get("hydra_output_dir", "")) / JOURNAL_FILE
+        if journal.is_file() and read_journal(journal).end is not None:
+            log.info("%s", sync_output_dir(journal.parent).line())
+        elif members_done or is_dead(c["tags"].get(PROCESS_TAG, "")):
+            # Every member has returned (or this one's process is gone): nobody will close this run.
             tracker.close_other(c["run_id"], "FAILED", DEAD_MEMBER_REASON)
-            c["status"], c["tags"]["failure_reason"] = "FAILED", DEAD_MEMBER_REASON
+        else:
+            raise ValueError(f"member run {c['run_id']} of sweep {info.name!r} is still running; sync the sweep when it is over")
+    children = tracker.child_runs()
     summary = summarize(children, list(info.swept))
-    last_summary = summary
     try:
         _record(tracker, info, summary)
     except Exception as e:  # the members' runs are safe; only the summary is missing
@@ -317,7 +351,11 @@ def _record(tracker: Any, info: SweepInfo, summary: SweepSummary) -> None:
         tags.update({"best_run_id": b["run_id"], "best_run_name": b["name"]})
         for key in info.swept:
             tags[f"best.{key}"] = str(b.get(key, ""))
-    tracker.log_metrics(metrics)
+    # Only values that changed: summarising again (after a sync) must not repeat a metric.
+    current = tracker.latest_metrics()
+    changed = {k: v for k, v in metrics.items() if current.get(k) != v}
+    if changed:
+        tracker.log_metrics(changed)
     tracker.set_tags(tags)
 
     out = Path(info.sweep_dir) / SUMMARY_DIR

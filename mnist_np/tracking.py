@@ -4,14 +4,23 @@
 tags and the dataset up front, one batch of metrics per epoch (step = epoch),
 artifacts at the end, and always closes the run: FINISHED, FAILED (with a
 ``failure_reason`` tag) or KILLED on Ctrl-C -- never left RUNNING.
+
+A server that is down when a run starts stops it at once (:func:`check_server`).
+One that dies *during* a run never stops the training: with ``fail_soft`` on,
+the first call that fails makes the tracker give up on MLflow for the rest of
+the run (one warning), while every call keeps being written to the run's
+journal, ``mlflow_journal.jsonl`` in its output dir. :mod:`mnist_np.sync`
+replays the journal into MLflow later, uploading only what is missing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import mlflow
 import numpy as np
@@ -27,7 +36,20 @@ from mnist_np.training import FitResult, TrainSettings
 
 log = logging.getLogger(__name__)
 
-MAX_PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
+MAX_PARAMS_PER_BATCH = 100  # MLflow's limits for one log_batch call
+MAX_METRICS_PER_BATCH = 1000
+JOURNAL_FILE = "mlflow_journal.jsonl"  # in the output dir: every call the tracker made, in order
+OFFLINE_TAG = "tracking_interrupted"  # when and why MLflow stopped answering during the run
+
+# MLflow's HTTP client retries a failed request 7 times with exponential
+# back-off (about 4 minutes per call) and waits up to 120 s for an answer. A
+# training should not stall that long on a dead server: everything is in the
+# journal anyway. Users who set these variables keep their values.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 class TrackingUnavailable(RuntimeError):
@@ -43,7 +65,7 @@ def check_server(tracking_uri: str, timeout: float = SERVER_PROBE_SECONDS) -> No
     MLflow's client would otherwise retry with back-off for minutes before
     the first request fails; a run should learn at once, before training.
     """
-    if not tracking_uri.startswith(("http://", "https://")):
+    if not is_server(tracking_uri):
         return
     import urllib.error
     import urllib.request
@@ -62,6 +84,26 @@ def check_server(tracking_uri: str, timeout: float = SERVER_PROBE_SECONDS) -> No
             f"MLflow server {tracking_uri} is not reachable ({reason}); start it, or unset "
             "mlflow.tracking_uri / MLFLOW_TRACKING_URI to use the project's mlflow.db"
         ) from None
+
+
+def is_server(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def server_reachable(tracking_uri: str, timeout: float = 2.0) -> bool:
+    """Whether the store can be reached now (always true for a database or file store)."""
+    try:
+        check_server(tracking_uri, timeout=timeout)
+        return True
+    except TrackingUnavailable:
+        return False
+
+
+def require_store(tracking_uri: str, wanted: str) -> None:
+    """Refuse a SQLite store that does not exist, instead of letting MlflowClient create an empty one there."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix) :]).exists():
+        raise ValueError(f"no MLflow store at {tracking_uri} (looking for {wanted})")
 
 
 def default_tracking_uri(project_root: Path) -> str:
@@ -96,6 +138,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def run_output_dir(run_id: str, tracking_uri: str) -> Path:
     """The output dir a run recorded (tag ``hydra_output_dir``); a clear error for an unknown run."""
+    require_store(tracking_uri, f"run {run_id!r}")
     try:
         run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
     except mlflow.exceptions.MlflowException:
@@ -162,19 +205,35 @@ def runs_to_compare(tracking_uri: str, target: str) -> tuple[str, list[dict[str,
 
 
 class MlflowTracker:
-    """One MLflow run, driven by the training loop's events."""
+    """One MLflow run, driven by the training loop's events.
 
-    def __init__(self, tracking_uri: str, experiment_name: str, run_id: str | None = None) -> None:
+    With a ``journal`` every call is first appended to that file (JSON lines),
+    so the output dir holds all the run sent, whether MLflow got it or not.
+    With ``fail_soft`` set (the runner sets it once the run exists), a failing
+    call is logged and skipped instead of raised; if the server no longer
+    answers at all the tracker goes offline: one warning, and from then on
+    calls only go to the journal (see :mod:`mnist_np.sync`).
+    """
+
+    def __init__(self, tracking_uri: str, experiment_name: str, run_id: str | None = None, journal: Path | None = None) -> None:
         """Connect to the store (creating and migrating it on first use) and the experiment.
 
         ``run_id`` attaches to an existing run instead of starting one.
         """
         self.tracking_uri = tracking_uri
+        if is_server(tracking_uri):
+            for key, value in HTTP_RETRY_DEFAULTS.items():
+                os.environ.setdefault(key, value)
         check_server(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_name = experiment_name
         self.experiment_id = self._experiment(experiment_name)
         self.run_id = run_id
         self.skip_steps: set[int] = set()
+        self.journal = journal
+        self.fail_soft = False
+        self.offline: str | None = None  # why MLflow was given up on, once it was
+        self.failures: list[str] = []  # calls the server refused while it was up
 
     def _experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -189,14 +248,60 @@ class MlflowTracker:
                 raise
             return exp.experiment_id
 
-    def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
+    # -- the journal and fail-soft sending ---------------------------------
+    def _note(self, op: str, **fields: Any) -> None:
+        """Append one call to the journal (before it is sent: the journal is the truth)."""
+        if self.journal is None:
+            return
+        with self.journal.open("a") as f:
+            f.write(json.dumps({"op": op, **fields}) + "\n")
+
+    def _local(self, path: Path) -> str:
+        """A path as the journal stores it: relative to the output dir when inside it (dirs get moved)."""
+        path = Path(path).resolve()
+        if self.journal is not None and path.is_relative_to(self.journal.parent.resolve()):
+            return str(path.relative_to(self.journal.parent.resolve()))
+        return str(path)
+
+    def _send(self, what: str, call: Callable[[], Any]) -> bool:
+        """Make one MLflow call; in fail-soft mode a failure is logged, never raised. True if it went through."""
+        if self.offline is not None:
+            return False
+        try:
+            call()
+            return True
+        except Exception as e:
+            if not self.fail_soft:
+                raise
+            error = f"{what}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:2000]
+            where = self.journal.parent if self.journal is not None else "the output dir"
+            if server_reachable(self.tracking_uri):
+                log.warning("MLflow refused %s (it stays in %s)", error, where)
+                self.failures.append(error)
+                return False
+            self.offline = error
+            log.warning(
+                "MLflow at %s stopped answering (%s); training goes on and everything stays in %s -- "
+                "upload it later with: python scripts/sync.py %s", self.tracking_uri, error, where, where,
+            )
+            self._note("tags", tags={OFFLINE_TAG: f"{time.strftime('%Y-%m-%d %H:%M:%S')} {error}"})
+            return False
+
+    # -- the run -------------------------------------------------------------
+    def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], start_time: int | None = None) -> str:
         """Create the run with its params and tags; returns the run id."""
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={MLFLOW_RUN_NAME: run_name, **tags})
+        tags = {MLFLOW_RUN_NAME: run_name, **tags}
+        self._note("start", run_name=run_name, params=dict(params), tags=dict(tags), experiment_name=self.experiment_name,
+                   tracking_uri=self.tracking_uri, start_time=start_time or int(time.time() * 1000))
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags, start_time=start_time)
         self.run_id = run.info.run_id
+        self.log_params(params)
+        return self.run_id
+
+    def log_params(self, params: Mapping[str, str]) -> None:
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
-        return self.run_id
+            self.client.log_batch(self._id, params=items[i : i + MAX_PARAMS_PER_BATCH])
 
     @property
     def _id(self) -> str:
@@ -204,8 +309,12 @@ class MlflowTracker:
             raise RuntimeError("the run has not been started")
         return self.run_id
 
-    def log_dataset(self, name: str, digest: str, source: str, sizes: Mapping[str, int], context: str = "training") -> None:
+    def log_dataset(self, name: str, digest: str, source: str, sizes: Mapping[str, int], context: str = "training") -> bool:
         """Record the data as an MLflow dataset input: name, digest of the pinned files, split sizes."""
+        self._note("dataset", name=name, digest=digest, source=source, sizes=dict(sizes), context=context)
+        return self._send("the dataset", lambda: self._log_dataset(name, digest, source, sizes, context))
+
+    def _log_dataset(self, name: str, digest: str, source: str, sizes: Mapping[str, int], context: str) -> None:
         profile = "{" + ", ".join(f'"{k}": {v}' for k, v in sizes.items()) + "}"
         dataset = Dataset(name=name, digest=digest, source_type="local", source=source, profile=profile)
         inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
@@ -221,29 +330,54 @@ class MlflowTracker:
                     raise
                 time.sleep(0.1 * (attempt + 1))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, timestamp: int | None = None) -> bool:
         """All of ``metrics`` in one call (one request against a server)."""
-        now = int(time.time() * 1000)
+        now = timestamp or int(time.time() * 1000)
+        self._note("metrics", step=step or 0, timestamp=now, metrics={k: float(v) for k, v in metrics.items()})
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        self.client.log_batch(self._id, metrics=batch)
+        return self._send(f"metrics at step {step or 0}", lambda: self.client.log_batch(self._id, metrics=batch))
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        self.client.log_batch(self._id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    def log_metric_values(self, values: list[tuple[str, float, int, int]]) -> None:
+        """``(key, value, timestamp, step)`` tuples, batched (for replaying a journal; not journaled)."""
+        items = [Metric(k, v, ts, step) for k, v, ts, step in values]
+        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self._id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
 
-    def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self._id, str(local_dir), artifact_path)
+    def set_tags(self, tags: Mapping[str, str]) -> bool:
+        self._note("tags", tags={k: str(v) for k, v in tags.items()})
+        return self._send("tags", lambda: self.client.log_batch(self._id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
-    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self._id, str(local_path), artifact_path)
+    def delete_tag(self, key: str) -> None:
+        self.client.delete_tag(self._id, key)
 
-    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+    def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> bool:
+        self._note("artifacts", path=self._local(local_dir), artifact_path=artifact_path)
+        return self._send(f"{local_dir.name}/", lambda: self.client.log_artifacts(self._id, str(local_dir), artifact_path))
+
+    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> bool:
+        self._note("artifacts", path=self._local(local_path), artifact_path=artifact_path)
+        return self._send(local_path.name, lambda: self.client.log_artifact(self._id, str(local_path), artifact_path))
+
+    def log_model(self, weights_path: Path, input_example: np.ndarray) -> bool:
+        """The weights as the run's MLflow model (see :func:`log_pyfunc_model`)."""
+        # The example is a few [0, 1] images: as bytes (x 255) it fits a journal line.
+        example = np.rint(np.asarray(input_example, dtype=np.float64) * 255).clip(0, 255).astype(np.uint8)
+        self._note("model", weights=self._local(weights_path), example=example.tolist())
+        return self._send("the model", lambda: log_pyfunc_model(self._id, self.tracking_uri, weights_path, input_example))
+
+    def end(self, status: str = "FINISHED", reason: str | None = None) -> bool:
         """Close the run with ``status`` (FINISHED, FAILED, KILLED) and, if given, the reason."""
         if self.run_id is None:
-            return
+            return False
+        reason = reason[:8000] if reason else None  # MLflow caps tag values at 8000 characters
+        now = int(time.time() * 1000)
+        self._note("end", status=status, reason=reason, end_time=now)
+        return self._send(f"the final status {status}", lambda: self.set_status(status, reason, now))
+
+    def set_status(self, status: str, reason: str | None = None, end_time: int | None = None) -> None:
         if reason:
-            # MLflow caps tag values at 8000 characters.
-            self.set_tags({"failure_reason": reason[:8000]})
-        self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
+            self.client.set_tag(self._id, "failure_reason", reason)
+        self.client.set_terminated(self._id, status=RunStatus.to_string(RunStatus.from_string(status)), end_time=end_time)
 
     def status(self) -> str:
         """The run's status (RUNNING, FINISHED, FAILED, KILLED)."""
@@ -251,12 +385,13 @@ class MlflowTracker:
 
     def reopen(self, tags: Mapping[str, str]) -> None:
         """Mark an interrupted run RUNNING again (to resume it) and drop its old failure reason."""
+        self._note("reopen", tags={k: str(v) for k, v in tags.items()})
         self.client.update_run(self._id, status="RUNNING")
         try:
             self.client.delete_tag(self._id, "failure_reason")
         except mlflow.exceptions.MlflowException:
             pass  # there was none
-        self.set_tags(tags)
+        self.client.log_batch(self._id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def reconcile_epochs(self, history: list[dict[str, float]], probe: str = "train_loss") -> None:
         """Make MLflow hold exactly epochs 1..len(history) of a resumed run, each once.
@@ -269,6 +404,44 @@ class MlflowTracker:
             if epoch not in logged:
                 self.log_metrics({k: v for k, v in metrics.items() if v == v}, step=epoch)
         self.skip_steps = {step for step in logged if step > len(history)}
+
+    def latest_metrics(self) -> dict[str, float]:
+        """The latest value of each of the run's metrics."""
+        return dict(self.client.get_run(self._id).data.metrics)
+
+    def remote(self) -> dict[str, Any] | None:
+        """What MLflow holds of this run, as plain data; ``None`` if there is no such run.
+
+        Keys: ``status, params, tags, metrics`` (latest values), ``steps``
+        (every logged ``(key, step)``), ``files`` (artifact path -> size),
+        ``digests`` (dataset inputs), ``models`` (logged model outputs).
+        """
+        try:
+            run = self.client.get_run(self._id)
+        except mlflow.exceptions.MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        steps = {(key, m.step) for key in run.data.metrics for m in self.client.get_metric_history(self._id, key)}
+        return {
+            "status": run.info.status,
+            "params": dict(run.data.params),
+            "tags": dict(run.data.tags),
+            "metrics": dict(run.data.metrics),
+            "steps": steps,
+            "files": self._files(None),
+            "digests": {d.dataset.digest for d in run.inputs.dataset_inputs} if run.inputs else set(),
+            "models": len(run.outputs.model_outputs) if run.outputs else 0,
+        }
+
+    def _files(self, path: str | None) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for f in self.client.list_artifacts(self._id, path):
+            if f.is_dir:
+                found.update(self._files(f.path))
+            else:
+                found[f.path] = f.file_size or 0
+        return found
 
     def child_runs(self) -> list[dict[str, Any]]:
         """Runs whose ``mlflow.parentRunId`` is this run, as plain dicts (see :func:`search_runs`)."""
@@ -304,10 +477,7 @@ class MlflowTracker:
         if epoch in self.skip_steps:
             return  # logged before an interruption; the re-run gave the same values
         finite = {k: v for k, v in metrics.items() if v == v}  # MLflow rejects NaN from some stores
-        try:
-            self.log_metrics(finite, step=epoch)
-        except Exception as e:  # a tracking hiccup must not stop a training
-            log.warning("could not log epoch %d metrics to MLflow: %s", epoch, e)
+        self.log_metrics(finite, step=epoch)
 
     def on_train_end(self, result: FitResult) -> None:
         pass
@@ -431,7 +601,6 @@ def resolve_weights(run_id_or_path: str, tracking_uri: str | None, which: str = 
         ValueError: one line -- a bad ``which``, a missing file, a missing
         store, an unknown run, or a run without that weights file.
     """
-    import os
     import tempfile
 
     if which not in ("final", "best"):
@@ -444,9 +613,7 @@ def resolve_weights(run_id_or_path: str, tracking_uri: str | None, which: str = 
     from mnist_np.config import PROJECT_ROOT
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(PROJECT_ROOT)
-    # MlflowClient would create (and migrate) an empty database at a wrong path.
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
-        raise ValueError(f"no MLflow store at {uri} (looking for run {run_id_or_path!r})")
+    require_store(uri, f"run {run_id_or_path!r}")
     client = MlflowClient(tracking_uri=uri)
     try:
         client.get_run(run_id_or_path)

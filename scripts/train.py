@@ -80,6 +80,10 @@ if __name__ == "__main__":
     finally:
         # Only does something when the sweep stopped before Hydra's on_multirun_end.
         sweep.finish_open_sweep("the sweep stopped early (see its log)")
+    if sweep.unsynced is not None:
+        print(f"error: the sweep is over but MLflow was unreachable ({sweep.unsynced}); its runs are in their "
+              "output dirs: upload them with python scripts/sync.py <sweep dir>", file=sys.stderr)
+        sys.exit(1)
     summary = sweep.last_summary
     if summary is not None and not summary.ok:
         print(f"error: {summary.failed} of {summary.total} sweep members failed", file=sys.stderr)

@@ -1,16 +1,22 @@
-"""Shared fixtures: composed configs, a throwaway MLflow store, small training runs."""
+"""Shared fixtures: composed configs, a throwaway MLflow store, a real MLflow server, small training runs."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from mnist_np.config import PROJECT_ROOT, compose
+from mnist_np.servers import MlflowServer, start_mlflow_server
 
 TRAIN_SCRIPT = PROJECT_ROOT / "scripts" / "train.py"
 PYTHON = sys.executable
+# The fault marker, the `lost` fixture and docs/reliability.md (see tests/reliability.py).
+pytest_plugins = ("reliability",)
 
 
 @pytest.fixture
@@ -35,3 +41,88 @@ def small_overrides(tracking_uri: str, *extra: str) -> list[str]:
 @pytest.fixture
 def small_cfg(tracking_uri: str):
     return compose(small_overrides(tracking_uri))
+
+
+class LiveServer:
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite store, proxied artifacts) that a test may kill and restart.
+
+    :meth:`kill` is a SIGKILL to the server's process group, as a crash or
+    the OOM killer would do; :meth:`restart` brings it back on the same port
+    over the same store.
+    """
+
+    # MLflow 3's server also starts a job runner and task queues (for GenAI jobs); runs need
+    # neither, and without them it is up in a third of the time on a busy 2-core machine.
+    ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port: int | None = None
+        self.server: MlflowServer = self._start()
+        self.url = self.server.url
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def _start(self) -> MlflowServer:
+        with pytest.MonkeyPatch.context() as env:
+            for key, value in self.ENV.items():
+                env.setenv(key, value)
+            return start_mlflow_server(self.root, port=self.port, workers=1)
+
+    def kill(self) -> None:
+        os.killpg(self.server.process.pid, signal.SIGKILL)
+        self.server.process.wait(timeout=30)
+
+    def restart(self) -> None:
+        self.server = self._start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A fresh MLflow server for one test, stopped (its whole process group) at teardown."""
+    server = LiveServer(tmp_path_factory.mktemp("mlflow-server"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def mlflow_gaps(client, run_id: str, output_dir: Path) -> dict[str, int]:
+    """What the MLflow run misses of what its output dir holds.
+
+    ``metrics``: per-epoch values in ``metrics.jsonl`` and final values in
+    ``summary.json`` with no ``(key, step)`` in MLflow; ``duplicates``: values
+    MLflow holds more than once for one ``(key, step)``; ``files``: files of
+    ``config/``, ``weights/``, ``plots/``, ``metrics.jsonl`` and ``summary.json``
+    missing from the run's artifacts.
+    """
+    import json
+    from collections import Counter
+
+    wanted: set[tuple[str, int]] = set()
+    lines = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    for m in lines:
+        wanted |= {(k, int(m["epoch"])) for k, v in m.items() if k != "epoch" and v == v}
+    summary = output_dir / "summary.json"
+    if summary.exists():
+        wanted |= {(k, len(lines)) for k, v in json.loads(summary.read_text())["metrics"].items() if v == v}
+    logged: Counter[tuple[str, int]] = Counter()
+    for key in {k for k, _ in wanted}:
+        logged.update((key, m.step) for m in client.get_metric_history(run_id, key))
+
+    def listing(path: str | None) -> set[str]:
+        found = set()
+        for f in client.list_artifacts(run_id, path):
+            found |= listing(f.path) if f.is_dir else {f.path}
+        return found
+
+    local = {p.relative_to(output_dir).as_posix() for sub in ("config", "weights", "plots")
+             for p in (output_dir / sub).rglob("*") if p.is_file()}
+    local |= {name for name in ("metrics.jsonl", "summary.json") if (output_dir / name).exists()}
+    return {
+        "metrics": len(wanted - set(logged)),
+        "duplicates": sum(n - 1 for n in logged.values() if n > 1),
+        "files": len(local - listing(None)),
+    }

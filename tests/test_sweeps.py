@@ -24,8 +24,10 @@ pytestmark = pytest.mark.slow
 PER_EPOCH = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "samples_per_second"]
 
 
-def sweep(tmp_path: Path, *args: str, epochs: int = 1, train_limit: int = 1000, wait: bool = True, timeout: int = 600):
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+def sweep(tmp_path: Path, *args: str, epochs: int = 1, train_limit: int = 1000, wait: bool = True, timeout: int = 600,
+          tracking_uri: str | None = None):
+    """Run ``scripts/train.py --multirun`` on a small subset into a fresh SQLite store (or ``tracking_uri``)."""
+    uri = tracking_uri or f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     cmd = [
         PYTHON, str(TRAIN_SCRIPT), "--multirun", *args,
         f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=sweeps", "mlflow.log_plots=false",

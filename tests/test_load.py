@@ -1,0 +1,81 @@
+"""Load, with the real server: parallel sweeps against ``mlflow server``, and the server killed in the middle of one.
+
+Each test starts its own ``mlflow server`` on 127.0.0.1 (SQLite store,
+proxied artifacts; the ``mlflow_server`` fixture) and runs
+``scripts/train.py --multirun`` as a subprocess, 8 members at once through
+the joblib launcher, on small subsets of MNIST.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, TRAIN_SCRIPT, LiveServer, mlflow_gaps
+from mnist_np.tracking import OFFLINE_TAG
+from test_sweeps import PER_EPOCH, parent_and_children, sweep
+
+pytestmark = pytest.mark.slow
+MEMBERS = 8
+
+
+def check_members(client, children, epochs: int, lost) -> None:
+    """Every member FINISHED, every per-epoch metric at every epoch, nothing missing from its output dir."""
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    gaps = [mlflow_gaps(client, c.info.run_id, Path(c.data.tags["hydra_output_dir"])) for c in children]
+    lost.record(runs=MEMBERS - len(finished), metrics=sum(g["metrics"] for g in gaps))
+    assert len(children) == MEMBERS and len(finished) == MEMBERS, [c.info.status for c in children]
+    for c in children:
+        for name in PER_EPOCH:
+            assert [m.step for m in client.get_metric_history(c.info.run_id, name)] == list(range(1, epochs + 1)), (c.info.run_name, name)
+        assert "test_accuracy" in c.data.metrics and len(c.outputs.model_outputs) == 1
+    assert gaps == [{"metrics": 0, "duplicates": 0, "files": 0}] * MEMBERS
+
+
+@pytest.mark.fault("load", outcome="8 parallel members against the server: all FINISHED, every metric present")
+def test_eight_parallel_members_against_the_server(mlflow_server: LiveServer, tmp_path: Path, lost) -> None:
+    proc, uri = sweep(tmp_path, "+sweep=parallel", f"hydra.launcher.n_jobs={MEMBERS}", f"seed=range({MEMBERS})",
+                      epochs=2, train_limit=500, tracking_uri=mlflow_server.url)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, parent, children = parent_and_children(uri)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["members_finished"] == MEMBERS
+    assert sorted(int(c.data.params["seed"]) for c in children) == list(range(MEMBERS))
+    check_members(client, children, epochs=2, lost=lost)
+
+
+@pytest.mark.fault("load", outcome="server SIGKILLed and restarted mid-sweep, then sync.py: all 8 FINISHED, nothing missing")
+def test_server_killed_and_restarted_mid_sweep_then_sync(mlflow_server: LiveServer, tmp_path: Path, lost) -> None:
+    epochs = 12
+    proc, uri = sweep(tmp_path, "+sweep=parallel", f"hydra.launcher.n_jobs={MEMBERS}", f"seed=range({MEMBERS})",
+                      epochs=epochs, train_limit=3000, tracking_uri=mlflow_server.url, wait=False)
+    try:
+        # Kill the server once every member is training (has written an epoch), then bring it back.
+        logs = [tmp_path / "sweep" / str(i) / "metrics.jsonl" for i in range(MEMBERS)]
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and not all(p.exists() and p.stat().st_size for p in logs):
+            time.sleep(0.2)
+        assert all(p.exists() and p.stat().st_size for p in logs), "not every member got to its first epoch"
+        mlflow_server.kill()
+        time.sleep(2)
+        mlflow_server.restart()
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Either the members caught up by themselves and the sweep ended normally, or the
+    # sweep ended before the server was back and said how to finish the job.
+    assert proc.returncode == 0 or "upload them with python scripts/sync.py" in output, output[-3000:]
+
+    sync = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "sync.py"), str(tmp_path / "sweep")],
+                          capture_output=True, text=True, timeout=600)
+    assert sync.returncode == 0, sync.stderr[-3000:]
+    lines = sync.stdout.splitlines()
+    assert len(lines) == MEMBERS + 1 and lines[-1].endswith(f"{MEMBERS} of {MEMBERS} members finished"), sync.stdout
+
+    client, parent, children = parent_and_children(uri)
+    assert any(OFFLINE_TAG in c.data.tags for c in children), "no member ever lost the server: the fault did not happen"
+    assert parent.info.status == "FINISHED" and parent.data.metrics["members_finished"] == MEMBERS
+    check_members(client, children, epochs=epochs, lost=lost)

@@ -1,0 +1,161 @@
+"""Tracking faults: the MLflow server dies during a run; the training goes on; scripts/sync.py completes the run.
+
+Against a real ``mlflow server`` on 127.0.0.1 (the ``mlflow_server`` fixture),
+killed with SIGKILL at a chosen epoch (the run's own epoch log is the trigger,
+so the fault lands at the same point every time) and restarted on the same
+port and store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import PYTHON, TRAIN_SCRIPT, LiveServer, mlflow_gaps, small_overrides
+from mnist_np.config import compose
+from mnist_np.runner import EpochLogger, run
+from mnist_np.sync import read_journal, sync_output_dir
+from mnist_np.tracking import JOURNAL_FILE, OFFLINE_TAG
+
+SYNC = TRAIN_SCRIPT.parent / "sync.py"
+PER_EPOCH = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "samples_per_second"]
+
+
+def fault_at_epoch(monkeypatch: pytest.MonkeyPatch, actions: dict[int, object]) -> None:
+    """Call ``actions[epoch]()`` right after the run wrote that epoch to metrics.jsonl, before MLflow hears of it."""
+    real = EpochLogger.on_epoch_end
+
+    def on_epoch_end(self, epoch, metrics, model, is_best):
+        real(self, epoch, metrics, model, is_best)
+        if epoch in actions:
+            actions[epoch]()
+
+    monkeypatch.setattr(EpochLogger, "on_epoch_end", on_epoch_end)
+
+
+def sync_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, str(SYNC), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.slow
+@pytest.mark.fault("tracking faults", outcome="server killed mid-run: training finished, sync.py completed the same run, a second sync sent nothing")
+def test_server_killed_mid_run_training_goes_on_and_sync_completes_it(
+    mlflow_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, lost
+) -> None:
+    out = tmp_path / "run"
+    fault_at_epoch(monkeypatch, {2: mlflow_server.kill})  # MLflow gets epoch 1, then nothing
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="mnist_np.tracking"):
+        result = run(compose(small_overrides(mlflow_server.url, "trainer.epochs=3")), output_dir=out)
+    elapsed = time.monotonic() - started
+
+    # The training went on, with one warning, and wrote everything to its output dir.
+    assert elapsed < 90, f"a dead server stalled the run for {elapsed:.0f} s"
+    warnings = [r.getMessage() for r in caplog.records if "stopped answering" in r.getMessage()]
+    assert len(warnings) == 1 and f"python scripts/sync.py {out}" in warnings[0]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert json.loads((out / "summary.json").read_text())["metrics"]["test_accuracy"] == result.metrics["test_accuracy"] > 0.5
+    assert (out / "weights" / "final.npz").exists() and (out / "plots" / "loss_curves.png").exists()
+    journal = read_journal(out / JOURNAL_FILE)
+    assert journal.end is not None and journal.end["status"] == "FINISHED" and OFFLINE_TAG in journal.tags
+
+    # MLflow has only what it got before the kill: the run is still RUNNING, epoch 1 only.
+    mlflow_server.restart()
+    client = MlflowClient(mlflow_server.url)
+    assert client.get_run(result.run_id).info.status == "RUNNING"
+    assert steps(client, result.run_id, "train_loss") == [1]
+    assert mlflow_gaps(client, result.run_id, out)["metrics"] > 0
+
+    proc = sync_cli(out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{out}: run {result.run_id}: uploaded ") and "status FINISHED" in proc.stdout
+
+    r = client.get_run(result.run_id)
+    assert r.info.status == "FINISHED" and "failure_reason" not in r.data.tags
+    for key in PER_EPOCH:
+        assert steps(client, result.run_id, key) == [1, 2, 3], key
+    assert r.data.metrics["test_accuracy"] == result.metrics["test_accuracy"]
+    assert r.data.tags["weights_sha256"] == json.loads((out / "summary.json").read_text())["weights_sha256"]
+    assert OFFLINE_TAG in r.data.tags  # the interruption stays on record
+    assert len(r.outputs.model_outputs) == 1 and len(r.inputs.dataset_inputs) == 1
+    gaps = mlflow_gaps(client, result.run_id, out)
+    lost.record(runs=0, metrics=gaps["metrics"])
+    assert gaps == {"metrics": 0, "duplicates": 0, "files": 0}
+
+    # Idempotent: a second sync finds nothing to send and duplicates nothing.
+    again = sync_output_dir(out)
+    assert again.sent == 0 and again.line().endswith("already complete"), again.line()
+    assert mlflow_gaps(client, result.run_id, out)["duplicates"] == 0
+    assert len(client.get_run(result.run_id).outputs.model_outputs) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.fault("tracking faults", outcome="server killed and back before the end: the run uploaded what it missed itself")
+def test_server_back_before_the_end_the_run_catches_up_by_itself(
+    mlflow_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lost
+) -> None:
+    out = tmp_path / "run"
+    fault_at_epoch(monkeypatch, {2: mlflow_server.kill, 3: mlflow_server.restart})
+    result = run(compose(small_overrides(mlflow_server.url, "trainer.epochs=3", "mlflow.log_plots=false")), output_dir=out)
+    client = MlflowClient(mlflow_server.url)
+    r = client.get_run(result.run_id)
+    assert r.info.status == "FINISHED" and OFFLINE_TAG in r.data.tags
+    gaps = mlflow_gaps(client, result.run_id, out)
+    lost.record(runs=0, metrics=gaps["metrics"])
+    assert gaps == {"metrics": 0, "duplicates": 0, "files": 0}
+    assert sync_output_dir(out).sent == 0
+
+
+@pytest.mark.fault("tracking faults", outcome="synced into a store that never had the run: one new complete run, once")
+def test_sync_into_a_store_without_the_run_creates_it_once(tracking_uri: str, tmp_path: Path, lost) -> None:
+    out = tmp_path / "run"
+    original = run(compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false")), output_dir=out)
+    other = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+
+    proc = sync_cli(out, "--tracking-uri", other)
+    assert proc.returncode == 0, proc.stderr
+    assert "(new run): uploaded " in proc.stdout and "status FINISHED" in proc.stdout
+    info = json.loads((out / "mlflow_run.json").read_text())
+    assert info["tracking_uri"] == other and info["previous_run_id"] == original.run_id and info["run_id"] != original.run_id
+
+    client = MlflowClient(other)
+    (copy,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert copy.info.run_id == info["run_id"] and copy.info.status == "FINISHED"
+    assert copy.info.run_name == "mlp128-sgd-lr0.1-bs128" and copy.data.params["trainer.epochs"] == "1"
+    gaps = mlflow_gaps(client, copy.info.run_id, out)
+    lost.record(runs=0, metrics=gaps["metrics"])
+    assert gaps == {"metrics": 0, "duplicates": 0, "files": 0}
+
+    again = sync_cli(out, "--tracking-uri", other)
+    assert again.returncode == 0 and again.stdout.strip().endswith("already complete"), again.stdout
+    assert len(client.search_runs([copy.info.experiment_id])) == 1
+    assert MlflowClient(tracking_uri).get_run(original.run_id).info.status == "FINISHED"  # the original is untouched
+
+
+@pytest.mark.fault("tracking faults", outcome="sync.py on a folder that is no run, or with the server down: one line, exit 2 / 1, in seconds")
+def test_sync_errors_are_one_line(tmp_path: Path) -> None:
+    from mnist_np.servers import free_port
+
+    proc = sync_cli(tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: {tmp_path} holds no {JOURNAL_FILE}") and proc.stderr.count("\n") == 1
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    start = {"op": "start", "run_name": "r", "params": {}, "tags": {}, "experiment_name": "tests",
+             "tracking_uri": f"http://127.0.0.1:{free_port()}", "start_time": 0}
+    (run_dir / JOURNAL_FILE).write_text(json.dumps(start) + "\n")
+    started = time.monotonic()
+    proc = sync_cli(run_dir)
+    assert time.monotonic() - started < 30
+    assert proc.returncode == 1 and proc.stderr.startswith("error: MLflow server http://127.0.0.1:") and proc.stderr.count("\n") == 1
