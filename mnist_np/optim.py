@@ -1,20 +1,23 @@
 """Optimizers and learning-rate schedules.
 
-An optimizer keeps the parameters, the gradients of every shard of the
-mini-batch and its own state (momentum, Adam moments) as the rows of one
-matrix ``(rows, P)``, for ``P`` numbers in all parameters together: one
-gradient row per shard (written by the model), a row of parameters (the
-model's arrays are views of it) and a row per state ``slot`` (``velocity``;
-``m``, ``v``).
+An optimizer keeps the parameters, its own state (momentum, Adam moments)
+and the gradients of every shard of the mini-batch as the rows of one
+matrix, ``P`` columns wide for the ``P`` numbers in all parameters together.
+A *block* of rows is ``[w; slot_1; ...; g_1; ...; g_s]``: the parameters
+(the model's arrays are views of that row), one row per state slot
+(``velocity``; ``m``, ``v``) and one gradient row per shard (the model
+writes them).
 
 The layout lets an SGD step be one small matrix product: the update is linear
 in ``(weights, velocity, gradients)``, so ``[w'; v'] = C(lr) @ [w; v; g_1;
-...; g_s]`` reads every row once, adds up the shards' gradients on the way,
-and runs as one BLAS call instead of a string of elementwise passes. The
-product cannot write over its own input, so SGD keeps two blocks of
-``[w; v]`` rows around the gradient rows and alternates between them.
-The columns are cut into parts, one per thread, that can be updated at the
-same time. State is keyed by parameter name in :meth:`Optimizer.state_dict`
+...; g_s]`` reads the block once, adds up the shards' gradients on the way,
+and runs as one BLAS call instead of a string of elementwise passes. A
+product cannot write over its own input, so SGD keeps two blocks and each
+step writes the other one; both are read in the same row order, so the
+arithmetic -- and every bit of the result -- is the same whichever block a
+step starts from (a resumed run does not know which one that was). The
+columns are cut into parts, one per thread, that can be updated at the same
+time. State is keyed by parameter name in :meth:`Optimizer.state_dict`
 (``velocity/W1``), as checkpoints store it.
 
 Weight decay applies to weight matrices (``W*``) only: decaying biases only
@@ -34,7 +37,7 @@ def _decays(name: str) -> bool:
     return name.startswith("W")
 
 
-Chunk = tuple[int, int, bool]  # columns [lo, hi) of one parameter, and whether it decays
+Chunk = tuple[int, int, bool]  # columns [lo, hi) of parameters that all decay, or all do not
 
 
 class Optimizer:
@@ -45,70 +48,77 @@ class Optimizer:
     once; after every shard's gradients are in, ``opt.swap_buffers()``
     once; then ``opt.update(plan, part)`` for every part, in any threads.
 
-    Subclasses name their ``slots``, lay out the rows (:meth:`_layout`), turn
+    Subclasses name their ``slots`` and how many ``blocks`` they keep, turn
     a learning rate into a per-step :meth:`plan`, and apply it to a chunk of
     columns (:meth:`_update_chunk`).
     """
 
     slots: tuple[str, ...] = ()
+    blocks = 1
     _scratch_rows = 0  # per-part temporaries of a chunk's width
 
     def __init__(self) -> None:
         self.state: np.ndarray | None = None
         self.shards = 0
-        self.grads: list[dict[str, np.ndarray]] = []  # one dict per shard, set by attach
-        self._params: dict[str, np.ndarray] = {}  # the attached dict, kept pointing at the current row
-        self._param_views: dict[int, dict[str, np.ndarray]] = {}
-        self._current = 0  # row of the parameters; the slots follow it
-        self._grad_rows: list[int] = []
+        # Kept as the same dict objects for the optimizer's lifetime; their
+        # entries are re-pointed when a step moves to the other block.
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: list[dict[str, np.ndarray]] = []  # one dict per shard
+        self._block = 0  # first row of the current block
+        self._block_views: dict[int, tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]] = {}
         self._views: dict[str, slice] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._parts: list[list[Chunk]] = []
         self._scratch: list[np.ndarray] = []
         self._pending: dict[str, np.ndarray] = {}
 
-    def _layout(self, shards: int) -> tuple[int, list[int], int]:
-        """``(rows, gradient rows, parameter row)``; the slots follow the parameter row."""
-        return shards + 1 + len(self.slots), list(range(shards)), shards
+    @property
+    def block_rows(self) -> int:
+        return 1 + len(self.slots) + self.shards
 
     def attach(self, params: dict[str, np.ndarray], shards: int = 1, parts: int = 1) -> list[dict[str, np.ndarray]]:
         """Move ``params`` into the state matrix and return one gradient dict per shard.
 
         The entries of ``params`` are replaced by views of the matrix (values
         copied), so the model trains the optimizer's copy from now on; read
-        them afresh after a step, as the row they view may change. State
-        loaded before (:meth:`load_state_dict`) or kept from an earlier
-        attach is carried over; otherwise it starts at zero.
+        them afresh after a step, as a step may re-point them. State loaded
+        before (:meth:`load_state_dict`) or kept from an earlier attach is
+        carried over; otherwise it starts at zero.
         """
         # Decaying parameters first: the update then needs one chunk per kind, not per parameter.
         names = sorted(params, key=lambda k: not _decays(k))
         sizes = [params[k].size for k in names]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-        carried = {**self.state_dict(), **self._pending}
-        rows, self._grad_rows, self._current = self._layout(shards)
-        self.state = np.zeros((rows, offsets[-1]), dtype=params[names[0]].dtype)
+        carried = self.state_dict()
         self.shards = shards
+        self.state = np.zeros((self.blocks * self.block_rows, offsets[-1]), dtype=params[names[0]].dtype)
         self._views = {k: slice(offsets[i], offsets[i + 1]) for i, k in enumerate(names)}
         self._shapes = {k: params[k].shape for k in names}
+        self._block, self._block_views = 0, {}
         for k in names:
-            self.state[self._current, self._views[k]] = params[k].ravel()
-        self._params, self._param_views = params, {}
-        self._point_params()
+            self.state[0, self._views[k]] = params[k].ravel()
+        self.params, self.grads = params, [{} for _ in range(shards)]
+        self._point_views()
         self._pending = {}
         self.load_state_dict(carried)
         self._partition(parts)
-        self.grads = [self._row(i) for i in self._grad_rows]
         return self.grads
 
     def _row(self, row: int) -> dict[str, np.ndarray]:
         assert self.state is not None
         return {k: self.state[row, s].reshape(self._shapes[k]) for k, s in self._views.items()}
 
-    def _point_params(self) -> None:
-        views = self._param_views.get(self._current)
-        if views is None:  # made once per row: a step re-points the dict without building views
-            views = self._param_views[self._current] = self._row(self._current)
-        self._params.update(views)
+    def _point_views(self) -> None:
+        """Point ``params`` and ``grads`` at the current block (views made once per block)."""
+        views = self._block_views.get(self._block)
+        if views is None:
+            first_grad = self._block + 1 + len(self.slots)
+            views = self._block_views[self._block] = (
+                self._row(self._block), [self._row(first_grad + k) for k in range(self.shards)]
+            )
+        self.params.update(views[0])
+        for grads, block_grads in zip(self.grads, views[1]):
+            grads.update(block_grads)
 
     def _partition(self, parts: int) -> None:
         """Cut the columns into ``parts`` contiguous, equal parts, each a list of chunks.
@@ -138,7 +148,10 @@ class Optimizer:
         raise NotImplementedError
 
     def swap_buffers(self) -> None:
-        """Make the row this step writes the parameters (once per step, before the next step reads them)."""
+        """Move to the block this step writes (once per step, after the gradients, before the next step)."""
+        if self.blocks > 1:
+            self._block = (self._block + self.block_rows) % (self.blocks * self.block_rows)
+            self._point_views()
 
     def update(self, plan: Any, part: int = 0) -> None:
         """Apply ``plan`` to the columns of ``part`` (parts may run in parallel threads)."""
@@ -165,7 +178,7 @@ class Optimizer:
         """State arrays keyed ``"<slot>/<param>"`` (e.g. ``"velocity/W1"``), plus scalars."""
         out = dict(self._pending)
         if self.state is not None:
-            for i, slot in enumerate(self.slots, start=self._current + 1):
+            for i, slot in enumerate(self.slots, start=self._block + 1):
                 out.update({f"{slot}/{k}": v.copy() for k, v in self._row(i).items()})
         out.update(self._scalar_state())
         return out
@@ -177,7 +190,7 @@ class Optimizer:
         if self.state is None:
             self._pending = {k: np.array(v) for k, v in arrays.items()}
             return
-        for i, slot in enumerate(self.slots, start=self._current + 1):
+        for i, slot in enumerate(self.slots, start=self._block + 1):
             for k, target in self._row(i).items():
                 if f"{slot}/{k}" in arrays:
                     np.copyto(target, arrays[f"{slot}/{k}"], casting="unsafe")
@@ -185,8 +198,8 @@ class Optimizer:
 
 @dataclass(frozen=True)
 class _SGDPlan:
-    source: slice  # the rows the product reads: [w; v; g...] or [g...; w; v]
-    target: slice  # the rows it writes: the other [w; v] block
+    source: slice  # the current block, [w; v; g_1 ... g_s]
+    target: slice  # the [w; v] rows of the other block
     coefficients: dict[bool, np.ndarray]  # by "decays"
 
 
@@ -199,11 +212,11 @@ class SGD(Optimizer):
     momentum ``w -= lr * g`` and there is no velocity.
 
     All of it is linear, so a step is one product ``[w'; v'] = C @ [w; v;
-    g_1; ...; g_s]``; Nesterov, for instance, expands to
-    ``w' = w - lr * ((1 + m) * g + m^2 * v)``. Rows: ``[w; v]`` block A, the
-    gradients, ``[w; v]`` block B; steps read one block with the gradients
-    (a contiguous run of rows either way) and write the other.
+    g_1; ...; g_s]`` from one block into the other; Nesterov, for instance,
+    expands to ``w' = w - lr * ((1 + m) * g + m^2 * v)``.
     """
+
+    blocks = 2
 
     def __init__(self, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> None:
         super().__init__()
@@ -214,12 +227,8 @@ class SGD(Optimizer):
         self.weight_decay = weight_decay
         self.slots = ("velocity",) if momentum else ()
 
-    def _layout(self, shards: int) -> tuple[int, list[int], int]:
-        k = 1 + len(self.slots)
-        return 2 * k + shards, list(range(k, k + shards)), 0
-
     def coefficients(self, lr: float, weight_decay: float) -> list[list[float]]:
-        """``C`` for the order ``[w; v; g_1 ... g_s]``: ``1 + slots`` rows of ``1 + slots + shards``."""
+        """``C``: ``1 + slots`` rows (new ``w``, new ``v``) over the block ``[w; v; g_1 ... g_s]``."""
         s, mu, wd = self.shards, self.momentum, weight_decay
         if not mu:
             return [[1 - lr * wd] + [-lr] * s]
@@ -231,20 +240,13 @@ class SGD(Optimizer):
 
     def plan(self, lr: float) -> _SGDPlan:
         assert self.state is not None
-        k, s = 1 + len(self.slots), self.shards
-        if self._current == 0:  # read [w; v; g...] = rows 0 .. k+s, write block B
-            source, target, rotate = slice(0, k + s), slice(k + s, 2 * k + s), 0
-        else:  # read [g...; w; v] = rows k .. 2k+s, write block A: C's columns rotated to match
-            source, target, rotate = slice(k, 2 * k + s), slice(0, k), s
-        coefficients = {}
-        for decays in (True, False):
-            c = self.coefficients(lr, self.weight_decay if decays else 0.0)
-            coefficients[decays] = np.array([row[len(row) - rotate :] + row[: len(row) - rotate] for row in c], dtype=self.state.dtype)
-        return _SGDPlan(source, target, coefficients)
-
-    def swap_buffers(self) -> None:
-        self._current = self.shards + 1 + len(self.slots) if self._current == 0 else 0
-        self._point_params()
+        other = (self._block + self.block_rows) % (2 * self.block_rows)
+        dtype = self.state.dtype
+        return _SGDPlan(
+            source=slice(self._block, self._block + self.block_rows),
+            target=slice(other, other + 1 + len(self.slots)),
+            coefficients={d: np.array(self.coefficients(lr, self.weight_decay if d else 0.0), dtype=dtype) for d in (True, False)},
+        )
 
     def _update_chunk(self, plan: _SGDPlan, lo: int, hi: int, decays: bool, scratch: np.ndarray) -> None:
         assert self.state is not None
@@ -295,11 +297,9 @@ class Adam(Optimizer):
 
     def _update_chunk(self, plan: _AdamPlan, lo: int, hi: int, decays: bool, scratch: np.ndarray) -> None:
         assert self.state is not None
-        rows = self.state[:, lo:hi]
-        g = rows[self._grad_rows[0]]
-        for k in self._grad_rows[1:]:
-            g += rows[k]
-        w, m, v = rows[self._current], rows[self._current + 1], rows[self._current + 2]
+        w, m, v, g, *more = self.state[:, lo:hi]
+        for other in more:
+            g += other
         dt = w.dtype.type
         buf, num = scratch[0], scratch[1]
         if self.weight_decay and decays:

@@ -136,8 +136,11 @@ class _Pool:
     barrier; all run phase 0 (thread ``k`` does shard ``k``, the caller shard
     0); they meet again; all run phase 1. The next ``run`` (or ``sync``)
     meets the workers once more, so phase 1 of one step overlaps nothing but
-    the caller's bookkeeping. An error in a worker breaks the barrier and is
-    raised in the caller; closing breaks it to let the workers go.
+    the caller's bookkeeping. The caller writes the next job only when every
+    worker has read the current one (a worker reads it before the barrier
+    that ends phase 0; a sync round has a second barrier for the same
+    reason). An error in a worker breaks the barrier and is raised in the
+    caller; closing breaks it to let the workers go.
     """
 
     def __init__(self, workers: int, phase: Any) -> None:
@@ -167,7 +170,8 @@ class _Pool:
         while True:
             self._barrier.wait()
             job = self._job
-            if job is None:  # a sync: nothing to do this round
+            if job is None:  # a sync: meet again, so the caller cannot publish the next job before this read
+                self._barrier.wait()
                 continue
             self._phase(k, job, 0)
             self._barrier.wait()
@@ -190,6 +194,7 @@ class _Pool:
 
     def sync(self) -> None:
         self._job = None
+        self._wait()
         self._wait()
 
     def close(self) -> None:

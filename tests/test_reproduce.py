@@ -17,7 +17,7 @@ from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
 from mnist_np.checkpoint import Checkpointer, latest_checkpoint, load_state, restore_rngs, weights_sha256
 from mnist_np.config import PROJECT_ROOT, ConfigError, compose, load_run_config
 from mnist_np.model import MLP
-from mnist_np.optim import Adam, Schedule
+from mnist_np.optim import SGD, Adam, Schedule
 from mnist_np.registry import ACTIVATIONS, INITIALIZERS
 from mnist_np.runner import run
 from mnist_np.training import FitResult, TrainSettings, fit
@@ -28,37 +28,45 @@ REPRODUCE = PROJECT_ROOT / "scripts" / "reproduce.py"
 # --- the core: a checkpoint continues a training exactly -----------------------
 
 
-def _setup(seed: int = 0):
+OPTIMIZERS = {"adam": Adam, "sgd-nesterov": lambda: SGD(momentum=0.9, nesterov=True, weight_decay=5e-4)}
+
+
+def _setup(optimizer: str, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.random((600, 784), dtype=np.float32)
     y = rng.integers(0, 10, 600)
     model = MLP.initialize([784, 32, 10], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(1), dropout=0.2)
     rngs = {"shuffle": np.random.default_rng(2), "dropout": np.random.default_rng(3)}
-    return x, y, model, Adam(), rngs
+    return x, y, model, OPTIMIZERS[optimizer](), rngs
 
 
-def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tmp_path: Path) -> None:
-    settings = TrainSettings(epochs=4, batch_size=64)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tmp_path: Path, optimizer: str, threads: int) -> None:
+    # Batch 100 of 600 training rows: 5 steps per epoch, an odd number, so the
+    # resumed half starts where SGD's two state blocks stand the other way round.
+    settings = TrainSettings(epochs=4, batch_size=100, threads=threads)
     sched = Schedule("cosine", 0.01, 4)
 
-    x, y, model, opt, rngs = _setup()
-    fit(model, opt, sched, x, y, x[:100], y[:100], settings, rngs["shuffle"], rngs["dropout"])
+    x, y, model, opt, rngs = _setup(optimizer)
+    fit(model, opt, sched, x[100:], y[100:], x[:100], y[:100], settings, rngs["shuffle"], rngs["dropout"])
     straight = weights_sha256(model.params)
 
-    x, y, model, opt, rngs = _setup()
+    x, y, model, opt, rngs = _setup(optimizer)
     state = FitResult()
     ck = Checkpointer(tmp_path, opt, rngs, "cfg: 1", "run", epochs=2, keep=1)
     ck.bind(state)
-    fit(model, opt, sched, x, y, x[:100], y[:100], TrainSettings(epochs=2, batch_size=64), rngs["shuffle"], rngs["dropout"], [ck], state)
+    half = TrainSettings(epochs=2, batch_size=100, threads=threads)
+    fit(model, opt, sched, x[100:], y[100:], x[:100], y[:100], half, rngs["shuffle"], rngs["dropout"], [ck], state)
     assert [p.name for p in tmp_path.iterdir()] == ["epoch_0002.npz"]  # keep=1
 
     saved = load_state(latest_checkpoint(tmp_path))
     assert saved.epoch == 2 and len(saved.result.history) == 2 and saved.config_yaml == "cfg: 1"
-    x, y, model, opt, rngs = _setup()  # a fresh process: nothing carried over but the file
-    model.params.update(saved.params)
+    x, y, model, opt, rngs = _setup(optimizer)  # a fresh process: nothing carried over but the file
+    model.load_params(saved.params)
     opt.load_state_dict(saved.optimizer)
     restore_rngs(rngs, saved.rng_states)
-    result = fit(model, opt, sched, x, y, x[:100], y[:100], settings, rngs["shuffle"], rngs["dropout"], result=saved.result)
+    result = fit(model, opt, sched, x[100:], y[100:], x[:100], y[:100], settings, rngs["shuffle"], rngs["dropout"], result=saved.result)
     assert len(result.history) == 4
     assert weights_sha256(model.params) == straight
 

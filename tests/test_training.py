@@ -143,3 +143,18 @@ def test_divergence_with_threads_stops_cleanly() -> None:
     with pytest.raises(TrainingDiverged):
         train_threads(2, lr=1e8)
     assert threading.active_count() == before
+
+
+def test_many_short_epochs_with_threads_stay_deterministic() -> None:
+    """Every epoch ends in a sync of the worker threads; a race there would show as differing bits."""
+    def run() -> MLP:
+        x, y = blobs(200, seed=1)
+        model = MLP.initialize([784, 16, 3], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(0), dropout=0.2)
+        fit(model, SGD(momentum=0.9), Schedule("constant", 0.05, 40), x, y, x[:50], y[:50],
+            TrainSettings(epochs=40, batch_size=100, threads=2), np.random.default_rng(1), np.random.default_rng(2))
+        return model
+
+    first = run()
+    for _ in range(3):
+        again = run()
+        assert all(np.array_equal(first.params[k], again.params[k]) for k in first.params)
