@@ -34,6 +34,12 @@ CONF_DIR = PROJECT_ROOT / "conf"
 TRAIN_IMAGES = 60_000  # both datasets ship 60k training images before the val split
 
 
+MAX_NAME = 250  # MLflow's limit for run names
+# Stores a run may name. A bare path would make MLflow write a file store
+# wherever the process happens to run; the project's store is one absolute place.
+TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "postgresql+", "mysql://", "mysql+", "mssql://", "mssql+")
+
+
 class ConfigError(ValueError):
     """An invalid config value; ``str()`` is the one line shown to the user."""
 
@@ -134,6 +140,14 @@ GROUP_SCHEMAS: dict[str, tuple[type, ...]] = {
     "mlflow": (MlflowConfig,),
 }
 PRESET_GROUPS = ("experiment", "debug", "sweep")
+
+
+def schema_keys() -> set[str]:
+    """Every key the schemas define, dotted (``seed``, ``optimizer.lr``); the groups themselves excluded."""
+    keys = {f.name for f in dataclasses.fields(Config) if f.name not in GROUP_SCHEMAS}
+    for group, schemas in GROUP_SCHEMAS.items():
+        keys |= {f"{group}.{f.name}" for s in schemas for f in dataclasses.fields(s)}
+    return keys
 ROOT_ENV = "MNIST_NP_ROOT"  # conf/config.yaml reads the project root from here
 
 
@@ -183,13 +197,15 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def check_overrides(args: list[str]) -> None:
+def check_overrides(args: list[str], composition: bool = True) -> None:
     """Reject bad command-line overrides with one line, before Hydra composes.
 
     Covers: unknown group options (``optimizer=nope``), unknown keys
     (``trainer.epoch=3``) and values that do not fit the key's type
-    (``trainer.epochs=abc``), including every value of a choice/range sweep.
-    ``hydra.*`` overrides and flags are left to Hydra.
+    (``trainer.epochs=abc``), including every value of a choice/range sweep;
+    then, with ``composition``, composes the config to catch what only the
+    whole config shows (see :func:`_composition_error`). ``hydra.*``
+    overrides and flags are left to Hydra.
     """
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -226,6 +242,60 @@ def check_overrides(args: list[str]) -> None:
             continue
         for v in values:
             _check_value(key, v)
+    error = _composition_error(parsed) if composition else None
+    if error is not None:
+        raise ConfigError(error)
+
+
+MAX_COMPOSITIONS = 16  # a sweep's command lines composed up front (each takes ~0.1 s)
+
+
+def _composition_error(parsed: list[Any]) -> str | None:
+    """Compose the config as Hydra will, and say in one line what stops it.
+
+    Catches what only the composed config shows: a key that the chosen
+    option's schema lacks (``optimizer.betas`` with ``optimizer=sgd``). A
+    sweep is composed at its first values, then with each swept value once.
+    ``hydra.*`` overrides are Hydra's own business and left out.
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    fixed, swept = [], []
+    for o in parsed:
+        key = o.get_key_element()
+        if o.key_or_group.startswith("hydra"):
+            continue
+        if not o.is_sweep_override():
+            fixed.append(o.input_line)
+            continue
+        try:
+            swept.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        except HydraException:
+            continue  # interval()/tag() search spaces: the sweeper draws them
+    first = [values[0] for values in swept]
+    variants = [fixed + first]
+    for i, values in enumerate(swept):
+        variants += [fixed + first[:i] + [v] + first[i + 1 :] for v in values[1:]]
+    for lines in variants[:MAX_COMPOSITIONS]:
+        try:
+            _compose(lines)
+        except (HydraException, OmegaConfBaseException) as e:
+            cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
+            key = str(getattr(cause, "full_key", "") or "")
+            group = key.split(".", 1)[0]
+            if isinstance(cause, MissingMandatoryValue):
+                return _missing(key)
+            if "." in key and group in GROUP_SCHEMAS:
+                rest = [line for line in lines if line.split("=", 1)[0].lstrip("+~") != key]
+                try:
+                    chosen = _compose(rest)[group]
+                    return f"{key} is not a key of {group}={chosen.get('name', '?')}; its keys: {', '.join(sorted(chosen))}"
+                except (HydraException, OmegaConfBaseException):
+                    pass
+            first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            return f"cannot compose the config: {first_line}"
+    return None
 
 
 def _check_value(key: str, value: Any) -> None:
@@ -243,15 +313,20 @@ def _check_value(key: str, value: Any) -> None:
         known = sorted({f.name for s in schemas for f in dataclasses.fields(s)} - set(GROUP_SCHEMAS))
         where = f"keys of {parts[0]}" if len(parts) == 2 else "top-level keys"
         raise ConfigError(f"{key} is not a config key; {where}: {', '.join(known)}")
-    errors = []
+    hint = typing.get_type_hints(candidates[0])[name]
+    if value == MISSING:
+        raise ConfigError(f"{key}=??? leaves a required value unset; expected {_describe_type(hint)}")
+    # OmegaConf would take 3 or "yes" for a boolean; a typo should not silently mean true.
+    strict_bool = hint is bool or (typing.get_origin(hint) is typing.Union and bool in typing.get_args(hint))
+    if strict_bool and not isinstance(value, bool) and value is not None:
+        raise ConfigError(f"{key}={value!r} has the wrong type; expected {_describe_type(hint)}")
     for schema in candidates:
         node = OmegaConf.structured(schema)
         try:
             setattr(node, name, value)
             return
         except Exception:  # omegaconf.ValidationError and friends
-            errors.append(schema)
-    hint = typing.get_type_hints(candidates[0])[name]
+            pass
     raise ConfigError(f"{key}={value!r} has the wrong type; expected {_describe_type(hint)}")
 
 
@@ -320,9 +395,24 @@ def validate(cfg: DictConfig) -> None:
 
     Runs on the composed config before any data, output or MLflow run is made.
     """
-    for check in _checks(cfg):
-        if check is not None:
-            raise ConfigError(check)
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        for check in _checks(cfg):
+            if check is not None:
+                raise ConfigError(check)
+    except MissingMandatoryValue as e:
+        raise ConfigError(_missing(str(e.full_key))) from None
+
+
+def _missing(key: str) -> str:
+    """One line for a value left at ``???`` (or a group removed with ``~group``)."""
+    if key in GROUP_SCHEMAS:
+        return f"{key} is missing; expected one of {', '.join(group_options(key))} ({key}=<option>)"
+    group, _, name = key.partition(".")
+    hints = [typing.get_type_hints(schema)[name] for schema in GROUP_SCHEMAS.get(group, (Config,))
+             if name in {f.name for f in dataclasses.fields(schema)}]
+    return f"{key}=??? leaves a required value unset; expected {_describe_type(hints[0]) if hints else 'a value'}"
 
 
 def _bad(key: str, value: Any, allowed: str) -> str:
@@ -413,8 +503,21 @@ def _checks(cfg: DictConfig) -> typing.Iterator[str | None]:
     yield at_least("trainer.checkpoint_every", t.checkpoint_every, 1)
     yield at_least("trainer.keep_checkpoints", t.keep_checkpoints, 1)
     yield _memory_check(cfg)
-    if not str(cfg.mlflow.experiment_name).strip():
-        yield _bad("mlflow.experiment_name", cfg.mlflow.experiment_name, "a non-empty name")
+
+    if d.dir is not None and not Path(d.dir).expanduser().is_dir():
+        yield _bad("data.dir", d.dir, "null or an existing folder holding the four IDX files")
+    if d.cache_dir is not None and Path(d.cache_dir).expanduser().exists() and not Path(d.cache_dir).expanduser().is_dir():
+        yield _bad("data.cache_dir", d.cache_dir, "null or a folder (it is created when missing)")
+    ml = cfg.mlflow
+    if ml.tracking_uri is not None and not str(ml.tracking_uri).startswith(TRACKING_SCHEMES):
+        yield _bad("mlflow.tracking_uri", ml.tracking_uri, "null (the project's mlflow.db), sqlite:///<absolute path>, "
+                   "http(s)://host:port, or a database URI (postgresql://, mysql://, mssql://)")
+    if not str(ml.experiment_name).strip():
+        yield _bad("mlflow.experiment_name", ml.experiment_name, "a non-empty name")
+    for key in ("run_name", "sweep_name"):
+        name = ml[key]
+        if name is not None and not (str(name).strip() and len(str(name)) <= MAX_NAME):
+            yield _bad(f"mlflow.{key}", name, f"null or a non-empty name of at most {MAX_NAME} characters")
 
 
 def compose(overrides: typing.Sequence[str] = ()) -> DictConfig:
@@ -422,11 +525,24 @@ def compose(overrides: typing.Sequence[str] = ()) -> DictConfig:
 
     For tests, notebooks and tools that re-create a run's config.
     """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_overrides(list(overrides), composition=False)  # composing is the next step anyway
+    try:
+        return _compose(overrides)
+    except (HydraException, OmegaConfBaseException):
+        error = _composition_error(OverridesParser.create().parse_overrides(list(overrides)))
+        raise ConfigError(error or "cannot compose the config") from None
+
+
+def _compose(overrides: typing.Sequence[str]) -> DictConfig:
+    """Hydra's composition of ``conf/config.yaml`` with ``overrides`` (no checks of ours)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     register_configs()
-    check_overrides(list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
 

@@ -322,7 +322,7 @@ def resume(target: str, tracking_uri: str | None = None) -> RunResult:
         try:
             output_dir = run_output_dir(target, tracking_uri or default_tracking_uri(PROJECT_ROOT))
         except ValueError as e:
-            raise ConfigError(f"resume={target}: {e}") from None
+            raise ConfigError(f"resume={target!r} is not allowed; expected a run id or a run's output dir ({e})") from None
     run_file = output_dir / RUN_FILE
     config_file = output_dir / "config" / "config.yaml"
     if not run_file.exists() or not config_file.exists():

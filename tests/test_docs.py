@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import pytest
 from omegaconf import OmegaConf
 
-from mnist_np.config import GROUP_SCHEMAS, PROJECT_ROOT, Config, compose
+from mnist_np.config import PROJECT_ROOT, compose, schema_keys
 
 README = (PROJECT_ROOT / "README.md").read_text()
 ROWS = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z_.]+)` \| ([^|]*) \|", README, re.M)}
-
-
-def schema_keys() -> set[str]:
-    keys = {f.name for f in dataclasses.fields(Config) if f.name not in GROUP_SCHEMAS}
-    for group, schemas in GROUP_SCHEMAS.items():
-        keys |= {f"{group}.{f.name}" for s in schemas for f in dataclasses.fields(s)}
-    return keys
 
 
 def test_every_schema_key_is_documented_and_nothing_else() -> None:
