@@ -40,6 +40,18 @@ log = logging.getLogger(__name__)
 KILLED_REASON = "the run's process ended without closing it (killed from outside: kill -9, out of memory, node lost)"
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, after the run was closed KILLED; ``str()`` says how to continue it."""
+
+    def __init__(self, run_id: str, output_dir: Path) -> None:
+        super().__init__(run_id, output_dir)
+        self.run_id, self.output_dir = run_id, output_dir
+
+    def __str__(self) -> str:
+        return (f"interrupted: run {self.run_id} is closed KILLED, its last checkpoint is in {self.output_dir / 'checkpoints'}; "
+                f"continue it with: python scripts/train.py resume={self.run_id}")
+
+
 @dataclass
 class RunResult:
     """What a finished run reports back (to scripts, sweepers and tests)."""
@@ -378,9 +390,9 @@ def _execute(
                 tracker.log_dataset(raw.spec.name, raw.digest, source=str(cfg.data.dir or "pinned-sha256"), sizes=splits.sizes)
             result = _train_and_record(cfg, splits, raw, output_dir, config_yaml, tracker, state, threads)
         except KeyboardInterrupt:
-            tracker.end("KILLED", "interrupted by the user (KeyboardInterrupt); continue with resume=<run id>")
+            tracker.end("KILLED", f"interrupted by the user (KeyboardInterrupt); continue with resume={tracker.run_id}")
             _catch_up(tracker, output_dir, now=False)
-            raise
+            raise RunInterrupted(tracker.run_id, output_dir) from None
         except BaseException as e:
             tracker.end("FAILED", f"{type(e).__name__}: {e}")
             _catch_up(tracker, output_dir)

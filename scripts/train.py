@@ -72,11 +72,16 @@ if __name__ == "__main__":
 
     from mnist_np import sweep
 
+    from mnist_np.runner import RunInterrupted
+
     try:
         main()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         sweep.finish_open_sweep("interrupted by the user (KeyboardInterrupt)", status="KILLED")
-        raise
+        if not isinstance(e, RunInterrupted):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(130)  # the shell's status for a Ctrl-C
     finally:
         # Only does something when the sweep stopped before Hydra's on_multirun_end.
         sweep.finish_open_sweep("the sweep stopped early (see its log)")
