@@ -34,10 +34,12 @@ ui: $(STAMP)
 sweep: $(STAMP)
 	$(PY) scripts/train.py --multirun +sweep=parallel model.hidden_size=64,128 optimizer.lr=0.05,0.1 trainer.epochs=5 $(ARGS)
 
-# Training-loop benchmark against the GEMM roofline and PyTorch (installs the pinned CPU torch).
+# Training-loop benchmark against the GEMM roofline and PyTorch (installs the pinned CPU torch),
+# then whole default runs: the time spent outside the epochs and the peak memory.
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) scripts/bench.py loop $(ARGS)
+	$(PY) scripts/bench.py run
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

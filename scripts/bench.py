@@ -3,6 +3,8 @@
     python scripts/bench.py loop                  # our training loop vs the GEMM roofline and PyTorch
     python scripts/bench.py sweep                 # parallel vs basic launcher, 4 members x 10 epochs
     python scripts/bench.py sweep --repeats 5 --members 4 --epochs 10 --json bench-sweep.json
+    python scripts/bench.py run                   # a whole default `make train` run: time outside the epochs, memory
+    python scripts/bench.py loop --track          # ... and record the results as a run in the MLflow experiment `benchmarks`
 
 ``loop`` times the project's own training loop (``mnist_np.training.fit``,
 built from the config by the runner's own builders) per epoch for each
@@ -12,6 +14,11 @@ epoch; runs the same MLP in PyTorch with the same batch size and thread
 count when torch is installed (``pip install torch==2.13.0``: never a
 runtime dependency); and times the tutorial's float64 formulation
 (``+experiment=seed_baseline``) for reference.
+
+``run`` runs the default training (``scripts/train.py``, the data already
+cached) end to end as a subprocess, several times, and reports its wall time,
+the sum of its epoch times, the difference (start-up, data, evaluation,
+MLflow, plots and the logged model), and the peak resident memory.
 
 ``sweep`` runs the same ``--multirun`` sweep (default config, ``seed=0..N-1``)
 with Hydra's basic launcher and with ``+sweep=parallel`` (joblib, one worker
@@ -208,6 +215,64 @@ def bench_loop(args: argparse.Namespace) -> dict:
     return result
 
 
+def bench_run(args: argparse.Namespace) -> dict:
+    """Wall time of whole default runs, the part spent outside the epochs, and peak memory."""
+    rows = []
+    for i in range(args.repeats + 1):  # the first run fills the data cache and font caches: not timed
+        with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
+            out = Path(tmp) / "run"
+            cmd = [sys.executable, str(TRAIN), "trainer.progress=false", f"mlflow.tracking_uri=sqlite:///{Path(tmp) / 'mlflow.db'}",
+                   f"hydra.run.dir={out}", *args.overrides]
+            start = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - start
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                raise SystemExit(f"training failed:\n{proc.stderr.read()[-3000:]}")
+            epochs = [json.loads(line)["epoch_seconds"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        if i == 0:
+            continue
+        row = {"wall_s": wall, "epochs_s": sum(epochs), "outside_epochs_s": wall - sum(epochs),
+               "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "epochs": len(epochs)}
+        rows.append(row)
+        print(f"  run {i}/{args.repeats}: wall {wall:.2f} s, epochs {sum(epochs):.2f} s, outside {row['outside_epochs_s']:.2f} s, "
+              f"peak {row['peak_rss_gb']:.2f} GB", flush=True)
+    med = {k: statistics.median(r[k] for r in rows) for k in ("wall_s", "epochs_s", "outside_epochs_s", "peak_rss_gb")}
+    print(f"median: wall {med['wall_s']:.2f} s = epochs {med['epochs_s']:.2f} s + outside {med['outside_epochs_s']:.2f} s; "
+          f"peak resident memory {med['peak_rss_gb']:.2f} GB")
+    return {"benchmark": "run", "overrides": args.overrides, "runs": rows, "median": med,
+            "platform": platform.platform(), "cpu_count": os.cpu_count()}
+
+
+def track(result: dict, tracking_uri: str | None) -> None:
+    """Record a benchmark's figures as a run in the MLflow experiment ``benchmarks``."""
+    from mnist_np.config import PROJECT_ROOT
+    from mnist_np.runner import environment_tags, git_tags
+    from mnist_np.tracking import MlflowTracker, default_tracking_uri
+
+    tracker = MlflowTracker(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(PROJECT_ROOT), "benchmarks")
+    metrics: dict[str, float] = {}
+    params: dict[str, str] = {"benchmark": result["benchmark"]}
+    if result["benchmark"] == "loop":
+        params.update(threads=str(result["threads"]))
+        metrics["gemm_peak_gflops"] = result["gemm_peak_gflops"]
+        for r in result["rows"]:
+            key = f"bs{r['batch_size']}" if r["name"].startswith("default") else "seed_baseline"
+            for name in ("ours_s", "ours_over_bound", "ours_over_torch", "torch_s"):
+                if r.get(name) is not None:
+                    metrics[f"{key}.{name}"] = r[name]
+    elif result["benchmark"] == "run":
+        metrics.update({f"median.{k}": v for k, v in result["median"].items()})
+    else:
+        params.update(members=str(result["members"]), epochs=str(result["epochs"]), n_jobs=str(result["n_jobs"]))
+        metrics.update(speedup=result["speedup_median_of_ratios"], **{f"median_s.{k}": v for k, v in result["median_seconds"].items()})
+    tracker.start(f"bench-{result['benchmark']}", params, {**environment_tags(), **git_tags()})
+    tracker.log_metrics(metrics)
+    tracker.end("FINISHED")
+    print(f"recorded in MLflow: experiment benchmarks, run {tracker.run_id}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -223,11 +288,20 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="joblib workers (default: one per core)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-sweep.json")
+    r = sub.add_parser("run", help="whole default runs: time outside the epochs and peak memory")
+    r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-run.json")
+    r.add_argument("overrides", nargs="*", help="Hydra overrides for the runs (default: none, the default config)")
+    for sp in (lp, p, r):
+        sp.add_argument("--track", action="store_true", help="also record the results in the MLflow experiment `benchmarks`")
+        sp.add_argument("--tracking-uri", default=None, help="store for --track (default: as for training)")
     args = parser.parse_args()
-    result = bench_loop(args) if args.what == "loop" else bench_sweep(args)
+    result = {"loop": bench_loop, "sweep": bench_sweep, "run": bench_run}[args.what](args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.json}")
+    if args.track:
+        track(result, args.tracking_uri)
 
 
 if __name__ == "__main__":
