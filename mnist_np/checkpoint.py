@@ -14,9 +14,11 @@ import json
 import math
 import os
 import tempfile
+import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -44,6 +46,20 @@ def atomic_savez(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray])
     return path
 
 
+@contextmanager
+def _plain_npz(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """``np.load`` without pickle; a file that would need pickle is refused in one line naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            yield f
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise
+        raise ValueError(f"{path}: not a file of plain arrays (reading it would take pickle, which is never used)") from None
+    except (zipfile.BadZipFile, EOFError) as e:  # truncated or damaged
+        raise ValueError(f"{path}: not a readable .npz ({e})") from None
+
+
 def save_weights(path: str | os.PathLike[str], params: Mapping[str, np.ndarray], config_yaml: str = "") -> Path:
     """Save ``params`` (``W1, b1, ...``) and the config text that made them."""
     arrays = {name: params[name] for name in param_names(len(params) // 2)}
@@ -53,7 +69,7 @@ def save_weights(path: str | os.PathLike[str], params: Mapping[str, np.ndarray],
 
 def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], str]:
     """``(params, config_yaml)`` from a file written by :func:`save_weights`; never unpickles."""
-    with np.load(path, allow_pickle=False) as f:
+    with _plain_npz(path) as f:
         config_yaml = str(f[CONFIG_KEY]) if CONFIG_KEY in f.files else ""
         names = [k for k in f.files if k != CONFIG_KEY]
         num_layers = len(names) // 2
@@ -127,7 +143,7 @@ def save_state(path: str | os.PathLike[str], state: TrainingState) -> Path:
 
 def load_state(path: str | os.PathLike[str]) -> TrainingState:
     """Read a checkpoint written by :func:`save_state`; never unpickles."""
-    with np.load(path, allow_pickle=False) as f:
+    with _plain_npz(path) as f:
         meta = json.loads(str(f["meta"]))
         if meta.get("version") != STATE_VERSION:
             raise ValueError(f"{path}: checkpoint version {meta.get('version')} is not {STATE_VERSION}")

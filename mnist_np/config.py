@@ -554,6 +554,7 @@ def load_run_config(text: str, source: str = "config") -> DictConfig:
     nothing in it is ever imported or executed: components are names looked
     up in the registries.
     """
+    import yaml
     from omegaconf.errors import OmegaConfBaseException
 
     try:
@@ -571,6 +572,8 @@ def load_run_config(text: str, source: str = "config") -> DictConfig:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ConfigError(f"{source}: {key + ': ' if key else ''}{str(e).splitlines()[0]}") from None
+    except yaml.YAMLError as e:  # e.g. a !!python/object tag: OmegaConf's loader is a safe one and refuses it
+        raise ConfigError(f"{source}: not plain YAML data ({str(e).splitlines()[0]})") from None
     assert isinstance(cfg, DictConfig)
     validate(cfg)
     return cfg

@@ -334,7 +334,7 @@ def resume(target: str, tracking_uri: str | None = None) -> RunResult:
         try:
             output_dir = run_output_dir(target, tracking_uri or default_tracking_uri(PROJECT_ROOT))
         except ValueError as e:
-            raise ConfigError(f"resume={target!r} is not allowed; expected a run id or a run's output dir ({e})") from None
+            raise ConfigError(f"resume={target!r} is not allowed: {e}; expected a run id in that store or a run's output dir") from None
     run_file = output_dir / RUN_FILE
     config_file = output_dir / "config" / "config.yaml"
     if not run_file.exists() or not config_file.exists():
@@ -349,7 +349,10 @@ def resume(target: str, tracking_uri: str | None = None) -> RunResult:
         return RunResult(info["run_id"], output_dir, json.loads(summary.read_text())["metrics"])
 
     latest = checkpoint.latest_checkpoint(output_dir / "checkpoints")
-    state = checkpoint.load_state(latest) if latest else None
+    try:
+        state = checkpoint.load_state(latest) if latest else None
+    except (ValueError, KeyError, OSError) as e:  # a damaged or tampered file read back from the run
+        raise ConfigError(f"resume={target!r} is not allowed; expected a run with a readable checkpoint ({e})") from None
     done = state.epoch if state else 0
     raw, splits = load_splits(cfg)
     config_yaml = config_file.read_text()

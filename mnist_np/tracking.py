@@ -53,7 +53,26 @@ HTTP_RETRY_DEFAULTS = {
 
 
 class TrackingUnavailable(RuntimeError):
-    """The MLflow server named by the tracking URI does not answer."""
+    """The MLflow server named by the tracking URI does not answer, or refuses us (no or wrong credentials)."""
+
+
+# MLflow's server answers 403 to a Host header it does not know (a guard against DNS rebinding).
+HOST_REFUSED = "refused this host name (403: Invalid Host header); start the server with --allowed-hosts <host:port as clients write it>"
+
+
+def _refusal(error: Exception) -> str | None:
+    """How a server with authentication turned a request down (one line), if that is what ``error`` is."""
+    text = str(error)
+    code = getattr(error, "error_code", "")
+    if "Invalid Host header" in text:
+        return HOST_REFUSED
+    if code == "UNAUTHENTICATED" or "error code 401" in text:
+        return ("refused the request (401: not authenticated); set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD to a user of that server")
+    if code == "PERMISSION_DENIED" or "error code 403" in text:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "(none)")
+        return f"refused the request (403: user {user} lacks permission); ask its admin for EDIT on the experiment"
+    return None
 
 
 SERVER_PROBE_SECONDS = 5.0
@@ -75,6 +94,8 @@ def check_server(tracking_uri: str, timeout: float = SERVER_PROBE_SECONDS) -> No
         with urllib.request.urlopen(url, timeout=timeout) as response:
             response.read(64)
     except urllib.error.HTTPError as e:
+        if e.code == 403 and b"Invalid Host header" in e.read(200):
+            raise TrackingUnavailable(f"MLflow server {tracking_uri} {HOST_REFUSED}") from None
         if e.code in (401, 403):
             return  # a server with authentication: it is up; credentials are MLflow's business
         raise TrackingUnavailable(f"MLflow server {tracking_uri} answered {e.code} at /health; is it an MLflow server?") from None
@@ -142,7 +163,7 @@ def run_output_dir(run_id: str, tracking_uri: str) -> Path:
     try:
         run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise ValueError(f"no run {run_id!r} in {tracking_uri} (pass a run id from that store, or an output dir)") from None
+        raise ValueError(f"no run {run_id!r} in {tracking_uri}") from None
     if "hydra_output_dir" not in run.data.tags:
         raise ValueError(f"run {run_id} records no output dir (tag hydra_output_dir)")
     return Path(run.data.tags["hydra_output_dir"])
@@ -227,13 +248,23 @@ class MlflowTracker:
         check_server(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment_name = experiment_name
-        self.experiment_id = self._experiment(experiment_name)
+        self.experiment_id = self._guard(lambda: self._experiment(experiment_name))
         self.run_id = run_id
         self.skip_steps: set[int] = set()
         self.journal = journal
         self.fail_soft = False
         self.offline: str | None = None  # why MLflow was given up on, once it was
         self.failures: list[str] = []  # calls the server refused while it was up
+
+    def _guard(self, call: Callable[[], Any]) -> Any:
+        """Make a call on which the run depends; a server's refusal (no or wrong credentials) becomes one clear line."""
+        try:
+            return call()
+        except mlflow.exceptions.MlflowException as e:
+            refused = _refusal(e) if is_server(self.tracking_uri) else None
+            if refused is None:
+                raise
+            raise TrackingUnavailable(f"MLflow server {self.tracking_uri} {refused}") from None
 
     def _experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -293,7 +324,7 @@ class MlflowTracker:
         tags = {MLFLOW_RUN_NAME: run_name, **tags}
         self._note("start", run_name=run_name, params=dict(params), tags=dict(tags), experiment_name=self.experiment_name,
                    tracking_uri=self.tracking_uri, start_time=start_time or int(time.time() * 1000))
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags, start_time=start_time)
+        run = self._guard(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags, start_time=start_time))
         self.run_id = run.info.run_id
         self.log_params(params)
         return self.run_id
@@ -465,7 +496,12 @@ class MlflowTracker:
         for r in running:
             ident = r.data.tags.get(PROCESS_TAG)
             if ident and r.info.run_id != self.run_id and is_dead(ident):
-                self.close_other(r.info.run_id, "FAILED", f"{reason} (process {ident} is gone)")
+                try:
+                    self.close_other(r.info.run_id, "FAILED", f"{reason} (process {ident} is gone)")
+                except mlflow.exceptions.MlflowException as e:
+                    if _refusal(e) is None:
+                        raise
+                    continue  # another user's run on a server with logins: theirs to close
                 reaped.append(r.info.run_id)
         return reaped
 
