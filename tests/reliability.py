@@ -1,8 +1,9 @@
 """pytest plugin: the reliability table in docs/reliability.md, generated from the fault tests.
 
-A test that injects a fault marks itself with its class and how it must end::
+A test that injects a fault marks itself with its class and how it ends,
+one of the outcomes listed in ``OUTCOMES`` below::
 
-    @pytest.mark.fault("tracking faults", outcome="synced, complete")
+    @pytest.mark.fault("tracking faults", "synced")
 
 and, where a run or its metrics could be lost, measures the loss with the
 ``lost`` fixture (``lost.record(runs=..., metrics=...)``) and asserts it is
@@ -25,8 +26,46 @@ import pytest
 from mnist_np.config import PROJECT_ROOT
 
 REPORT = PROJECT_ROOT / "docs" / "reliability.md"
-# Row order of the table (the classes issue 6 names); any other class follows, sorted.
-CLASSES = ("bad config", "bad data", "training faults", "tracking faults", "load", "security")
+# The fault classes, in table order, and how their cases may end (marker key -> what the table says).
+OUTCOMES: dict[str, dict[str, str]] = {
+    "bad config": {
+        "refused": "refused before anything was created, in one line naming the key, the value and what is allowed",
+        "exit 2": "scripts/train.py: exit 2 with that one line; no store, no run, no output",
+    },
+    "bad data": {
+        "DataError": "refused with one error naming the file and what is wrong; nothing allocated from a forged size",
+        "next source": "the bad copy reported with its path and set aside (cache) or skipped (data.dir, mirror); the next source used; no partial file left",
+        "all sources": "no source works: one error listing every source tried and how to point data.dir at local files",
+    },
+    "training faults": {
+        "FAILED": "the run ended FAILED with its reason (a NaN names the epoch and batch)",
+        "KILLED": "Ctrl-C: the run ended KILLED with a checkpoint, exit 130 with one line naming resume=<run id>",
+        "warning": "a failing plot left the run FINISHED with a warnings tag",
+        "file kept": "full disk mid-write: the previous checkpoint or weights file intact, no temp file left",
+        "resumed": "the run resumed from its last checkpoint and ended FINISHED with every epoch once",
+        "reaped": "killed from outside (kill -9): closed FAILED by the next run or the sweep, never left RUNNING",
+    },
+    "tracking faults": {
+        "fail fast": "server down at the start: one line within seconds, before any data or run",
+        "synced": "server killed mid-run: the training finished, scripts/sync.py completed the same run, a second sync sent nothing",
+        "caught up": "server back before the end: the run uploaded what it missed by itself",
+        "new run": "a store without the run: scripts/sync.py made one complete new run, once",
+        "one line": "scripts/sync.py on a wrong folder or a down server: one line, exit 2 or 1",
+        "store race": "parallel members racing in the store: retried or closed, one consistent record",
+    },
+    "load": {
+        "complete": "8 parallel members against the real server: all FINISHED, every per-epoch metric present",
+        "restarted": "server SIGKILLed and restarted mid-sweep, then scripts/sync.py: all 8 members FINISHED, nothing missing",
+    },
+    "security": {
+        "source": "source check: every np.load passes allow_pickle=False; no pickle, eval, exec, yaml.load or instantiate",
+        "refused": "a pickled or tampered file from a run refused in one line; its payload never ran",
+        "loopback": "make ui and the project's servers bind 127.0.0.1 unless a host is passed; conf/ names no code",
+        "logins": "the README's basic-auth server: no login, a wrong password or another user's experiment refused in one line; a user's run FINISHED",
+        "not an image": "predict: a file that is not an image refused in one line naming it and what is accepted",
+    },
+}
+CLASSES = tuple(OUTCOMES)
 
 
 @dataclass
@@ -61,10 +100,15 @@ class ReliabilityPlugin:
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:
             mark = item.get_closest_marker("fault")
-            if mark is not None:
-                self.expected.add(item.nodeid)
-                outcome = mark.kwargs.get("outcome", "")
-                self.cases[item.nodeid] = Case(mark.args[0], outcome, int(mark.kwargs.get("cases", 1)))
+            if mark is None:
+                continue
+            cls = mark.args[0]
+            outcome = mark.kwargs.get("outcome") or (mark.args[1] if len(mark.args) > 1 else "")
+            if outcome not in OUTCOMES.get(cls, {}):
+                known = ", ".join(f"{c}: {sorted(o)}" for c, o in OUTCOMES.items())
+                raise pytest.UsageError(f"{item.nodeid}: fault({cls!r}, {outcome!r}) is not a known class and outcome; known: {known}")
+            self.expected.add(item.nodeid)
+            self.cases[item.nodeid] = Case(cls, outcome, int(mark.kwargs.get("cases", 1)))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         case = self.cases.get(report.nodeid)
@@ -96,7 +140,7 @@ def render(cases: list[Case]) -> str:
     by_class: dict[str, list[Case]] = defaultdict(list)
     for c in cases:
         by_class[c.cls].append(c)
-    order = [c for c in CLASSES if c in by_class] + sorted(set(by_class) - set(CLASSES))
+    order = [c for c in CLASSES if c in by_class]
     lines = [
         "# Reliability",
         "",
@@ -114,16 +158,17 @@ def render(cases: list[Case]) -> str:
         group = by_class[cls]
         outcomes: Counter[str] = Counter()
         for c in group:
-            label = c.outcome if c.result == "passed" else f"TEST {c.result.upper()}: {c.outcome}"
+            text = OUTCOMES[cls][c.outcome]
+            label = text if c.result == "passed" else f"TEST {c.result.upper()}: {text}"
             outcomes[label] += c.cases
         ended = "; ".join(f"{n} × {label}" for label, n in sorted(outcomes.items(), key=lambda kv: (-kv[1], kv[0])))
-        cases = sum(c.cases for c in group)
+        tried = sum(c.cases for c in group)
         runs = _sum(c.lost.runs for c in group)
         metrics = _sum(c.lost.metrics for c in group)
-        total["cases"] += cases
-        lines.append(f"| {cls} | {cases} | {ended} | {runs} | {metrics} |")
+        total["cases"] += tried
+        lines.append(f"| {cls} | {tried} | {ended} | {runs} | {metrics} |")
     failed = sum(c.result != "passed" for c in cases)
-    lines += ["", f"{total['cases']} cases in {len(cases)} tests; {failed} tests did not pass.", ""]
+    lines += ["", f"{total['cases']} cases in {len(cases)} tests; tests that did not pass: {failed}.", ""]
     return "\n".join(lines)
 
 

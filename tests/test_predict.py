@@ -207,6 +207,7 @@ def test_predict_script_reads_idx_files_and_run_ids(trained: dict, mnist: data.R
     assert printed == reference_labels(trained["npz"], images_to_features(mnist.test_images[:5])).tolist()
 
 
+@pytest.mark.fault("security", "not an image")
 def test_predict_script_errors_are_one_line_with_status_2(trained: dict, tmp_path: Path) -> None:
     text = tmp_path / "readme.txt"
     text.write_text("seven\n")

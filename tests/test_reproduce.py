@@ -71,6 +71,7 @@ def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tmp_path: Pat
     assert weights_sha256(model.params) == straight
 
 
+@pytest.mark.fault("security", "refused")
 def test_a_run_config_is_checked_before_use() -> None:
     from omegaconf import OmegaConf
 
@@ -129,6 +130,7 @@ def test_reproduce_refuses_an_unknown_run(tracking_uri: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.fault("training faults", "resumed")
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tracking_uri: str, tmp_path: Path) -> None:
     args = ("trainer.epochs=6",)
     straight = _train(tracking_uri, tmp_path / "straight", *args)

@@ -133,6 +133,7 @@ def test_optuna_search_with_4_trials(tmp_path: Path) -> None:
     assert (tmp_path / "sweep" / "optimization_results.yaml").exists()
 
 
+@pytest.mark.fault("training faults", "FAILED")
 def test_a_diverging_member_fails_alone(tmp_path: Path) -> None:
     proc, uri = sweep(tmp_path, "optimizer.lr=0.1,1e6,0.05")
     assert proc.returncode == 1
@@ -146,6 +147,7 @@ def test_a_diverging_member_fails_alone(tmp_path: Path) -> None:
     check_summary(client, parent, children, ["optimizer.lr"], finished=2, failed=1)
 
 
+@pytest.mark.fault("load", "complete")
 def test_eight_parallel_members_on_a_fresh_store(tmp_path: Path) -> None:
     """Parallel first use of a new SQLite file must not corrupt it: the parent creates it first."""
     proc, uri = sweep(tmp_path, "+sweep=parallel", "hydra.launcher.n_jobs=8", "seed=range(8)", epochs=2, train_limit=500)
@@ -158,6 +160,7 @@ def test_eight_parallel_members_on_a_fresh_store(tmp_path: Path) -> None:
     assert sorted(int(c.data.params["seed"]) for c in children) == list(range(8))
 
 
+@pytest.mark.fault("training faults", "reaped")
 def test_a_member_killed_from_outside_is_marked(tmp_path: Path) -> None:
     proc, uri = sweep(tmp_path, "+sweep=parallel", "seed=1,2", epochs=40, train_limit=20000, wait=False)
     try:

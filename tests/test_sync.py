@@ -48,7 +48,7 @@ def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.fault("tracking faults", outcome="server killed mid-run: training finished, sync.py completed the same run, a second sync sent nothing")
+@pytest.mark.fault("tracking faults", "synced")
 def test_server_killed_mid_run_training_goes_on_and_sync_completes_it(
     mlflow_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, lost
 ) -> None:
@@ -100,7 +100,7 @@ def test_server_killed_mid_run_training_goes_on_and_sync_completes_it(
 
 
 @pytest.mark.slow
-@pytest.mark.fault("tracking faults", outcome="server killed and back before the end: the run uploaded what it missed itself")
+@pytest.mark.fault("tracking faults", "caught up")
 def test_server_back_before_the_end_the_run_catches_up_by_itself(
     mlflow_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lost
 ) -> None:
@@ -116,7 +116,7 @@ def test_server_back_before_the_end_the_run_catches_up_by_itself(
     assert sync_output_dir(out).sent == 0
 
 
-@pytest.mark.fault("tracking faults", outcome="synced into a store that never had the run: one new complete run, once")
+@pytest.mark.fault("tracking faults", "new run")
 def test_sync_into_a_store_without_the_run_creates_it_once(tracking_uri: str, tmp_path: Path, lost) -> None:
     out = tmp_path / "run"
     original = run(compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false")), output_dir=out)
@@ -142,7 +142,7 @@ def test_sync_into_a_store_without_the_run_creates_it_once(tracking_uri: str, tm
     assert MlflowClient(tracking_uri).get_run(original.run_id).info.status == "FINISHED"  # the original is untouched
 
 
-@pytest.mark.fault("tracking faults", outcome="sync.py on a folder that is no run, or with the server down: one line, exit 2 / 1, in seconds")
+@pytest.mark.fault("tracking faults", "one line")
 def test_sync_errors_are_one_line(tmp_path: Path) -> None:
     from mnist_np.servers import free_port
 

@@ -22,6 +22,7 @@ def test_store_location_is_absolute_with_artifacts_beside_it(tmp_path: Path) -> 
     assert artifact_location_for("http://127.0.0.1:5000") is None
 
 
+@pytest.mark.fault("tracking faults", "store race")
 def test_concurrent_dataset_insert_is_retried(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two parallel members logging one dataset: the loser of the insert race retries and links it."""
     tracker = MlflowTracker(tracking_uri, "tests")
@@ -62,6 +63,7 @@ def test_end_records_status_and_reason(tracking_uri: str) -> None:
     assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == "because" and run.data.params == {"a": "1"}
 
 
+@pytest.mark.fault("tracking faults", "store race")
 def test_runs_of_dead_processes_are_reaped_and_live_ones_kept(tracking_uri: str) -> None:
     import subprocess
     import sys
@@ -86,6 +88,7 @@ def test_runs_of_dead_processes_are_reaped_and_live_ones_kept(tracking_uri: str)
     assert get(alive).info.status == "RUNNING" and get(elsewhere).info.status == "RUNNING"
 
 
+@pytest.mark.fault("tracking faults", "fail fast")
 def test_a_server_that_is_down_fails_fast_with_one_line(tmp_path: Path) -> None:
     """No minutes of retries: the run stops before training, and no output is made."""
     import socket

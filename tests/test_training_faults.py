@@ -71,7 +71,7 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
 
-@pytest.mark.fault("training faults", outcome="full disk while overwriting weights: the old file intact, no temp file left")
+@pytest.mark.fault("training faults", "file kept")
 def test_full_disk_while_overwriting_weights_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(0)
     old = {"W1": rng.random((784, 32), dtype=np.float32), "b1": np.zeros(32, np.float32),
@@ -92,7 +92,7 @@ def test_full_disk_while_overwriting_weights_keeps_the_old_file(tmp_path: Path, 
 
 
 @pytest.mark.slow
-@pytest.mark.fault("training faults", outcome="full disk mid-checkpoint: run FAILED with the reason, previous checkpoint intact, resumed to FINISHED")
+@pytest.mark.fault("training faults", "file kept")
 def test_full_disk_mid_checkpoint_keeps_the_previous_one_and_the_run_resumes(
     tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lost
 ) -> None:
@@ -123,7 +123,7 @@ def test_full_disk_mid_checkpoint_keeps_the_previous_one_and_the_run_resumes(
 
 
 @pytest.mark.slow
-@pytest.mark.fault("training faults", outcome="Ctrl-C: exit 130 with one line, run KILLED with a checkpoint, resumed to FINISHED")
+@pytest.mark.fault("training faults", "KILLED")
 def test_ctrl_c_closes_the_run_killed_with_a_checkpoint_and_resume_finishes_it(tracking_uri: str, tmp_path: Path, lost) -> None:
     import json
     import signal
