@@ -7,8 +7,9 @@
 Each run goes into the MLflow run its ``mlflow_run.json`` names, or into a
 new run when the store has none; only what MLflow misses is sent, so running
 it twice sends nothing the second time. Prints one line per run. Exit status
-0 when everything is synced, 1 when the server does not answer, 2 for a
-folder that is not a run's or a sweep's output dir.
+0 when everything is synced, 1 when the server does not answer (or stops
+answering during the sync: run it again), 2 for a folder that is not a
+run's or a sweep's output dir.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TrackingUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # e.g. the server went away mid-sync: what was sent is not sent again
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: the sync stopped ({type(e).__name__}: {first}); run it again to send the rest", file=sys.stderr)
         return 1
     return 0
 

@@ -54,7 +54,7 @@ OUTCOMES: dict[str, dict[str, str]] = {
         "store race": "parallel members racing in the store: retried or closed, one consistent record",
     },
     "load": {
-        "complete": "8 parallel members against the real server: all FINISHED, every per-epoch metric present",
+        "complete": "8 parallel members (on a fresh SQLite store, and against a real mlflow server): all FINISHED, every per-epoch metric present",
         "restarted": "server SIGKILLed and restarted mid-sweep, then scripts/sync.py: all 8 members FINISHED, nothing missing",
     },
     "security": {
