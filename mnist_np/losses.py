@@ -55,8 +55,11 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, grad_scale: fl
     picked = logits[rows, labels]
     np.exp(logits, out=logits)
     sums = logits.sum(axis=1, keepdims=True)
-    loss = float(np.mean(np.log(sums[:, 0]) - picked))
+    loss = float(np.log(sums).sum() - picked.sum()) / n
+    # e / (sum / scale) is softmax * scale: the scale rides on the (N, 1)
+    # sums instead of costing another pass over the (N, C) gradient.
+    scale = 1.0 / n if grad_scale is None else grad_scale
+    sums *= sums.dtype.type(1.0 / scale)
     logits /= sums
-    logits[rows, labels] -= 1
-    logits *= logits.dtype.type(1.0 / n if grad_scale is None else grad_scale)
+    logits[rows, labels] -= logits.dtype.type(scale)
     return loss, logits

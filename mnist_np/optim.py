@@ -16,8 +16,8 @@ product cannot write over its own input, so SGD keeps two blocks and each
 step writes the other one; both are read in the same row order, so the
 arithmetic -- and every bit of the result -- is the same whichever block a
 step starts from (a resumed run does not know which one that was). The
-columns are cut into parts, one per thread, that can be updated at the same
-time. State is keyed by parameter name in :meth:`Optimizer.state_dict`
+columns are cut into parts, one per shard process, that can be updated at the
+same time. State is keyed by parameter name in :meth:`Optimizer.state_dict`
 (``velocity/W1``), as checkpoints store it.
 
 Weight decay applies to weight matrices (``W*``) only: decaying biases only
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -44,9 +44,11 @@ class Optimizer:
     """The shared machinery: the state matrix, its rows as named views, and column parts.
 
     Use: ``grads = opt.attach(model.params, shards)``, fill ``grads[k]``,
-    then ``opt.step(lr)``. From several threads: ``plan = opt.plan(lr)``
+    then ``opt.step(lr)``. From several processes: ``plan = opt.plan(lr)``
     once; after every shard's gradients are in, ``opt.swap_buffers()``
-    once; then ``opt.update(plan, part)`` for every part, in any threads.
+    once; then ``opt.update(plan, part)`` for every part, in any order or
+    in parallel (worker processes keep a copy of the optimizer in step by
+    calling ``plan`` and ``swap_buffers`` too; see :mod:`mnist_np.stepper`).
 
     Subclasses name their ``slots`` and how many ``blocks`` they keep, turn
     a learning rate into a per-step :meth:`plan`, and apply it to a chunk of
@@ -76,14 +78,21 @@ class Optimizer:
     def block_rows(self) -> int:
         return 1 + len(self.slots) + self.shards
 
-    def attach(self, params: dict[str, np.ndarray], shards: int = 1, parts: int = 1) -> list[dict[str, np.ndarray]]:
+    def attach(
+        self,
+        params: dict[str, np.ndarray],
+        shards: int = 1,
+        parts: int = 1,
+        alloc: Callable[[tuple[int, ...], np.dtype], np.ndarray] = np.zeros,
+    ) -> list[dict[str, np.ndarray]]:
         """Move ``params`` into the state matrix and return one gradient dict per shard.
 
         The entries of ``params`` are replaced by views of the matrix (values
         copied), so the model trains the optimizer's copy from now on; read
         them afresh after a step, as a step may re-point them. State loaded
         before (:meth:`load_state_dict`) or kept from an earlier attach is
-        carried over; otherwise it starts at zero.
+        carried over; otherwise it starts at zero. ``alloc(shape, dtype)``
+        makes the zeroed matrix (e.g. in memory shared with worker processes).
         """
         # Decaying parameters first: the update then needs one chunk per kind, not per parameter.
         names = sorted(params, key=lambda k: not _decays(k))
@@ -91,7 +100,7 @@ class Optimizer:
         offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
         carried = self.state_dict()
         self.shards = shards
-        self.state = np.zeros((self.blocks * self.block_rows, offsets[-1]), dtype=params[names[0]].dtype)
+        self.state = alloc((self.blocks * self.block_rows, offsets[-1]), params[names[0]].dtype)
         self._views = {k: slice(offsets[i], offsets[i + 1]) for i, k in enumerate(names)}
         self._shapes = {k: params[k].shape for k in names}
         self._block, self._block_views = 0, {}
@@ -154,7 +163,7 @@ class Optimizer:
             self._point_views()
 
     def update(self, plan: Any, part: int = 0) -> None:
-        """Apply ``plan`` to the columns of ``part`` (parts may run in parallel threads)."""
+        """Apply ``plan`` to the columns of ``part`` (parts may run in parallel processes)."""
         for lo, hi, decays in self._parts[part]:
             self._update_chunk(plan, lo, hi, decays, self._scratch[part][:, : hi - lo])
 

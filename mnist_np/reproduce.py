@@ -21,7 +21,7 @@ from mnist_np import checkpoint
 # Per-epoch metrics that must repeat exactly (timings never do).
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 FINAL_METRICS = ("test_loss", "test_accuracy")
-ENV_TAGS = ("numpy_version", "blas", "blas_threads", "python_version", "platform")
+ENV_TAGS = ("numpy_version", "blas", "blas_threads", "train_shards", "python_version", "platform")
 
 
 @dataclass

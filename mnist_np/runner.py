@@ -386,7 +386,10 @@ def _execute(
     # One BLAS thread count for the whole run: it is part of what makes two runs bit-identical.
     with threadpool_limits(limits=threads, user_api="blas"):
         try:
-            env = environment_tags()
+            from mnist_np.stepper import shard_count
+
+            # The batch's split into shard processes decides the bits as much as the thread count does.
+            env = {**environment_tags(), "train_shards": str(shard_count(cfg.trainer.batch_size, threads))}
             (output_dir / "environment.json").write_text(json.dumps(env, indent=2))
             tracker.set_tags(env)
             if first_time:

@@ -1,56 +1,97 @@
 """One training step -- a mini-batch's gradients, then the update -- on one core or several.
 
-Why not just let BLAS use every core: at these sizes (a 128 x 784 by 784 x 128
-product takes a fraction of a millisecond) a product split over BLAS threads
-runs far below the machine's peak, because the threads synchronise inside
-every small product, and everything between the products runs on one core.
-One core per slice of the work, each running single-threaded BLAS, keeps
-every core busy with products running near its own peak:
+How the cores are used. With one thread, BLAS spreads each matrix product
+over ``threads`` cores and everything between the products runs on one. With
+several, the batch is cut into ``shards`` of consecutive rows and each shard
+runs on its own core, in its own process, with single-threaded BLAS:
 
-- the batch is cut into ``shards`` of consecutive rows; each shard's forward
-  and backward pass runs on its own core, in its own :class:`Workspace`,
-  writing its own row of gradients (:meth:`MLP.gradients`);
-- the optimizer's update is cut into column parts the same way
-  (:meth:`Optimizer.update`), and adds up the shards' gradients as it goes.
+- shard ``k``'s forward and backward pass (:meth:`MLP.gradients`) writes row
+  ``k`` of gradients in the optimizer's state matrix;
+- once every shard is in, each process updates its own part of the columns
+  (:meth:`Optimizer.update`), adding up the shards' gradients as it goes.
 
-NumPy releases the GIL inside its kernels, so plain threads run them in
-parallel; the calling thread does shard 0 and part 0 itself, and a barrier
-separates the two phases.
+Why processes, not threads: at these sizes a shard's step is a few hundred
+microseconds made of a dozen NumPy calls, and two threads hand the GIL back
+and forth at every call -- each hand-over waking a sleeping thread, which
+costs tens of microseconds on a virtual machine. Forked processes share the
+data (copy-on-write), the parameters and the state matrix (an anonymous
+shared mapping), have a GIL each, and meet through counters in shared memory
+that they poll, which takes about a microsecond. A waiting process spins for
+up to 50 ms and then sleeps in 1 ms naps, so between epochs it gives the
+core back. The poll protocol relies on x86-64's ordering of stores, so other
+machines, and systems without ``fork``, use one shard.
 
 Determinism: the shard count depends only on the batch size and the thread
-count, every product is single-threaded, the shards' gradients are added in a
-fixed order, and dropout masks are drawn for the whole batch from one
+count, every product is single-threaded, the shards' gradients are added in
+a fixed order, and dropout masks are drawn for the whole batch from one
 generator before it is split. Same config and thread count, same bits.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from typing import Any
+import mmap
+import os
+import platform
+import signal
+import time
+from typing import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from mnist_np.layers import dropout_mask
-from mnist_np.model import MLP
+from mnist_np.model import MLP, Workspace
 from mnist_np.optim import Optimizer
 
-# Below this many rows per shard, a second thread's Python overhead and its
-# synchronisation cost more than the arithmetic it takes over.
-MIN_SHARD_ROWS = 48
+# Below this many rows per shard, a second process's fixed costs per step
+# outweigh the arithmetic it takes over (measured: 16-row shards still win
+# at batch 32 on two cores).
+MIN_SHARD_ROWS = 16
+# Poll this long before napping: within a step the other side is at most a
+# shard's work away; a wait this long means the caller is between epochs
+# (evaluating, logging), where a millisecond's nap costs nothing. Short naps
+# would not help: a sleep on a virtual machine lasts a millisecond or two.
+SPIN_SECONDS = 0.05
+NAP_SECONDS = 0.001
+
+
+def can_shard() -> bool:
+    """Whether this machine runs shards as processes (see the module docstring)."""
+    return hasattr(os, "fork") and platform.machine().lower() in ("x86_64", "amd64")
 
 
 def shard_count(batch_size: int, threads: int) -> int:
-    """How many shards (and threads) a batch of ``batch_size`` rows is split into."""
+    """How many shards (and processes) a batch of ``batch_size`` rows is split into."""
+    if threads < 2 or not can_shard():
+        return 1
     return max(1, min(threads, batch_size // MIN_SHARD_ROWS))
+
+
+def shared_zeros(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+    """Zeros in memory that processes forked afterwards share (an anonymous shared mapping)."""
+    dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    buffer = mmap.mmap(-1, max(count * dtype.itemsize, 1))
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
+
+
+class ShardFailed(RuntimeError):
+    """A shard's worker process raised an error or died."""
+
+
+# Slots of the shared control counters.
+_GO, _STOP, _ROWS = 0, 1, 2  # step number published by the caller; stop; rows in the batch
+_MESSAGE_BYTES = 1000
 
 
 class Stepper:
     """Runs training steps of ``model`` with ``optimizer`` on ``x: (N, 784)``, ``y: (N,)``.
 
-    Use as a context manager (it owns worker threads when ``shards > 1``) and
-    call :meth:`sync` before reading the parameters: the last step's update
-    may still be running in the workers when :meth:`step` returns.
+    Use as a context manager: with several shards it owns worker processes,
+    forked on entry to the ``with`` block and stopped on exit. Call
+    :meth:`sync` before reading the parameters: the last step's update may
+    still be running in the workers when :meth:`step` returns.
     """
 
     def __init__(
@@ -66,138 +107,175 @@ class Stepper:
         self.model, self.optimizer, self.x, self.y = model, optimizer, x, y
         self.batch_size = min(batch_size, len(y))
         self.shards = shard_count(self.batch_size, threads)
-        self.grads = optimizer.attach(model.params, self.shards, parts=self.shards)
-        self.workspaces = [model.workspace(math.ceil(self.batch_size / self.shards)) for _ in range(self.shards)]
+        alloc = shared_zeros if self.shards > 1 else np.zeros
+        self.grads = optimizer.attach(model.params, self.shards, parts=self.shards, alloc=alloc)
+        self._rows = math.ceil(self.batch_size / self.shards)
         self.dropout_rng = dropout_rng
+        self._masks: list[np.ndarray] = []
         if model.dropout > 0:
             if dropout_rng is None:
                 raise ValueError("dropout needs a random generator")
-            hidden = model.sizes[1:-1]
-            self._masks = [np.empty((self.batch_size, h), dtype=model.dtype) for h in hidden]
-            self._keep = [np.empty((self.batch_size, h), dtype=bool) for h in hidden]
-        self._results: list[tuple[float, int]] = [(0.0, 0)] * self.shards
-        self._pool = _Pool(self.shards - 1, self._phase) if self.shards > 1 else None
+            # Drawn by the caller for the whole batch, read by every shard.
+            self._masks = [alloc((self.batch_size, h), model.dtype) for h in model.sizes[1:-1]]
+            self._keep = [np.empty((self.batch_size, h), dtype=bool) for h in model.sizes[1:-1]]
+        # What a step hands to the workers, and what they hand back, all shared.
+        s = self.shards
+        self._ctl = alloc((3,), np.int64)
+        self._done = alloc((2, s), np.int64)  # per shard: step whose gradients are in; step whose update part is done
+        self._failed = alloc((s,), np.int64)
+        self._messages = alloc((s, _MESSAGE_BYTES), np.uint8)
+        self._idx = alloc((self.batch_size,), np.int64)  # the batch's rows (one shard: the caller's array)
+        self._lr = alloc((1,), np.float64)
+        self._results = alloc((s, 2), np.float64)  # per shard: loss sum, correct count
+        # Flat views for the polls: indexing a memoryview is ~20x cheaper than a NumPy comparison.
+        self._gradients_in, self._updated = memoryview(self._done[0]), memoryview(self._done[1])
+        self._step = 0
+        self._workers: dict[int, int] = {}  # shard -> pid
+        self._workspace: Workspace | None = None
 
     def __enter__(self) -> "Stepper":
+        self._workspace = self.model.workspace(self._rows)
+        try:
+            for k in range(1, self.shards):
+                self._workers[k] = self._fork(k)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.close()
+        """Stop the workers (they see the flag within a poll) and reap them; kill any that hang."""
+        self._ctl[_STOP] = 1
+        deadline = time.monotonic() + 10
+        for pid in self._workers.values():
+            try:
+                while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                    if time.monotonic() > deadline:
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                        break
+                    time.sleep(0.001)
+            except ChildProcessError:  # already reaped
+                pass
+        self._workers = {}
+
+    # ------------------------------------------------------------------ caller
 
     def step(self, idx: np.ndarray, lr: float) -> tuple[float, int]:
         """Train on the rows ``idx`` at learning rate ``lr``; returns ``(loss_sum, correct)``."""
-        masks = None
-        if self.model.dropout > 0:
-            m = len(idx)
-            masks = [dropout_mask(self.dropout_rng, buf[:m], self.model.dropout, keep[:m])  # type: ignore[arg-type]
-                     for buf, keep in zip(self._masks, self._keep)]
-        job = (idx, masks, self.optimizer.plan(lr))
-        if self._pool is None:
-            self._phase(0, job, 0)
-            self._phase(0, job, 1)
+        assert self._workspace is not None, "use the stepper as a context manager"
+        self.sync()  # the previous step's update parts are in
+        m = len(idx)
+        self._step += 1
+        if self.shards > 1:
+            self._idx[:m] = idx  # where the workers read it
         else:
-            self._pool.run(job)
-        return sum(r[0] for r in self._results), sum(r[1] for r in self._results)
+            self._idx = idx
+        if self._masks:
+            for buf, keep in zip(self._masks, self._keep):
+                dropout_mask(self.dropout_rng, buf[:m], self.model.dropout, keep[:m])  # type: ignore[arg-type]
+        self._ctl[_ROWS] = m
+        self._lr[0] = lr
+        self._ctl[_GO] = self._step  # the workers start
+        self._run(0, self._workspace, self._step)
+        return float(self._results[:, 0].sum()), int(self._results[:, 1].sum())
 
     def sync(self) -> None:
-        """Wait until the last step's update has finished in every thread."""
-        if self._pool is not None:
-            self._pool.sync()
+        """Wait until the last step's update has finished in every process."""
+        if self.shards > 1:
+            step, updated = self._step, self._updated
+            _poll(lambda: all(updated[k] == step for k in range(self.shards)), self._check_workers)
 
-    def _phase(self, k: int, job: tuple[np.ndarray, list[np.ndarray] | None, Any], phase: int) -> None:
-        """Phase 0: shard ``k``'s gradients. Phase 1: part ``k`` of the update."""
-        idx, masks, plan = job
-        if phase == 1:
-            if k == 0:  # the caller, after every shard's gradients are in
-                self.optimizer.swap_buffers()
-            self.optimizer.update(plan, k)
-            return
-        per = math.ceil(len(idx) / self.shards)
-        lo, hi = min(k * per, len(idx)), min((k + 1) * per, len(idx))
+    def _check_workers(self) -> None:
+        """Raise :class:`ShardFailed` if a worker reported an error or is gone."""
+        for k, pid in list(self._workers.items()):
+            if self._failed[k]:
+                message = bytes(self._messages[k]).rstrip(b"\0").decode(errors="replace")
+                raise ShardFailed(f"shard {k} of {self.shards}: {message}")
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                del self._workers[k]
+                raise ShardFailed(f"shard {k} of {self.shards}: its process ended unexpectedly ({_describe(status)})")
+
+    # ------------------------------------------------------------------ both sides
+
+    def _run(self, k: int, ws: Workspace, step: int) -> None:
+        """Shard ``k``'s gradients, then (when every shard's are in) part ``k`` of the update."""
+        m = int(self._ctl[_ROWS])
+        per = math.ceil(m / self.shards)
+        lo, hi = min(k * per, m), min((k + 1) * per, m)
         if lo == hi:  # a short last batch can leave a shard empty
             for g in self.grads[k].values():
                 g.fill(0)
-            self._results[k] = (0.0, 0)
-            return
-        ws = self.workspaces[k]
-        # mode="clip": with mode="raise" numpy buffers `out` (the indices are valid).
-        np.take(self.x, idx[lo:hi], axis=0, out=ws.x[: hi - lo], mode="clip")
-        shard_masks = [mask[lo:hi] for mask in masks] if masks is not None else None
-        self._results[k] = self.model.gradients(
-            ws, hi - lo, self.y[idx[lo:hi]], self.grads[k], 1.0 / len(idx), shard_masks
-        )
+            self._results[k] = 0.0
+        else:
+            idx = self._idx[lo:hi]
+            # mode="clip": with mode="raise" numpy buffers `out` (the indices are valid).
+            np.take(self.x, idx, axis=0, out=ws.x[: hi - lo], mode="clip")
+            masks = [mask[lo:hi] for mask in self._masks] or None
+            self._results[k] = self.model.gradients(ws, hi - lo, self.y[idx], self.grads[k], 1.0 / m, masks)
+        self._done[0, k] = step
+        if self.shards > 1:
+            got = self._gradients_in
+            _poll(lambda: all(got[j] == step for j in range(self.shards)), self._check_workers if k == 0 else self._check_parent)
+        plan = self.optimizer.plan(float(self._lr[0]))
+        self.optimizer.swap_buffers()
+        self.optimizer.update(plan, k)
+        self._done[1, k] = step
 
+    # ------------------------------------------------------------------ workers
 
-class _Pool:
-    """``workers`` threads running the two phases of each step in lockstep with the caller.
-
-    Each step: the caller publishes a job and meets the workers at the
-    barrier; all run phase 0 (thread ``k`` does shard ``k``, the caller shard
-    0); they meet again; all run phase 1. The next ``run`` (or ``sync``)
-    meets the workers once more, so phase 1 of one step overlaps nothing but
-    the caller's bookkeeping. The caller writes the next job only when every
-    worker has read the current one (a worker reads it before the barrier
-    that ends phase 0; a sync round has a second barrier for the same
-    reason). An error in a worker breaks the barrier and is raised in the
-    caller; closing breaks it to let the workers go.
-    """
-
-    def __init__(self, workers: int, phase: Any) -> None:
-        self._phase = phase
-        self._barrier = threading.Barrier(workers + 1)
-        self._job: Any = None
-        self._error: BaseException | None = None
-        # NumPy's floating-point error settings are per thread: give the
-        # workers the caller's (fit() silences overflow on the way to a NaN).
-        self._errstate = np.geterr()
-        self._threads = [threading.Thread(target=self._work, args=(k,), daemon=True, name=f"shard-{k}")
-                         for k in range(1, workers + 1)]
-        for t in self._threads:
-            t.start()
-
-    def _work(self, k: int) -> None:
+    def _fork(self, k: int) -> int:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid:
+            return pid
+        # The child: never return into the caller's stack, never run its exit handlers.
+        code = 0
         try:
-            with np.errstate(**self._errstate):
-                self._loop(k)
-        except threading.BrokenBarrierError:
-            return
-        except BaseException as e:  # handed to the caller, which raises it
-            self._error = e
-            self._barrier.abort()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+            threadpool_limits(limits=1, user_api="blas")
+            self._parent = parent
+            self._serve(k)
+        except BaseException as e:  # noqa: BLE001 -- reported to the parent, which raises it
+            message = f"{type(e).__name__}: {e}".encode(errors="replace")[: _MESSAGE_BYTES - 1]
+            self._messages[k, : len(message)] = np.frombuffer(message, dtype=np.uint8)
+            self._failed[k] = 1
+            code = 1
+        finally:
+            os._exit(code)
 
-    def _loop(self, k: int) -> None:
+    def _serve(self, k: int) -> None:
+        ws = self.model.workspace(self._rows)
+        ctl = memoryview(self._ctl)
+        seen = 0
         while True:
-            self._barrier.wait()
-            job = self._job
-            if job is None:  # a sync: meet again, so the caller cannot publish the next job before this read
-                self._barrier.wait()
-                continue
-            self._phase(k, job, 0)
-            self._barrier.wait()
-            self._phase(k, job, 1)
+            _poll(lambda: ctl[_GO] != seen or ctl[_STOP] != 0, self._check_parent)
+            if self._ctl[_STOP]:
+                return
+            seen = int(self._ctl[_GO])
+            self._run(k, ws, seen)
 
-    def _wait(self) -> None:
-        try:
-            self._barrier.wait()
-        except threading.BrokenBarrierError:
-            if self._error is not None:
-                raise self._error from None
-            raise
+    def _check_parent(self) -> None:
+        if os.getppid() != self._parent or self._ctl[_STOP]:
+            os._exit(0)  # the parent is gone (killed, or done): nobody waits for this process
 
-    def run(self, job: Any) -> None:
-        self._job = job
-        self._wait()
-        self._phase(0, job, 0)
-        self._wait()
-        self._phase(0, job, 1)
 
-    def sync(self) -> None:
-        self._job = None
-        self._wait()
-        self._wait()
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.WEXITSTATUS(status)}"
 
-    def close(self) -> None:
-        self._barrier.abort()
-        for t in self._threads:
-            t.join(timeout=10)
+
+def _poll(ready: Callable[[], bool], check: Callable[[], None]) -> None:
+    """Return when ``ready()``; spin for ``SPIN_SECONDS``, then nap; ``check()`` now and then."""
+    if ready():
+        return
+    start = time.perf_counter()
+    spins = 0
+    while not ready():
+        spins += 1
+        if spins % 256 == 0:
+            check()
+            if time.perf_counter() - start > SPIN_SECONDS:
+                time.sleep(NAP_SECONDS)

@@ -43,7 +43,8 @@ class TrainSettings:
 
     ``monitor`` picks the epoch whose weights count as best and drives early
     stopping (``early_stopping_patience`` epochs without improvement).
-    ``threads``: cores for the batch loop (see :mod:`mnist_np.stepper`); the
+    ``threads``: cores for the batch loop (see :mod:`mnist_np.stepper`: the
+    batch is split into that many shard processes when large enough); the
     result depends on it, so a run records it.
     """
 
@@ -137,23 +138,25 @@ def fit(
 
     # A run that stopped early has nothing left to do, even when resumed.
     first = settings.epochs if result.stopped_early else result.epochs_done
-    with Stepper(model, optimizer, x_train, y_train, bs, settings.threads, dropout_rng) as stepper:
+    stepper = Stepper(model, optimizer, x_train, y_train, bs, settings.threads, dropout_rng)
+    # With several shards, each process runs single-threaded BLAS, and so does
+    # the evaluation between epochs: BLAS threads, once woken, spin for a
+    # while after every product and would take the workers' cores. With one
+    # shard, BLAS spreads each product over the cores.
+    with threadpool_limits(limits=1 if stepper.shards > 1 else settings.threads, user_api="blas"), stepper:
         for epoch in range(first, settings.epochs):
             start = time.perf_counter()
             order = shuffle_rng.permutation(n)
             loss_sum = 0.0
             correct = 0
             lr = schedule.lr_at_step(epoch, 0, steps)
-            # Every product in the batch loop runs single-threaded: the stepper
-            # spreads whole shards over the cores instead.
-            with threadpool_limits(limits=1, user_api="blas"):
-                for b in _progress(range(steps), settings.progress, epoch, settings.epochs):
-                    batch_loss, batch_correct = stepper.step(order[b * bs : (b + 1) * bs], schedule.lr_at_step(epoch, b, steps))
-                    if not math.isfinite(batch_loss):
-                        raise TrainingDiverged(epoch + 1, b + 1, batch_loss / min(bs, n - b * bs))
-                    loss_sum += batch_loss
-                    correct += batch_correct
-                stepper.sync()
+            for b in _progress(range(steps), settings.progress, epoch, settings.epochs):
+                batch_loss, batch_correct = stepper.step(order[b * bs : (b + 1) * bs], schedule.lr_at_step(epoch, b, steps))
+                if not math.isfinite(batch_loss):
+                    raise TrainingDiverged(epoch + 1, b + 1, batch_loss / min(bs, n - b * bs))
+                loss_sum += batch_loss
+                correct += batch_correct
+            stepper.sync()
             seconds = time.perf_counter() - start
 
             val_loss, val_acc = evaluate(model, x_val, y_val, settings.eval_batch_size)

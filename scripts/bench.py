@@ -8,12 +8,13 @@
 
 ``loop`` times the project's own training loop (``mnist_np.training.fit``,
 built from the config by the runner's own builders) per epoch for each
-batch size, median of several epochs after a warm-up epoch; measures this
-machine's float32 GEMM peak in the same run and the FLOP lower bound of an
-epoch; runs the same MLP in PyTorch with the same batch size and thread
-count when torch is installed (``pip install torch==2.13.0``: never a
+batch size; measures this machine's float32 GEMM peak and so the FLOP lower
+bound of an epoch; runs the same MLP in PyTorch with the same batch size and
+thread count when torch is installed (``pip install torch==2.13.0``: never a
 runtime dependency); and times the tutorial's float64 formulation
-(``+experiment=seed_baseline``) for reference.
+(``+experiment=seed_baseline``) for reference. The three are measured in
+rounds, side by side, and the ratios taken per round: the machine's speed
+drifts by a factor of two over minutes, and a ratio of neighbours does not.
 
 ``run`` runs the default training (``scripts/train.py``, the data already
 cached) end to end as a subprocess, several times, and reports its wall time,
@@ -122,25 +123,34 @@ def epoch_flops(sizes: list[int], n: int) -> float:
     return per_sample * n
 
 
-def time_ours(overrides: list[str], epochs: int, threads: int) -> tuple[list[float], dict]:
-    """Per-epoch seconds of mnist_np.training.fit on the real data, built as the runner builds it."""
-    import numpy as np
-    from threadpoolctl import threadpool_limits
+class Ours:
+    """The project's training loop on the real data, built as the runner builds it; times one fit at a time."""
 
-    from mnist_np.config import compose
-    from mnist_np.runner import build_model, build_optimizer, build_schedule, load_splits, rng_streams
-    from mnist_np.training import TrainSettings, fit
+    def __init__(self, overrides: list[str], threads: int) -> None:
+        from mnist_np.config import compose
+        from mnist_np.runner import load_splits
 
-    cfg = compose([*overrides, f"trainer.epochs={epochs}", "trainer.progress=false"])
-    _, splits = load_splits(cfg)
-    rngs = rng_streams(cfg.seed)
-    model = build_model(cfg, rngs["init"], np.dtype(cfg.trainer.dtype))
-    settings = TrainSettings(epochs=epochs, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
-                             threads=threads)
-    with threadpool_limits(limits=threads, user_api="blas"):
-        result = fit(model, build_optimizer(cfg), build_schedule(cfg), splits.x_train, splits.y_train,
-                     splits.x_val, splits.y_val, settings, rngs["shuffle"], rngs["dropout"])
-    return [h["epoch_seconds"] for h in result.history], {"sizes": model.sizes, "n": len(splits.y_train)}
+        self.cfg = compose([*overrides, "trainer.progress=false"])
+        self.threads = threads
+        _, self.splits = load_splits(self.cfg)
+
+    def epochs(self, epochs: int) -> tuple[list[float], list[int]]:
+        """Seconds of each epoch of one ``fit`` of ``epochs`` epochs, and the layer sizes."""
+        import numpy as np
+        from threadpoolctl import threadpool_limits
+
+        from mnist_np.runner import build_model, build_optimizer, build_schedule, rng_streams
+        from mnist_np.training import TrainSettings, fit
+
+        cfg, sp = self.cfg, self.splits
+        rngs = rng_streams(cfg.seed)
+        model = build_model(cfg, rngs["init"], np.dtype(cfg.trainer.dtype))
+        settings = TrainSettings(epochs=epochs, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
+                                 threads=self.threads)
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            result = fit(model, build_optimizer(cfg), build_schedule(cfg), sp.x_train, sp.y_train, sp.x_val, sp.y_val,
+                         settings, rngs["shuffle"], rngs["dropout"])
+        return [h["epoch_seconds"] for h in result.history], model.sizes
 
 
 def time_torch(batch_size: int, epochs: int, threads: int, sizes: list[int], n: int) -> list[float] | None:
@@ -176,6 +186,13 @@ def time_torch(batch_size: int, epochs: int, threads: int, sizes: list[int], n: 
 
 
 def bench_loop(args: argparse.Namespace) -> dict:
+    """Per batch size, ``repeats`` rounds of: GEMM peak, our epoch, torch's epoch -- side by side.
+
+    Each round measures all three within seconds of each other and takes
+    the ratios of that round; the table gives medians over rounds. A fit (or
+    torch run) of two epochs is timed by its second: the first pays for
+    start-up (worker processes, page faults, allocator).
+    """
     import numpy as np
     from threadpoolctl import threadpool_info
 
@@ -183,30 +200,49 @@ def bench_loop(args: argparse.Namespace) -> dict:
 
     register_configs()
     threads = args.threads
-    peak = gemm_peak(threads)
+    cases = [(f"default, batch {bs}", [f"trainer.batch_size={bs}"], True) for bs in args.batch_sizes]
+    cases.append(("seed_baseline (float64, batch 64)", ["+experiment=seed_baseline"], False))
     rows = []
-    for bs in args.batch_sizes:
-        ours, shape = time_ours([f"trainer.batch_size={bs}"], args.epochs + 1, threads)
-        ours_med = statistics.median(ours[1:])  # the first epoch warms caches and allocators
-        bound = epoch_flops(shape["sizes"], shape["n"]) / (peak * 1e9)
-        torch_times = time_torch(bs, args.epochs + 1, threads, shape["sizes"], shape["n"]) if not args.no_torch else None
-        torch_med = statistics.median(torch_times[1:]) if torch_times else None
-        rows.append({"name": f"default, batch {bs}", "batch_size": bs, "ours_s": ours_med, "ours_all": ours,
-                     "bound_s": bound, "ours_over_bound": ours_med / bound,
-                     "torch_s": torch_med, "ours_over_torch": ours_med / torch_med if torch_med else None})
-        print(f"  batch {bs}: ours {ours_med:.3f} s" + (f", torch {torch_med:.3f} s" if torch_med else ""), flush=True)
-    seed, shape = time_ours(["+experiment=seed_baseline"], min(args.epochs + 1, 4), threads)
-    seed_med = statistics.median(seed[1:])
-    rows.append({"name": "seed_baseline (float64, batch 64)", "batch_size": 64, "ours_s": seed_med, "ours_all": seed,
-                 "bound_s": None, "ours_over_bound": None, "torch_s": None, "ours_over_torch": None})
+    peaks_all: list[float] = []
+    for name, overrides, compare in cases:
+        ours_loop = Ours(overrides, threads)
+        n = len(ours_loop.splits.y_train)
+        ours, torch_s, peaks, over_bound, over_torch = [], [], [], [], []
+        for _ in range(args.repeats):
+            peak = gemm_peak(threads, repeats=3)
+            epochs, sizes = ours_loop.epochs(2)
+            bound = epoch_flops(sizes, n) / (peak * 1e9)
+            peaks.append(peak)
+            ours.append(epochs[-1])
+            over_bound.append(epochs[-1] / bound)
+            if compare and not args.no_torch:
+                t = time_torch(ours_loop.cfg.trainer.batch_size, 2, threads, sizes, n)
+                if t:
+                    torch_s.append(t[-1])
+                    over_torch.append(epochs[-1] / t[-1])
+        med = statistics.median
+        row = {"name": name, "batch_size": int(ours_loop.cfg.trainer.batch_size), "ours_s": med(ours), "ours_all": ours,
+               "bound_s": epoch_flops(sizes, n) / (med(peaks) * 1e9) if compare else None,
+               "ours_over_bound": med(over_bound) if compare else None,
+               "torch_s": med(torch_s) if torch_s else None, "torch_all": torch_s,
+               "ours_over_torch": med(over_torch) if over_torch else None, "peaks": peaks}
+        peaks_all += peaks
+        rows.append(row)
+        print(f"  {name}: ours {row['ours_s']:.3f} s" + (f", torch {row['torch_s']:.3f} s" if torch_s else ""), flush=True)
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    from mnist_np.stepper import shard_count
+
     result = {
-        "benchmark": "loop", "threads": threads, "gemm_peak_gflops": peak, "numpy": np.__version__,
+        "benchmark": "loop", "threads": threads, "repeats": args.repeats, "gemm_peak_gflops": statistics.median(peaks_all),
+        "numpy": np.__version__,
         "blas": f"{blas[0].get('internal_api')} {blas[0].get('version')} ({blas[0].get('architecture')})" if blas else "?",
         "platform": platform.platform(), "cpu_count": os.cpu_count(), "rows": rows,
+        "shards": {bs: shard_count(bs, threads) for bs in args.batch_sizes},
     }
     print()
-    print(f"float32 GEMM peak: {peak:.0f} GFLOP/s with {threads} thread(s); numpy {np.__version__}, {result['blas']}")
+    print(f"float32 GEMM peak: {result['gemm_peak_gflops']:.0f} GFLOP/s with {threads} thread(s) (median of {len(peaks_all)}); "
+          f"numpy {np.__version__}, {result['blas']}")
+    print(f"medians of {args.repeats} rounds; ratios are medians of each round's ratio")
     print(f"{'':36s}{'ours s':>8s}{'bound s':>9s}{'ours/bound':>11s}{'torch s':>9s}{'ours/torch':>11s}")
     for r in rows:
         f = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
@@ -278,7 +314,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     lp = sub.add_parser("loop", help="the training loop per epoch against the roofline and PyTorch")
     lp.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
-    lp.add_argument("--epochs", type=int, default=5, help="timed epochs per case (after one warm-up)")
+    lp.add_argument("--repeats", type=int, default=5, help="rounds per case, each timing one epoch after a warm-up epoch")
     lp.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     lp.add_argument("--no-torch", action="store_true")
     lp.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-loop.json")

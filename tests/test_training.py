@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import threading
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +16,7 @@ import pytest
 from mnist_np.model import MLP
 from mnist_np.optim import SGD, Schedule
 from mnist_np.registry import ACTIVATIONS, INITIALIZERS
-from mnist_np.stepper import shard_count
+from mnist_np.stepper import ShardFailed, can_shard, shard_count
 from mnist_np.training import TrainingDiverged, TrainSettings, evaluate, fit
 
 
@@ -103,19 +109,34 @@ def train_threads(threads: int, n: int = 1001, batch_size: int = 100, lr: float 
     return model, result
 
 
+def no_children_left() -> bool:
+    """True when this process has no child processes (running or unreaped)."""
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+needs_shards = pytest.mark.skipif(not can_shard(), reason="shards run as forked processes on x86-64 only")
+
+
 def test_shard_count_follows_threads_and_batch_size() -> None:
+    if not can_shard():
+        assert shard_count(512, 8) == 1
+        return
     assert shard_count(128, 2) == 2 and shard_count(512, 2) == 2 and shard_count(512, 8) == 8
-    assert shard_count(32, 2) == 1  # too few rows per shard to pay for a second thread
+    assert shard_count(32, 2) == 2 and shard_count(16, 2) == 1  # too few rows to pay for a second process
     assert shard_count(128, 1) == 1 and shard_count(1, 4) == 1
 
 
+@needs_shards
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_threaded_steps_are_deterministic_and_agree_with_one_thread(dropout: float) -> None:
-    before = threading.active_count()
+def test_sharded_steps_are_deterministic_and_agree_with_one_shard(dropout: float) -> None:
     a, ra = train_threads(2, dropout=dropout)
     b, rb = train_threads(2, dropout=dropout)
     one, r1 = train_threads(1, dropout=dropout)
-    assert threading.active_count() == before  # the workers are gone
+    assert no_children_left()  # the workers are gone
     assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)  # same threads, same bits
     assert ra.history[0]["train_loss"] == rb.history[0]["train_loss"]
     # Two shards add their gradients in another order than one: equal up to rounding.
@@ -123,26 +144,77 @@ def test_threaded_steps_are_deterministic_and_agree_with_one_thread(dropout: flo
     assert ra.history[0]["train_accuracy"] == pytest.approx(r1.history[0]["train_accuracy"], abs=0.01)
 
 
-def test_an_error_in_a_worker_thread_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = MLP.gradients
+@needs_shards
+def test_an_error_in_a_worker_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    parent, real = os.getpid(), MLP.gradients
 
-    def failing(self, ws, n, *args, **kwargs):
-        if threading.current_thread().name == "shard-1":
+    def failing(self, *args, **kwargs):
+        if os.getpid() != parent:
             raise MemoryError("shard 1 ran out")
-        return real(self, ws, n, *args, **kwargs)
+        return real(self, *args, **kwargs)
 
     monkeypatch.setattr(MLP, "gradients", failing)
-    before = threading.active_count()
-    with pytest.raises(MemoryError, match="shard 1"):
+    with pytest.raises(ShardFailed, match="shard 1 of 2: MemoryError: shard 1 ran out"):
         train_threads(2)
-    assert threading.active_count() == before
+    assert no_children_left()
 
 
-def test_divergence_with_threads_stops_cleanly() -> None:
-    before = threading.active_count()
+@needs_shards
+def test_a_worker_killed_from_outside_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    parent, real = os.getpid(), MLP.gradients
+
+    def dying(self, *args, **kwargs):
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MLP, "gradients", dying)
+    with pytest.raises(ShardFailed, match="ended unexpectedly"):
+        train_threads(2)
+    assert no_children_left()
+
+
+@needs_shards
+def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    """A trainer killed with SIGKILL must not leave its shard processes spinning."""
+    script = tmp_path / "train_forever.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import numpy as np
+        from test_training import blobs
+        from mnist_np.model import MLP
+        from mnist_np.optim import SGD, Schedule
+        from mnist_np.registry import ACTIVATIONS, INITIALIZERS
+        from mnist_np.training import TrainSettings, fit
+        x, y = blobs(2000, seed=1)
+        model = MLP.initialize([784, 16, 3], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(0))
+        fit(model, SGD(), Schedule("constant", 0.01, 10**6), x, y, x[:0], y[:0],
+            TrainSettings(epochs=10**6, batch_size=100, threads=2), np.random.default_rng(1), np.random.default_rng(2))
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)])
+    try:
+        children: list[int] = []
+        deadline = time.monotonic() + 60
+        while not children and time.monotonic() < deadline:
+            time.sleep(0.2)
+            children = [int(c) for t in Path(f"/proc/{proc.pid}/task").iterdir()
+                        for c in (t / "children").read_text().split()]
+        assert children, "the trainer never forked its shard worker"
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{c}").exists() and "zombie" not in Path(f"/proc/{c}/status").read_text() for c in children):
+        assert time.monotonic() < deadline, f"shard workers {children} outlived their parent"
+        time.sleep(0.1)
+
+
+@needs_shards
+def test_divergence_with_shards_stops_cleanly() -> None:
     with pytest.raises(TrainingDiverged):
         train_threads(2, lr=1e8)
-    assert threading.active_count() == before
+    assert no_children_left()
 
 
 def test_many_short_epochs_with_threads_stay_deterministic() -> None:
