@@ -242,7 +242,10 @@ def check_overrides(args: list[str], composition: bool = True) -> None:
             continue
         for v in values:
             _check_value(key, v)
-    error = _composition_error(parsed) if composition else None
+    # Without overrides of ours the config is the default one, which the tests compose:
+    # nothing to learn from composing it again (a third of a second at every start).
+    ours = [o for o in parsed if not o.key_or_group.startswith("hydra")]
+    error = _composition_error(parsed) if composition and ours else None
     if error is not None:
         raise ConfigError(error)
 

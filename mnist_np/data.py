@@ -118,14 +118,26 @@ def _gunzip(buf: bytes, source: str | os.PathLike[str] | None = None) -> bytes:
     The bound is enforced while decompressing (read at most one byte past it),
     so a tiny gzip bomb cannot allocate gigabytes.
     """
+    # One zlib call per gzip member (not GzipFile's 8 KB reads): zlib releases
+    # the GIL while it inflates, so a file loads at full speed even while
+    # another thread runs Python (the runner opens MLflow meanwhile).
+    parts: list[bytes] = []
+    size = 0
+    rest = buf
     try:
-        with gzip.GzipFile(fileobj=io.BytesIO(buf)) as f:
-            out = f.read(MAX_FILE_BYTES + 1)
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        while rest:
+            inflater = zlib.decompressobj(wbits=31)  # gzip header and trailer (CRC, length) checked
+            part = inflater.decompress(rest, MAX_FILE_BYTES + 1 - size)
+            size += len(part)
+            parts.append(part)
+            if size > MAX_FILE_BYTES:
+                raise DataError(f"{_where(source)}decompressed size exceeds {MAX_FILE_BYTES} bytes")
+            if not inflater.eof:
+                raise DataError(f"{_where(source)}corrupt gzip data (truncated)")
+            rest = inflater.unused_data  # a further member, as gzip allows
+    except zlib.error as exc:
         raise DataError(f"{_where(source)}corrupt gzip data ({exc})") from exc
-    if len(out) > MAX_FILE_BYTES:
-        raise DataError(f"{_where(source)}decompressed size exceeds {MAX_FILE_BYTES} bytes")
-    return out
+    return b"".join(parts)
 
 
 def _maybe_gunzip(buf: bytes, source: str | os.PathLike[str] | None = None) -> bytes:

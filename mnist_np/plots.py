@@ -1,13 +1,15 @@
 """Figures for a finished run, one per PNG file.
 
-matplotlib is imported inside :func:`save_all` (with the Agg backend) so
-runs that never plot never pay for it.
+matplotlib is imported only when figures are drawn (with the Agg backend),
+so runs that never plot never pay for it; a run draws its figures in
+forked processes while it logs everything else (:func:`save_all_in_background`).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -41,17 +43,85 @@ def save_all(
         first_layer: ``W1: (784, H)``.
         class_names: display name per label (digits, or Fashion-MNIST's garments).
     """
+    return [draw() for draw in _figures(out_dir, history, y_true, y_pred, x_test, first_layer, class_names)]
+
+
+def _figures(
+    out_dir: Path,
+    history: Sequence[dict[str, float]],
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    x_test: np.ndarray,
+    first_layer: np.ndarray,
+    class_names: Sequence[str],
+) -> list[Callable[[], Path]]:
+    """The figures of :func:`save_all`, each a function that draws and saves it."""
     import matplotlib
 
     matplotlib.use("Agg")
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
-        _curves(out_dir / "loss_curves.png", history, "loss", "cross-entropy loss (nats per image)"),
-        _curves(out_dir / "accuracy_curves.png", history, "accuracy", "accuracy (%)"),
-        _confusion(out_dir / "confusion_matrix.png", y_true, y_pred, class_names),
-        _misclassified(out_dir / "misclassified.png", y_true, y_pred, x_test, class_names),
-        _first_layer(out_dir / "first_layer_weights.png", first_layer),
+        lambda: _curves(out_dir / "loss_curves.png", history, "loss", "cross-entropy loss (nats per image)"),
+        lambda: _curves(out_dir / "accuracy_curves.png", history, "accuracy", "accuracy (%)"),
+        lambda: _confusion(out_dir / "confusion_matrix.png", y_true, y_pred, class_names),
+        lambda: _misclassified(out_dir / "misclassified.png", y_true, y_pred, x_test, class_names),
+        lambda: _first_layer(out_dir / "first_layer_weights.png", first_layer),
     ]
+
+
+def save_all_in_background(out_dir: Path, *args: Any, processes: int = 2) -> Callable[[], str | None]:
+    """Start :func:`save_all` (same arguments) in forked processes; returns ``wait``.
+
+    Drawing is about a second of matplotlib, nearly all of it Python; in
+    ``processes`` children, each drawing every ``processes``-th figure, it
+    runs on the other cores while the caller logs the model and uploads
+    artifacts. ``wait()`` returns None when the figures are written, else
+    the errors in one line. Without ``fork`` the figures are drawn before
+    this returns.
+    """
+    if not hasattr(os, "fork"):
+        try:
+            save_all(out_dir, *args)
+            return lambda: None
+        except Exception as e:  # noqa: BLE001 -- reported like the children's errors
+            error = f"{type(e).__name__}: {e}"
+            return lambda: error
+    figures = _figures(out_dir, *args)  # the Agg backend is chosen once, before the forks
+    children = [_draw_in_child(figures[i::processes]) for i in range(min(processes, len(figures)))]
+
+    def wait() -> str | None:
+        errors = [e for e in (child() for child in children) if e]
+        return "; ".join(errors) or None
+
+    return wait
+
+
+def _draw_in_child(figures: Sequence[Callable[[], Path]]) -> Callable[[], str | None]:
+    """Fork a process that draws ``figures``; returns a function that waits for it and gives its error, if any."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: draw, report, and leave without running the caller's exit handlers
+        os.close(read_end)
+        code = 0
+        try:
+            for draw in figures:
+                draw()
+        except BaseException as e:  # noqa: BLE001 -- handed to the parent through the pipe
+            os.write(write_end, f"{type(e).__name__}: {e}".encode(errors="replace")[:4000])
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+
+    def wait() -> str | None:
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read().decode(errors="replace").strip()
+        _, status = os.waitpid(pid, 0)
+        if status == 0:
+            return None
+        return message or f"the plotting process ended with status {status}"
+
+    return wait
 
 
 def _curves(path: Path, history: Sequence[dict[str, float]], metric: str, ylabel: str) -> Path:

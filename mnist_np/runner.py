@@ -21,11 +21,12 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -234,6 +235,32 @@ class EpochLogger:
         pass
 
 
+class in_background:  # noqa: N801 -- used like a function
+    """Run ``fn(*args)`` in a thread now; :meth:`result` waits for it and returns its value or raises its error."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                self._value = fn(*args)
+            except BaseException as e:  # handed to whoever asks for the result
+                self._error = e
+
+        self._thread = threading.Thread(target=target, name=f"background-{getattr(fn, '__name__', 'job')}", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def wait_quietly(self) -> None:
+        self._thread.join()
+
+
 def load_splits(cfg: DictConfig) -> tuple[data.RawDataset, data.Splits]:
     """The dataset and its train/val/test split as the config describes them."""
     started = time.perf_counter()
@@ -282,11 +309,18 @@ def run(
     from mnist_np.tracking import JOURNAL_FILE, PARENT_RUN_TAG, PROCESS_TAG, MlflowTracker, default_tracking_uri, flatten
 
     tracking_uri = cfg.mlflow.tracking_uri or default_tracking_uri(PROJECT_ROOT)
-    tracker = MlflowTracker(tracking_uri, cfg.mlflow.experiment_name, journal=output_dir / JOURNAL_FILE)
-    # Runs whose process was killed from outside (kill -9, out of memory) never closed
-    # themselves; whoever next uses the experiment on this host closes them.
-    tracker.reap_dead_runs(KILLED_REASON)
-    raw, splits = load_splits(cfg)
+    # The data (decompression, hashing, conversion: C code that releases the
+    # GIL) loads while MLflow opens its store (Python): a second or so saved.
+    splits_job = in_background(load_splits, cfg)
+    try:
+        tracker = MlflowTracker(tracking_uri, cfg.mlflow.experiment_name, journal=output_dir / JOURNAL_FILE)
+        # Runs whose process was killed from outside (kill -9, out of memory) never closed
+        # themselves; whoever next uses the experiment on this host closes them.
+        tracker.reap_dead_runs(KILLED_REASON)
+    except BaseException:
+        splits_job.wait_quietly()  # the tracking error is the one to report; let the data thread finish first
+        raise
+    raw, splits = splits_job.result()
 
     run_name = cfg.mlflow.run_name or default_run_name(cfg)
     sweep = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
@@ -500,6 +534,16 @@ def _train_and_record(
 
     logits = model.predict_logits(splits.x_test, cfg.trainer.eval_batch_size)
     test_loss, test_acc = score_logits(logits, splits.y_test)
+    wait_for_plots: Callable[[], str | None] = lambda: None  # noqa: E731
+    if cfg.mlflow.log_plots:
+        from mnist_np import plots
+
+        # Drawn in a child process (about a second of matplotlib) while this one
+        # records the results, logs the model and uploads the other artifacts.
+        wait_for_plots = plots.save_all_in_background(
+            output_dir / "plots", fit_result.history, splits.y_test, logits.argmax(axis=1),
+            splits.x_test, model.params["W1"], raw.spec.class_names,
+        )
     best = fit_result.history[fit_result.best_epoch - 1]
     final = {
         "test_loss": test_loss,
@@ -526,24 +570,20 @@ def _train_and_record(
     })
 
     warnings = []
-    if cfg.mlflow.log_plots:
-        try:
-            from mnist_np import plots
-
-            plots.save_all(output_dir / "plots", fit_result.history, splits.y_test, logits.argmax(axis=1),
-                           splits.x_test, model.params["W1"], raw.spec.class_names)
-        except Exception as e:  # a figure must never fail a finished training
-            log.warning("plots failed: %s", e)
-            warnings.append(f"plots: {e}")
     # Uploads fail soft (the tracker logs why); what MLflow refused while it was up becomes a warning.
-    for sub in ("config", "weights", "plots"):
-        if (output_dir / sub).is_dir():
-            tracker.log_artifacts(output_dir / sub, sub)
+    for sub in ("config", "weights"):
+        tracker.log_artifacts(output_dir / sub, sub)
+    # The model serves the weights the test set was scored with.
+    tracker.log_model(weights_dir / ("best.npz" if cfg.trainer.test_weights == "best" else "final.npz"), splits.x_test[:5])
+    plot_error = wait_for_plots()
+    if plot_error is not None:  # a figure must never fail a finished training
+        log.warning("plots failed: %s", plot_error)
+        warnings.append(f"plots: {plot_error}")
+    if (output_dir / "plots").is_dir():
+        tracker.log_artifacts(output_dir / "plots", "plots")
     for name in ("metrics.jsonl", "summary.json", "train.log"):
         if (output_dir / name).exists():
             tracker.log_artifact(output_dir / name)
-    # The model serves the weights the test set was scored with.
-    tracker.log_model(weights_dir / ("best.npz" if cfg.trainer.test_weights == "best" else "final.npz"), splits.x_test[:5])
     warnings += tracker.failures
     if warnings:
         tracker.set_tags({"warnings": "; ".join(warnings)[:8000]})

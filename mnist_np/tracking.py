@@ -15,12 +15,13 @@ replays the journal into MLflow later, uploading only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import mlflow
 import numpy as np
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limits for one log_batch call
 MAX_METRICS_PER_BATCH = 1000
+# Per-epoch metrics reach MLflow at most this late: one request per epoch
+# costs a store transaction (tens of ms on SQLite), more than a short epoch.
+# The journal and metrics.jsonl get every epoch at once.
+EPOCH_METRICS_EVERY_SECONDS = 2.0
 JOURNAL_FILE = "mlflow_journal.jsonl"  # in the output dir: every call the tracker made, in order
 OFFLINE_TAG = "tracking_interrupted"  # when and why MLflow stopped answering during the run
 
@@ -251,6 +256,8 @@ class MlflowTracker:
         self.experiment_id = self._guard(lambda: self._experiment(experiment_name))
         self.run_id = run_id
         self.skip_steps: set[int] = set()
+        self._pending: list[Metric] = []  # epoch metrics journaled but not sent yet
+        self._last_sent = -float("inf")
         self.journal = journal
         self.fail_soft = False
         self.offline: str | None = None  # why MLflow was given up on, once it was
@@ -361,12 +368,34 @@ class MlflowTracker:
                     raise
                 time.sleep(0.1 * (attempt + 1))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, timestamp: int | None = None) -> bool:
-        """All of ``metrics`` in one call (one request against a server)."""
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int | None = None, timestamp: int | None = None, defer: bool = False
+    ) -> bool:
+        """All of ``metrics`` in one call (one request against a server).
+
+        ``defer``: journal them now but send them with the next batch, at
+        most ``EPOCH_METRICS_EVERY_SECONDS`` later (see :meth:`flush_metrics`).
+        """
         now = timestamp or int(time.time() * 1000)
         self._note("metrics", step=step or 0, timestamp=now, metrics={k: float(v) for k, v in metrics.items()})
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        return self._send(f"metrics at step {step or 0}", lambda: self.client.log_batch(self._id, metrics=batch))
+        self._pending += [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        if defer and time.monotonic() - self._last_sent < EPOCH_METRICS_EVERY_SECONDS:
+            return True
+        return self.flush_metrics()
+
+    def flush_metrics(self) -> bool:
+        """Send the metrics held back by ``log_metrics(defer=True)``, in one request per 1000."""
+        batch, self._pending = self._pending, []
+        self._last_sent = time.monotonic()
+        if not batch:
+            return True
+        steps = f"steps {batch[0].step}-{batch[-1].step}" if batch[0].step != batch[-1].step else f"step {batch[0].step}"
+
+        def send() -> None:
+            for i in range(0, len(batch), MAX_METRICS_PER_BATCH):
+                self.client.log_batch(self._id, metrics=batch[i : i + MAX_METRICS_PER_BATCH])
+
+        return self._send(f"metrics at {steps}", send)
 
     def log_metric_values(self, values: list[tuple[str, float, int, int]]) -> None:
         """``(key, value, timestamp, step)`` tuples, batched (for replaying a journal; not journaled)."""
@@ -401,6 +430,7 @@ class MlflowTracker:
         if self.run_id is None:
             return False
         reason = reason[:8000] if reason else None  # MLflow caps tag values at 8000 characters
+        self.flush_metrics()
         now = int(time.time() * 1000)
         self._note("end", status=status, reason=reason, end_time=now)
         return self._send(f"the final status {status}", lambda: self.set_status(status, reason, now))
@@ -513,10 +543,10 @@ class MlflowTracker:
         if epoch in self.skip_steps:
             return  # logged before an interruption; the re-run gave the same values
         finite = {k: v for k, v in metrics.items() if v == v}  # MLflow rejects NaN from some stores
-        self.log_metrics(finite, step=epoch)
+        self.log_metrics(finite, step=epoch, defer=True)
 
     def on_train_end(self, result: FitResult) -> None:
-        pass
+        self.flush_metrics()
 
 
 # ---------------------------------------------------------------------------
@@ -537,6 +567,29 @@ def _pyfunc_requirements() -> list[str]:
         except metadata.PackageNotFoundError:  # e.g. only mlflow-skinny installed
             reqs.append(dist)
     return reqs
+
+
+@contextlib.contextmanager
+def _requirements_trusted() -> Iterator[None]:
+    """Skip MLflow's check of the model's requirements against the installed packages.
+
+    Ours are pinned from the installed versions (:func:`_pyfunc_requirements`),
+    so they always match; the check scans every installed distribution's
+    file list and costs more than half a second per run. Where a future
+    MLflow lacks the hook, the check simply runs.
+    """
+    import mlflow.utils.environment as environment
+
+    name = "warn_dependency_requirement_mismatches"
+    if not hasattr(environment, name):
+        yield
+        return
+    original = getattr(environment, name)
+    setattr(environment, name, lambda requirements: None)
+    try:
+        yield
+    finally:
+        setattr(environment, name, original)
 
 
 def log_pyfunc_model(client_run_id: str, tracking_uri: str, weights_path: Path, input_example: np.ndarray) -> str:
@@ -597,7 +650,7 @@ def log_pyfunc_model(client_run_id: str, tracking_uri: str, weights_path: Path, 
         params=dict(run.data.params),  # as mlflow's own log_model does: the run's config, searchable on the model
     )
     try:
-        with tempfile.TemporaryDirectory(prefix="mnist-np-model-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="mnist-np-model-") as tmp, _requirements_trusted():
             local = Path(tmp) / PYFUNC_MODEL_NAME
             mlflow.pyfunc.save_model(
                 path=str(local),

@@ -36,7 +36,6 @@ def main(cfg: DictConfig) -> float:
     from mnist_np import sweep
     from mnist_np.data import DataError
     from mnist_np.runner import run
-    from mnist_np.tracking import TrackingUnavailable
     from mnist_np.training import TrainingDiverged
 
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -49,13 +48,16 @@ def main(cfg: DictConfig) -> float:
             return math.nan
         print(f"error: invalid config: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (DataError, TrainingDiverged, TrackingUnavailable) as e:
-        log.error("%s", e)
-        if in_sweep:
-            return math.nan
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except Exception:
+    except Exception as e:
+        # Imported here, not above: run() imports MLflow while the data loads (see runner.run).
+        from mnist_np.tracking import TrackingUnavailable
+
+        if isinstance(e, (DataError, TrainingDiverged, TrackingUnavailable)):
+            log.error("%s", e)
+            if in_sweep:
+                return math.nan
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         if not in_sweep:
             raise
         # The member's run is already FAILED with its reason; the sweep goes on.
@@ -63,15 +65,15 @@ def main(cfg: DictConfig) -> float:
         return math.nan
 
 
-if __name__ == "__main__":
+def cli() -> int:
+    """The command: check the command line, run Hydra, and turn the outcome into an exit status."""
     try:
         check_overrides(sys.argv[1:])
     except ConfigError as e:
         print(f"error: invalid config: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
 
     from mnist_np import sweep
-
     from mnist_np.runner import RunInterrupted
 
     try:
@@ -81,15 +83,25 @@ if __name__ == "__main__":
         if not isinstance(e, RunInterrupted):
             raise
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(130)  # the shell's status for a Ctrl-C
+        return 130  # the shell's status for a Ctrl-C
+    except SystemExit as e:  # our one-line errors, or Hydra's
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         # Only does something when the sweep stopped before Hydra's on_multirun_end.
         sweep.finish_open_sweep("the sweep stopped early (see its log)")
     if sweep.unsynced is not None:
         print(f"error: the sweep is over but MLflow was unreachable ({sweep.unsynced}); its runs are in their "
               "output dirs: upload them with python scripts/sync.py <sweep dir>", file=sys.stderr)
-        sys.exit(1)
+        return 1
     summary = sweep.last_summary
     if summary is not None and not summary.ok:
         print(f"error: {summary.failed} of {summary.total} sweep members failed", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    from mnist_np.procs import exit_now
+
+    # Without the interpreter's teardown: a second saved on every run (see exit_now).
+    exit_now(cli())

@@ -21,6 +21,7 @@ from conftest import PYTHON, TRAIN_SCRIPT, LiveServer, mlflow_gaps, small_overri
 from mnist_np.config import compose
 from mnist_np.runner import EpochLogger, run
 from mnist_np.sync import read_journal, sync_output_dir
+from mnist_np import tracking
 from mnist_np.tracking import JOURNAL_FILE, OFFLINE_TAG
 
 SYNC = TRAIN_SCRIPT.parent / "sync.py"
@@ -37,6 +38,10 @@ def fault_at_epoch(monkeypatch: pytest.MonkeyPatch, actions: dict[int, object]) 
             actions[epoch]()
 
     monkeypatch.setattr(EpochLogger, "on_epoch_end", on_epoch_end)
+    # Every epoch's metrics go out at once, so the fault is met at the epoch it is injected
+    # (normally they are batched every EPOCH_METRICS_EVERY_SECONDS and an outage between two
+    # batches would go unnoticed -- and lose nothing).
+    monkeypatch.setattr(tracking, "EPOCH_METRICS_EVERY_SECONDS", 0.0)
 
 
 def sync_cli(*args: str) -> subprocess.CompletedProcess:

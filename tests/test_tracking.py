@@ -63,6 +63,24 @@ def test_end_records_status_and_reason(tracking_uri: str) -> None:
     assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == "because" and run.data.params == {"a": "1"}
 
 
+@pytest.mark.parametrize("status", ["FINISHED", "FAILED"])
+def test_epoch_metrics_are_sent_in_batches_and_none_is_lost(tracking_uri: str, monkeypatch: pytest.MonkeyPatch, status: str) -> None:
+    tracker = MlflowTracker(tracking_uri, "tests")
+    run_id = tracker.start("r", {}, {})
+    requests: list[int] = []
+    real = tracker.client.log_batch
+    monkeypatch.setattr(tracker.client, "log_batch", lambda run, metrics=(), **kw: (requests.append(len(metrics)), real(run, metrics=metrics, **kw)))
+    for epoch in range(1, 11):  # ten quick epochs: the first goes out at once, the rest wait for the next batch
+        tracker.on_epoch_end(epoch, {"train_loss": 1.0 / epoch, "val_loss": float("nan")}, None, False)
+    assert requests == [1]
+    if status == "FINISHED":
+        tracker.on_train_end(None)
+    tracker.end(status)  # a failing run's held-back epochs go out before it closes
+    assert requests == [1, 9]
+    history = tracker.client.get_metric_history(run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(1, 11)) and "val_loss" not in tracker.client.get_run(run_id).data.metrics
+
+
 @pytest.mark.fault("tracking faults", "store race")
 def test_runs_of_dead_processes_are_reaped_and_live_ones_kept(tracking_uri: str) -> None:
     import subprocess
