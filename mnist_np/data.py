@@ -939,6 +939,7 @@ def make_splits(
     split_seed: int = 0,
     train_limit: int | None = None,
     dtype: npt.DTypeLike = np.float32,
+    train_pixels: bool = False,
 ) -> Splits:
     """Split the training set into train/validation and convert to features.
 
@@ -959,6 +960,9 @@ def make_splits(
         split_seed: seed of the split.
         train_limit: None, or a positive int capping the training split.
         dtype: floating dtype of the ``x_*`` arrays.
+        train_pixels: make ``x_train`` the raw ``uint8`` pixels instead
+            (the training loop scales each batch as it gathers it, reading a
+            quarter of the bytes; see :mod:`mnist_np.stepper`).
 
     Returns:
         ``Splits`` with ``x_*`` ``(M, D)`` C-contiguous ``dtype`` in [0, 1]
@@ -994,7 +998,10 @@ def make_splits(
     if train_limit is not None:
         train_idx = train_idx[:train_limit]
 
-    x_train = _to_features(raw.train_images, train_idx, fdtype)
+    if train_pixels:
+        x_train = np.ascontiguousarray(raw.train_images[train_idx].reshape(len(train_idx), -1))
+    else:
+        x_train = _to_features(raw.train_images, train_idx, fdtype)
     x_val = _to_features(raw.train_images, val_idx, fdtype)
     x_test = _to_features(raw.test_images, None, fdtype)
     y_train = labels[train_idx].astype(np.int64)

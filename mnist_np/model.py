@@ -44,6 +44,7 @@ class Workspace:
         self.a = [np.empty((rows, width), dtype=dtype) for width in hidden] if dropout else self.h
         self.da = [np.empty((rows, width), dtype=dtype) for width in hidden]
         self.logits = np.empty((rows, sizes[-1]), dtype=dtype)
+        self.pixels: np.ndarray | None = None  # uint8 rows before scaling, when the data are pixels
 
 
 class MLP:

@@ -266,7 +266,8 @@ def load_splits(cfg: DictConfig) -> tuple[data.RawDataset, data.Splits]:
     started = time.perf_counter()
     dtype = np.dtype(cfg.trainer.dtype)
     raw = data.load_dataset(cfg.data.name, data_dir=cfg.data.dir, cache_dir=cfg.data.cache_dir)
-    splits = data.make_splits(raw, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed, train_limit=cfg.data.train_limit, dtype=dtype)
+    splits = data.make_splits(raw, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed, train_limit=cfg.data.train_limit,
+                              dtype=dtype, train_pixels=True)
     log.info("data %s: %s (%.1fs)", cfg.data.name, splits.sizes, time.perf_counter() - started)
     return raw, splits
 

@@ -210,8 +210,7 @@ class Stepper:
             self._results[k] = 0.0
         else:
             idx = self._idx[lo:hi]
-            # mode="clip": with mode="raise" numpy buffers `out` (the indices are valid).
-            np.take(self.x, idx, axis=0, out=ws.x[: hi - lo], mode="clip")
+            _gather(self.x, idx, ws)
             masks = [mask[lo:hi] for mask in self._masks] or None
             self._results[k] = self.model.gradients(ws, hi - lo, self.y[idx], self.grads[k], 1.0 / m, masks)
         self._done[0, k] = step
@@ -259,6 +258,23 @@ class Stepper:
     def _check_parent(self) -> None:
         if os.getppid() != self._parent or self._ctl[_STOP]:
             os._exit(0)  # the parent is gone (killed, or done): nobody waits for this process
+
+
+def _gather(x: np.ndarray, idx: np.ndarray, ws: Workspace) -> None:
+    """Rows ``idx`` of ``x`` into ``ws.x``: copied if float, scaled by 1/255 if uint8 pixels.
+
+    Pixels are a quarter of the bytes to fetch from scattered rows, and
+    ``k / 255`` computed here is the same float ``data.make_splits`` computes.
+    """
+    n = len(idx)
+    # mode="clip": with mode="raise" numpy buffers `out` (the indices are valid).
+    if x.dtype != np.uint8:
+        np.take(x, idx, axis=0, out=ws.x[:n], mode="clip")
+        return
+    if ws.pixels is None:
+        ws.pixels = np.empty(ws.x.shape, dtype=np.uint8)
+    np.take(x, idx, axis=0, out=ws.pixels[:n], mode="clip")
+    np.divide(ws.pixels[:n], ws.x.dtype.type(255), out=ws.x[:n])
 
 
 def _describe(status: int) -> str:

@@ -114,7 +114,9 @@ def fit(
     """Train ``model`` in place.
 
     Args:
-        x_train: ``(N, 784)`` float images in the model's dtype; ``y_train: (N,)`` int labels.
+        x_train: ``(N, 784)`` float images in the model's dtype, or their
+            ``uint8`` pixels (scaled by 1/255 batch by batch, with the same
+            result); ``y_train: (N,)`` int labels.
         x_val, y_val: validation split (may be empty: then the last epoch is the best).
         shuffle_rng: reshuffles the training set every epoch.
         dropout_rng: draws dropout masks (its own stream, so turning dropout
