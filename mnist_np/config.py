@@ -103,7 +103,7 @@ class TrainerConfig:
     early_stopping_patience: Optional[int] = None
     test_weights: str = "last"  # score the test set with the last (final.npz) or best epoch's weights (best.npz)
     progress: Optional[bool] = None  # null: a bar on a terminal, one line per epoch otherwise
-    threads: Optional[int] = None  # BLAS threads; null: all cores, shared out among parallel sweep workers
+    threads: Optional[int] = None  # cores (shard processes or BLAS threads); null: all, shared out among parallel sweep workers
     checkpoint_every: int = 1  # full training state (for resume) every N epochs, and after the last
     keep_checkpoints: int = 2  # how many of them stay on disk
 
