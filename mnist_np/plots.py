@@ -19,7 +19,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 
     return np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def save_all(
+def save_all(out_dir: Path, *args: Any) -> list[Path]:
+    """Draw every figure of :func:`figures` (same arguments) into ``out_dir``; returns their paths."""
+    return [draw() for draw in figures(out_dir, *args)]
+
+
+def figures(
     out_dir: Path,
     history: Sequence[dict[str, float]],
     y_true: np.ndarray,
@@ -27,8 +32,8 @@ def save_all(
     x_test: np.ndarray,
     first_layer: np.ndarray,
     class_names: Sequence[str],
-) -> list[Path]:
-    """Write the run's figures into ``out_dir``, one PNG each; returns their paths.
+) -> list[Callable[[], Path]]:
+    """The run's figures, each a function that draws it and saves it in ``out_dir`` as a PNG.
 
     ``loss_curves.png`` and ``accuracy_curves.png`` (train and validation per
     epoch), ``confusion_matrix.png`` (test counts), ``misclassified.png``
@@ -43,19 +48,6 @@ def save_all(
         first_layer: ``W1: (784, H)``.
         class_names: display name per label (digits, or Fashion-MNIST's garments).
     """
-    return [draw() for draw in _figures(out_dir, history, y_true, y_pred, x_test, first_layer, class_names)]
-
-
-def _figures(
-    out_dir: Path,
-    history: Sequence[dict[str, float]],
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
-    x_test: np.ndarray,
-    first_layer: np.ndarray,
-    class_names: Sequence[str],
-) -> list[Callable[[], Path]]:
-    """The figures of :func:`save_all`, each a function that draws and saves it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,8 +78,8 @@ def save_all_in_background(out_dir: Path, *args: Any, processes: int = 2) -> Cal
         except Exception as e:  # noqa: BLE001 -- reported like the children's errors
             error = f"{type(e).__name__}: {e}"
             return lambda: error
-    figures = _figures(out_dir, *args)  # the Agg backend is chosen once, before the forks
-    children = [_draw_in_child(figures[i::processes]) for i in range(min(processes, len(figures)))]
+    drawings = figures(out_dir, *args)  # the Agg backend is chosen once, before the forks
+    children = [_draw_in_child(drawings[i::processes]) for i in range(min(processes, len(drawings)))]
 
     def wait() -> str | None:
         errors = [e for e in (child() for child in children) if e]
@@ -96,15 +88,15 @@ def save_all_in_background(out_dir: Path, *args: Any, processes: int = 2) -> Cal
     return wait
 
 
-def _draw_in_child(figures: Sequence[Callable[[], Path]]) -> Callable[[], str | None]:
-    """Fork a process that draws ``figures``; returns a function that waits for it and gives its error, if any."""
+def _draw_in_child(drawings: Sequence[Callable[[], Path]]) -> Callable[[], str | None]:
+    """Fork a process that draws ``drawings``; returns a function that waits for it and gives its error, if any."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: draw, report, and leave without running the caller's exit handlers
         os.close(read_end)
         code = 0
         try:
-            for draw in figures:
+            for draw in drawings:
                 draw()
         except BaseException as e:  # noqa: BLE001 -- handed to the parent through the pipe
             os.write(write_end, f"{type(e).__name__}: {e}".encode(errors="replace")[:4000])

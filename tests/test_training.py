@@ -144,32 +144,25 @@ def test_sharded_steps_are_deterministic_and_agree_with_one_shard(dropout: float
     assert ra.history[0]["train_accuracy"] == pytest.approx(r1.history[0]["train_accuracy"], abs=0.01)
 
 
+def _raise_memory_error() -> None:
+    raise MemoryError("shard 1 ran out")
+
+
 @needs_shards
-def test_an_error_in_a_worker_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fault, reported", [
+    (_raise_memory_error, "shard 1 of 2: MemoryError: shard 1 ran out"),
+    (lambda: os.kill(os.getpid(), signal.SIGKILL), "shard 1 of 2: its process ended unexpectedly \\(killed by SIGKILL\\)"),
+], ids=["error", "sigkill"])
+def test_a_worker_that_fails_or_dies_is_reported_by_the_caller(monkeypatch: pytest.MonkeyPatch, fault, reported: str) -> None:
     parent, real = os.getpid(), MLP.gradients
 
     def failing(self, *args, **kwargs):
-        if os.getpid() != parent:
-            raise MemoryError("shard 1 ran out")
+        if os.getpid() != parent:  # only in the forked worker
+            fault()
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(MLP, "gradients", failing)
-    with pytest.raises(ShardFailed, match="shard 1 of 2: MemoryError: shard 1 ran out"):
-        train_threads(2)
-    assert no_children_left()
-
-
-@needs_shards
-def test_a_worker_killed_from_outside_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    parent, real = os.getpid(), MLP.gradients
-
-    def dying(self, *args, **kwargs):
-        if os.getpid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(MLP, "gradients", dying)
-    with pytest.raises(ShardFailed, match="ended unexpectedly"):
+    with pytest.raises(ShardFailed, match=reported):
         train_threads(2)
     assert no_children_left()
 
