@@ -18,8 +18,8 @@ data (copy-on-write), the parameters and the state matrix (an anonymous
 shared mapping), have a GIL each, and meet through counters in shared memory
 that they poll, which takes about a microsecond. A waiting process spins for
 up to 50 ms and then sleeps in 1 ms naps, so between epochs it gives the
-core back. The poll protocol relies on x86-64's ordering of stores, so other
-machines, and systems without ``fork``, use one shard.
+core back. The poll protocol relies on x86-64's ordering of stores; other
+machines, and systems other than Linux, use one shard (and BLAS threads).
 
 Determinism: the shard count depends only on the batch size and the thread
 count, every product is single-threaded, the shards' gradients are added in
@@ -34,6 +34,7 @@ import mmap
 import os
 import platform
 import signal
+import sys
 import time
 from typing import Callable
 
@@ -57,8 +58,12 @@ NAP_SECONDS = 0.001
 
 
 def can_shard() -> bool:
-    """Whether this machine runs shards as processes (see the module docstring)."""
-    return hasattr(os, "fork") and platform.machine().lower() in ("x86_64", "amd64")
+    """Whether this machine runs shards as processes: Linux on x86-64 (see the module docstring).
+
+    Only where it was built and tested: elsewhere ``fork`` after NumPy has
+    loaded its BLAS is less safe (macOS) or absent (Windows).
+    """
+    return sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")
 
 
 def shard_count(batch_size: int, threads: int) -> int:
