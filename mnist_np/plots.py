@@ -68,10 +68,12 @@ def save_all_in_background(out_dir: Path, *args: Any, processes: int = 2) -> Cal
     ``processes`` children, each drawing every ``processes``-th figure, it
     runs on the other cores while the caller logs the model and uploads
     artifacts. ``wait()`` returns None when the figures are written, else
-    the errors in one line. Without ``fork`` the figures are drawn before
-    this returns.
+    the errors in one line. Where forking is not safe (not Linux) the
+    figures are drawn before this returns.
     """
-    if not hasattr(os, "fork"):
+    from mnist_np.procs import forks_safely
+
+    if not forks_safely():
         try:
             save_all(out_dir, *args)
             return lambda: None

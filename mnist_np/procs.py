@@ -44,6 +44,16 @@ def is_dead(identity: str) -> bool:
     return _start_ticks(int(pid)) != start
 
 
+def forks_safely() -> bool:
+    """Whether this process may ``fork`` children that go on using NumPy: Linux only.
+
+    Elsewhere it is absent (Windows) or unsafe once system frameworks are
+    loaded (macOS, where NumPy may use Accelerate); callers then do the work
+    in-process instead.
+    """
+    return sys.platform.startswith("linux")
+
+
 def exit_now(code: int) -> NoReturn:
     """End the process with ``code``, skipping the interpreter's teardown.
 

@@ -34,7 +34,6 @@ import mmap
 import os
 import platform
 import signal
-import sys
 import time
 from typing import Callable
 
@@ -44,6 +43,7 @@ from threadpoolctl import threadpool_limits
 from mnist_np.layers import dropout_mask
 from mnist_np.model import MLP, Workspace
 from mnist_np.optim import Optimizer
+from mnist_np.procs import forks_safely
 
 # Below this many rows per shard, a second process's fixed costs per step
 # outweigh the arithmetic it takes over (measured: 16-row shards still win
@@ -58,12 +58,8 @@ NAP_SECONDS = 0.001
 
 
 def can_shard() -> bool:
-    """Whether this machine runs shards as processes: Linux on x86-64 (see the module docstring).
-
-    Only where it was built and tested: elsewhere ``fork`` after NumPy has
-    loaded its BLAS is less safe (macOS) or absent (Windows).
-    """
-    return sys.platform.startswith("linux") and platform.machine().lower() in ("x86_64", "amd64")
+    """Whether this machine runs shards as processes: where it may fork, on x86-64 (see the module docstring)."""
+    return forks_safely() and platform.machine().lower() in ("x86_64", "amd64")
 
 
 def shard_count(batch_size: int, threads: int) -> int:

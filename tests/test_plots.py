@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mnist_np.data import DATASETS
-from mnist_np.plots import confusion_matrix, save_all
+from mnist_np.plots import confusion_matrix, save_all, save_all_in_background
 
 FILES = ["loss_curves.png", "accuracy_curves.png", "confusion_matrix.png", "misclassified.png", "first_layer_weights.png"]
 
@@ -53,3 +53,19 @@ def test_a_run_without_mistakes_still_gets_every_figure(tmp_path: Path) -> None:
     history[0]["train_loss"] = float("nan")  # an epoch without a figure must not break the curve
     paths = save_all(tmp_path, history, y_true, y_true, x, w1[:, :3], DATASETS["mnist"].class_names)
     assert all(p.exists() and p.stat().st_size > 2000 for p in paths)
+
+
+@pytest.mark.parametrize("forks", [True, False])
+def test_figures_drawn_in_the_background_match_the_plain_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forks: bool) -> None:
+    """In forked children (Linux) or in-process (elsewhere): the same files, and errors come back as one line."""
+    monkeypatch.setattr("mnist_np.procs.forks_safely", lambda: forks)
+    history, y_true, y_pred, x, w1 = fake_run(2)
+    args = (history, y_true, y_pred, x, w1, DATASETS["mnist"].class_names)
+    assert save_all_in_background(tmp_path / "bg", *args)() is None
+    assert sorted(p.name for p in (tmp_path / "bg").iterdir()) == sorted(FILES)
+
+    def broken(*a, **k):
+        raise RuntimeError("no font today")
+
+    monkeypatch.setattr("mnist_np.plots._first_layer", broken)
+    assert save_all_in_background(tmp_path / "broken", *args)() == "RuntimeError: no font today"
