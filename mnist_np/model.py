@@ -33,7 +33,7 @@ class Workspace:
     activation, computed in place over the pre-activation) and, with dropout,
     ``a`` (the activation times the mask, the next layer's input); ``logits:
     (rows, C)``, overwritten by their gradient; ``da`` per hidden layer, the
-    gradient flowing back into it. One workspace serves one thread.
+    gradient flowing back into it. One workspace serves one process.
     """
 
     def __init__(self, sizes: list[int], rows: int, dtype: np.dtype, dropout: bool) -> None:

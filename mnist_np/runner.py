@@ -21,8 +21,8 @@ import platform
 import shutil
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,15 +42,26 @@ KILLED_REASON = "the run's process ended without closing it (killed from outside
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run, after the run was closed KILLED; ``str()`` says how to continue it."""
+    """Ctrl-C during a run, after the run was closed KILLED; ``str()`` says how to continue it.
 
-    def __init__(self, run_id: str, output_dir: Path) -> None:
-        super().__init__(run_id, output_dir)
-        self.run_id, self.output_dir = run_id, output_dir
+    ``checkpoint`` is the newest checkpoint on disk, or None when the run was
+    interrupted before its first one was written (then there is nothing to
+    resume from, and the message says so rather than suggest ``resume=``).
+    """
+
+    def __init__(self, run_id: str, checkpoint: Path | None) -> None:
+        super().__init__(run_id, checkpoint)
+        self.run_id, self.checkpoint = run_id, checkpoint
+
+    @property
+    def advice(self) -> str:
+        """What to do next (also the run's ``failure_reason`` in MLflow)."""
+        if self.checkpoint is None:
+            return "interrupted before its first checkpoint, so there is nothing to resume; run the same command again to start over"
+        return f"its last checkpoint is {self.checkpoint}; continue it with: python scripts/train.py resume={self.run_id}"
 
     def __str__(self) -> str:
-        return (f"interrupted: run {self.run_id} is closed KILLED, its last checkpoint is in {self.output_dir / 'checkpoints'}; "
-                f"continue it with: python scripts/train.py resume={self.run_id}")
+        return f"interrupted: run {self.run_id} is closed KILLED; {self.advice}"
 
 
 @dataclass
@@ -235,32 +246,6 @@ class EpochLogger:
         pass
 
 
-class in_background:  # noqa: N801 -- used like a function
-    """Run ``fn(*args)`` in a thread now; :meth:`result` waits for it and returns its value or raises its error."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-        def target() -> None:
-            try:
-                self._value = fn(*args)
-            except BaseException as e:  # handed to whoever asks for the result
-                self._error = e
-
-        self._thread = threading.Thread(target=target, name=f"background-{getattr(fn, '__name__', 'job')}", daemon=True)
-        self._thread.start()
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-    def wait_quietly(self) -> None:
-        self._thread.join()
-
-
 def load_splits(cfg: DictConfig) -> tuple[data.RawDataset, data.Splits]:
     """The dataset and its train/val/test split as the config describes them."""
     started = time.perf_counter()
@@ -312,14 +297,16 @@ def run(
     tracking_uri = cfg.mlflow.tracking_uri or default_tracking_uri(PROJECT_ROOT)
     # The data (decompression, hashing, conversion: C code that releases the
     # GIL) loads while MLflow opens its store (Python): a second or so saved.
-    splits_job = in_background(load_splits, cfg)
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-data")
+    splits_job = loader.submit(load_splits, cfg)
+    loader.shutdown(wait=False)
     try:
         tracker = MlflowTracker(tracking_uri, cfg.mlflow.experiment_name, journal=output_dir / JOURNAL_FILE)
         # Runs whose process was killed from outside (kill -9, out of memory) never closed
         # themselves; whoever next uses the experiment on this host closes them.
         tracker.reap_dead_runs(KILLED_REASON)
     except BaseException:
-        splits_job.wait_quietly()  # the tracking error is the one to report; let the data thread finish first
+        splits_job.exception()  # the tracking error is the one to report; let the data thread finish first
         raise
     raw, splits = splits_job.result()
 
@@ -424,16 +411,18 @@ def _execute(
             from mnist_np.stepper import shard_count
 
             # The batch's split into shard processes decides the bits as much as the thread count does.
-            env = {**environment_tags(), "train_shards": str(shard_count(cfg.trainer.batch_size, threads))}
+            batch = min(cfg.trainer.batch_size, len(splits.y_train))  # as the training loop caps it
+            env = {**environment_tags(), "train_shards": str(shard_count(batch, threads))}
             (output_dir / "environment.json").write_text(json.dumps(env, indent=2))
             tracker.set_tags(env)
             if first_time:
                 tracker.log_dataset(raw.spec.name, raw.digest, source=str(cfg.data.dir or "pinned-sha256"), sizes=splits.sizes)
             result = _train_and_record(cfg, splits, raw, output_dir, config_yaml, tracker, state, threads)
         except KeyboardInterrupt:
-            tracker.end("KILLED", f"interrupted by the user (KeyboardInterrupt); continue with resume={tracker.run_id}")
+            interrupted = RunInterrupted(tracker.run_id, checkpoint.latest_checkpoint(output_dir / "checkpoints"))
+            tracker.end("KILLED", f"interrupted by the user (KeyboardInterrupt); {interrupted.advice}")
             _catch_up(tracker, output_dir, now=False)
-            raise RunInterrupted(tracker.run_id, output_dir) from None
+            raise interrupted from None
         except BaseException as e:
             tracker.end("FAILED", f"{type(e).__name__}: {e}")
             _catch_up(tracker, output_dir)

@@ -108,6 +108,9 @@ class Stepper:
         self.model, self.optimizer, self.x, self.y = model, optimizer, x, y
         self.batch_size = min(batch_size, len(y))
         self.shards = shard_count(self.batch_size, threads)
+        # Shards run single-threaded BLAS (each has its own core); one shard
+        # lets BLAS spread each product over the cores.
+        self.blas_threads = 1 if self.shards > 1 else threads
         alloc = shared_zeros if self.shards > 1 else np.zeros
         self.grads = optimizer.attach(model.params, self.shards, parts=self.shards, alloc=alloc)
         self._rows = math.ceil(self.batch_size / self.shards)

@@ -141,11 +141,10 @@ def fit(
     # A run that stopped early has nothing left to do, even when resumed.
     first = settings.epochs if result.stopped_early else result.epochs_done
     stepper = Stepper(model, optimizer, x_train, y_train, bs, settings.threads, dropout_rng)
-    # With several shards, each process runs single-threaded BLAS, and so does
-    # the evaluation between epochs: BLAS threads, once woken, spin for a
-    # while after every product and would take the workers' cores. With one
-    # shard, BLAS spreads each product over the cores.
-    with threadpool_limits(limits=1 if stepper.shards > 1 else settings.threads, user_api="blas"), stepper:
+    # The evaluation between epochs runs with the stepper's BLAS threads too:
+    # BLAS threads, once woken, spin for a while after every product and
+    # would take the shard workers' cores.
+    with threadpool_limits(limits=stepper.blas_threads, user_api="blas"), stepper:
         for epoch in range(first, settings.epochs):
             start = time.perf_counter()
             order = shuffle_rng.permutation(n)

@@ -113,10 +113,13 @@ def test_ctrl_c_ends_the_run_killed(tracking_uri: str, tmp_path: Path, monkeypat
         raise KeyboardInterrupt
 
     monkeypatch.setattr("mnist_np.runner.fit", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as e:
         run(compose(small_overrides(tracking_uri)), output_dir=tmp_path / "out")
     _, r = only_run(tracking_uri)
     assert r.info.status == "KILLED" and "KeyboardInterrupt" in r.data.tags["failure_reason"]
+    # Interrupted before the first checkpoint: no resume= to suggest, since resume would refuse.
+    assert "resume=" not in str(e.value) and "nothing to resume" in str(e.value)
+    assert "nothing to resume" in r.data.tags["failure_reason"]
 
 
 @pytest.mark.slow

@@ -137,9 +137,10 @@ def test_ctrl_c_closes_the_run_killed_with_a_checkpoint_and_resume_finishes_it(t
     proc = subprocess.Popen([PYTHON, str(TRAIN_SCRIPT), *args, "data.train_limit=20000", "trainer.epochs=20", f"hydra.run.dir={out}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        metrics = out / "metrics.jsonl"
+        # Wait for the first checkpoint: metrics.jsonl is written a moment
+        # before it, and an interrupt between the two has nothing to resume.
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and not (metrics.exists() and metrics.stat().st_size):
+        while time.monotonic() < deadline and proc.poll() is None and latest_checkpoint(out / "checkpoints") is None:
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
         _, err = proc.communicate(timeout=120)
@@ -148,13 +149,14 @@ def test_ctrl_c_closes_the_run_killed_with_a_checkpoint_and_resume_finishes_it(t
             proc.kill()
     run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
     assert proc.returncode == 130, err[-3000:]
+    saved_at = latest_checkpoint(out / "checkpoints")
     assert err.strip().splitlines()[-1] == (
-        f"error: interrupted: run {run_id} is closed KILLED, its last checkpoint is in {out / 'checkpoints'}; "
+        f"error: interrupted: run {run_id} is closed KILLED; its last checkpoint is {saved_at}; "
         f"continue it with: python scripts/train.py resume={run_id}")
     client = MlflowClient(tracking_uri)
     killed = client.get_run(run_id)
     assert killed.info.status == "KILLED" and f"resume={run_id}" in killed.data.tags["failure_reason"]
-    saved = load_state(latest_checkpoint(out / "checkpoints"))
+    saved = load_state(saved_at)
     assert 1 <= saved.epoch < 20
 
     resumed = subprocess.run([PYTHON, str(TRAIN_SCRIPT), *args, f"resume={run_id}"], capture_output=True, text=True, timeout=600)
