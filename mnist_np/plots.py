@@ -51,6 +51,10 @@ def figures(
     import matplotlib
 
     matplotlib.use("Agg")
+    # pyplot's import (a third of a second) is done here, once per process:
+    # the forked children of save_all_in_background then find it imported.
+    import matplotlib.pyplot  # noqa: F401
+
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
         lambda: _curves(out_dir / "loss_curves.png", history, "loss", "cross-entropy loss (nats per image)"),
@@ -80,7 +84,7 @@ def save_all_in_background(out_dir: Path, *args: Any, processes: int = 2) -> Cal
         except Exception as e:  # noqa: BLE001 -- reported like the children's errors
             error = f"{type(e).__name__}: {e}"
             return lambda: error
-    drawings = figures(out_dir, *args)  # the Agg backend is chosen once, before the forks
+    drawings = figures(out_dir, *args)  # the backend is chosen and pyplot imported once, before the forks
     children = [_draw_in_child(drawings[i::processes]) for i in range(min(processes, len(drawings)))]
 
     def wait() -> str | None:
