@@ -86,6 +86,22 @@ def test_sweeper_search_spaces_are_left_to_the_sweeper() -> None:
     check_overrides(["optimizer.lr=interval(0.001,0.1)", "hydra.launcher.n_jobs=2", "model.hidden_size=64,128"])
 
 
+def test_a_sweep_is_composed_once_per_swept_group_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Swept values change no key (each is type-checked); swept options of a group can."""
+    import mnist_np.config as config
+
+    composed: list[list[str]] = []
+    real = config._compose
+    monkeypatch.setattr(config, "_compose", lambda lines: composed.append(list(lines)) or real(lines))
+    check_overrides(["seed=range(4)", "model.hidden_size=64,128,256", "optimizer.lr=0.01,0.1"])
+    assert composed == [["seed=0", "model.hidden_size=64", "optimizer.lr=0.01"]]
+
+    composed.clear()
+    with pytest.raises(ConfigError, match="optimizer.betas is not a key of optimizer=sgd"):
+        check_overrides(["optimizer=adam,sgd", "optimizer.betas=[0.9,0.99]"])
+    assert [lines[-1] for lines in composed[:2]] == ["optimizer=adam", "optimizer=sgd"]
+
+
 @pytest.mark.parametrize(
     "override,fragment",
     [
