@@ -224,6 +224,10 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _open
+        from mnist_np.warm_workers import preload_joblib_workers
+
+        # First, so the workers' imports overlap everything below (see warm_workers).
+        preload_joblib_workers(OmegaConf.to_container(config.hydra.launcher, resolve=True))
         from mnist_np.config import PROJECT_ROOT
         from mnist_np.runner import git_tags
         from mnist_np.tracking import MlflowTracker, default_tracking_uri
