@@ -48,6 +48,9 @@ class SweepInfo:
     name: str
     sweep_dir: str
     swept: dict[str, str] = field(default_factory=dict)  # key -> its sweep spec, e.g. "64,128,256"
+    # Every store the sweep has a parent run in -> that run's id (the sweep's
+    # own, and copies made by syncing its dir into other stores).
+    parents: dict[str, str] = field(default_factory=dict)
 
     def save(self) -> Path:
         path = Path(self.sweep_dir) / SWEEP_FILE
@@ -241,11 +244,7 @@ class MlflowSweepCallback(Callback):
         # once, before parallel workers could race to do it.
         tracker = MlflowTracker(uri, config.mlflow.experiment_name)
         name = config.mlflow.sweep_name or sweep_run_name(swept)
-        params = {}
-        for line in task:
-            key, _, value = line.partition("=")
-            params[key.lstrip("+~")] = value
-        params.update(swept)
+        params = parent_params(task, swept)
         tags = {
             "sweep_dir": str(sweep_dir),
             "overrides": " ".join(task),
@@ -260,12 +259,52 @@ class MlflowSweepCallback(Callback):
 
         tracker.reap_dead_runs(KILLED_REASON)
         run_id = tracker.start(name, params, {**tags, PROCESS_TAG: process_identity()})
-        _open = SweepInfo(run_id, uri, config.mlflow.experiment_name, name, str(sweep_dir), swept)
+        _open = SweepInfo(run_id, uri, config.mlflow.experiment_name, name, str(sweep_dir), swept, parents={uri: run_id})
         _open.save()
         log.info("MLflow parent run %r (%s) for the sweep in %s", name, run_id, sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         finish_open_sweep()
+
+
+def parent_params(task: Sequence[str], swept: Mapping[str, str]) -> dict[str, str]:
+    """The parent run's params: the sweep's command-line overrides, then its search space."""
+    params = {}
+    for line in task:
+        key, _, value = line.partition("=")
+        params[key.lstrip("+~")] = value
+    params.update(swept)
+    return params
+
+
+def parent_in_store(info: SweepInfo, tracking_uri: str) -> SweepInfo:
+    """The sweep as seen from ``tracking_uri``: its parent run there, made if it has none yet.
+
+    For syncing a sweep dir into another store: the members become children
+    of this parent, and the summary goes to it. The parent copies the
+    original's name, params (the overrides in ``multirun.yaml``) and its
+    sweep dir; ``mlflow_sweep.json`` then points at it, and remembers every
+    store's parent so that syncing again finds the same one.
+    """
+    from mnist_np.tracking import MlflowTracker
+
+    if tracking_uri == info.tracking_uri:
+        return info
+    parents = {info.tracking_uri: info.parent_run_id, **info.parents}
+    tracker = MlflowTracker(tracking_uri, info.experiment_name, run_id=parents.get(tracking_uri))
+    if tracker.run_id is None or tracker.remote() is None:
+        multirun = Path(info.sweep_dir) / "multirun.yaml"
+        task = list(OmegaConf.load(multirun).hydra.overrides.task) if multirun.is_file() else []
+        tracker.start(info.name, parent_params(task, info.swept), {
+            "sweep_dir": info.sweep_dir,
+            "overrides": " ".join(task),
+            "mlflow.source.name": "scripts/sync.py",
+            "copied_from": f"{info.tracking_uri} run {info.parent_run_id}",
+        })
+        parents[tracking_uri] = tracker.run_id
+    copy = SweepInfo(parents[tracking_uri], tracking_uri, info.experiment_name, info.name, info.sweep_dir, info.swept, parents)
+    copy.save()
+    return copy
 
 
 def finish_open_sweep(crash: str | None = None, status: str = "FAILED") -> SweepSummary | None:

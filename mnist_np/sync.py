@@ -148,18 +148,20 @@ def _local_files(output_dir: Path, j: Journal) -> tuple[dict[str, Path], list[st
     return files, gone
 
 
-def sync_output_dir(output_dir: Path | str, tracking_uri: str | None = None) -> SyncReport:
+def sync_output_dir(output_dir: Path | str, tracking_uri: str | None = None, parent_run_id: str | None = None) -> SyncReport:
     """Send MLflow what the run in ``output_dir`` logged and MLflow misses; see the module doc.
 
     Args:
         output_dir: a run's output dir (holds ``mlflow_journal.jsonl`` and ``mlflow_run.json``).
         tracking_uri: another store to sync into (default: the run's own).
+        parent_run_id: for a sweep member, its sweep's parent run in that store
+            (the journal names the parent in the store the run was made in).
 
     Raises:
         SyncError: not a run's output dir.
         TrackingUnavailable: the server does not answer (within seconds).
     """
-    from mnist_np.tracking import JOURNAL_FILE, MlflowTracker
+    from mnist_np.tracking import JOURNAL_FILE, PARENT_RUN_TAG, MlflowTracker
 
     output_dir = Path(output_dir).resolve()
     journal_path = output_dir / JOURNAL_FILE
@@ -171,6 +173,11 @@ def sync_output_dir(output_dir: Path | str, tracking_uri: str | None = None) -> 
     info = json.loads((output_dir / RUN_FILE).read_text()) if (output_dir / RUN_FILE).is_file() else {}
     uri = tracking_uri or info.get("tracking_uri") or j.start["tracking_uri"]
     experiment = info.get("experiment_name") or j.start["experiment_name"]
+    start_tags = dict(j.start["tags"])
+    if parent_run_id is not None:
+        for tags in (start_tags, j.tags):
+            if PARENT_RUN_TAG in tags:
+                tags[PARENT_RUN_TAG] = parent_run_id
 
     tracker = MlflowTracker(uri, experiment, run_id=info.get("run_id"))
     remote = tracker.remote() if tracker.run_id else None
@@ -178,7 +185,7 @@ def sync_output_dir(output_dir: Path | str, tracking_uri: str | None = None) -> 
     if remote is None:
         # No such run in this store: make it, as the run would have (same name, params, tags, start).
         previous = tracker.run_id
-        tracker.start(j.start["run_name"], j.params, j.start["tags"], start_time=j.start.get("start_time"))
+        tracker.start(j.start["run_name"], j.params, start_tags, start_time=j.start.get("start_time"))
         write_run_file(output_dir, tracker.run_id, uri, experiment, **({"previous_run_id": previous} if previous else {}))
         report.run_id, report.created = tracker.run_id, True
         remote = tracker.remote()
@@ -239,16 +246,16 @@ def sync_paths(paths: list[str], tracking_uri: str | None = None) -> Iterator[st
         SyncError: a path that is neither a run's nor a sweep's output dir.
         TrackingUnavailable: the server does not answer.
     """
-    from mnist_np.sweep import SWEEP_FILE, SweepInfo, close_sweep
+    from mnist_np.sweep import SWEEP_FILE, SweepInfo, close_sweep, parent_in_store
 
     for path in paths:
-        for run_dir in run_dirs(path):
-            yield sync_output_dir(run_dir, tracking_uri).line()
+        members = run_dirs(path)
         info = SweepInfo.load(path) if (Path(path) / SWEEP_FILE).is_file() else None
+        if info is not None and tracking_uri:
+            info = parent_in_store(info, tracking_uri)  # into another store: the members need a parent there
+        for run_dir in members:
+            yield sync_output_dir(run_dir, tracking_uri, info.parent_run_id if info else None).line()
         if info is None:
-            continue
-        if tracking_uri and tracking_uri != info.tracking_uri:
-            yield f"{path}: sweep parent not summarised (it lives in {info.tracking_uri}, not {tracking_uri})"
             continue
         try:
             summary = close_sweep(info)

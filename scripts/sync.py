@@ -5,8 +5,9 @@
     python scripts/sync.py <output dir> --tracking-uri http://127.0.0.1:5000   # into another store
 
 Each run goes into the MLflow run its ``mlflow_run.json`` names, or into a
-new run when the store has none; only what MLflow misses is sent, so running
-it twice sends nothing the second time. Prints one line per run. Exit status
+new run when the store has none (a sweep synced into another store gets
+a parent run there too); only what MLflow misses is sent, so running it
+twice sends nothing the second time. Prints one line per run. Exit status
 0 when everything is synced, 1 when the server does not answer (or stops
 answering during the sync: run it again), 2 for a folder that is not a
 run's or a sweep's output dir.

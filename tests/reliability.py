@@ -39,7 +39,7 @@ OUTCOMES: dict[str, dict[str, str]] = {
     },
     "training faults": {
         "FAILED": "the run ended FAILED with its reason (a NaN names the epoch and batch)",
-        "KILLED": "Ctrl-C: the run ended KILLED with a checkpoint, exit 130 with one line naming resume=<run id>",
+        "KILLED": "Ctrl-C: the run ended KILLED, exit 130 with one line naming its checkpoint and resume=<run id> (or saying it has none yet)",
         "warning": "a failing plot left the run FINISHED with a warnings tag",
         "file kept": "full disk mid-write: the previous checkpoint or weights file intact, no temp file left",
         "resumed": "the run resumed from its last checkpoint and ended FINISHED with every epoch once",
@@ -50,6 +50,7 @@ OUTCOMES: dict[str, dict[str, str]] = {
         "synced": "server killed mid-run: the training finished, scripts/sync.py completed the same run, a second sync sent nothing",
         "caught up": "server back before the end: the run uploaded what it missed by itself",
         "new run": "a store without the run: scripts/sync.py made one complete new run, once",
+        "sweep copied": "a sweep synced into another store: one parent there, every member its child, summarised; syncing again sent nothing",
         "one line": "scripts/sync.py on a wrong folder or a down server: one line, exit 2 or 1",
         "store race": "parallel members racing in the store: retried or closed, one consistent record",
     },

@@ -147,6 +147,48 @@ def test_sync_into_a_store_without_the_run_creates_it_once(tracking_uri: str, tm
     assert MlflowClient(tracking_uri).get_run(original.run_id).info.status == "FINISHED"  # the original is untouched
 
 
+@pytest.mark.slow
+@pytest.mark.fault("tracking faults", "sweep copied")
+def test_a_sweep_synced_into_another_store_keeps_its_parent_and_children(tmp_path: Path, lost) -> None:
+    """The members become children of a parent made in the new store, not of the original store's parent."""
+    original = f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}"
+    other = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.run(
+        [PYTHON, str(TRAIN_SCRIPT), "--multirun", "model.hidden_size=16,32", f"mlflow.tracking_uri={original}",
+         "mlflow.experiment_name=tests", "mlflow.log_plots=false", "data.train_limit=1000", "data.val_size=500",
+         "trainer.epochs=1", "trainer.progress=false", f"hydra.sweep.dir={sweep_dir}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first_parent = json.loads((sweep_dir / "mlflow_sweep.json").read_text())["parent_run_id"]
+
+    synced = sync_cli(sweep_dir, "--tracking-uri", other)
+    assert synced.returncode == 0, synced.stderr
+    client = MlflowClient(other)
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    lost.record(runs=len(runs) - 1 - len(children) + sum(c.info.status != "FINISHED" for c in children), metrics=0)
+    assert parent.info.run_name == "sweep model.hidden_size=16,32" and parent.info.status == "FINISHED"
+    assert parent.data.params["model.hidden_size"] == "16,32" and parent.data.metrics["members_finished"] == 2
+    assert parent.data.tags["copied_from"] == f"{original} run {first_parent}"
+    assert sorted(c.data.params["model.hidden_size"] for c in children) == ["16", "32"]
+    assert all(c.info.status == "FINISHED" for c in children) and len(runs) == 3
+    assert f"sweep 'sweep model.hidden_size=16,32' ({parent.info.run_id}): 2 of 2 members finished" in synced.stdout
+
+    saved = json.loads((sweep_dir / "mlflow_sweep.json").read_text())
+    assert saved["parent_run_id"] == parent.info.run_id and saved["tracking_uri"] == other
+    assert saved["parents"] == {original: first_parent, other: parent.info.run_id}
+    # Again, into the same store: nothing new (runs, parent or values).
+    again = sync_cli(sweep_dir, "--tracking-uri", other)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already complete") == 2, again.stdout
+    assert len(client.search_runs([parent.info.experiment_id])) == 3
+    # The original store still has its own sweep, untouched.
+    assert MlflowClient(original).get_run(first_parent).info.status == "FINISHED"
+
+
 @pytest.mark.fault("tracking faults", "one line")
 def test_sync_errors_are_one_line(tmp_path: Path) -> None:
     from mnist_np.servers import free_port
