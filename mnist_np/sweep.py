@@ -321,13 +321,18 @@ def finish_open_sweep(crash: str | None = None, status: str = "FAILED") -> Sweep
 
     try:
         last_summary = close_sweep(info, crash, status, members_done=True)
-    except TrackingUnavailable as e:
-        # The members' results are in their dirs; the summary can be made later, from MLflow.
-        unsynced = str(e)
+    except Exception as e:  # noqa: BLE001 -- e.g. the server died between two of the closing calls
+        # The members' results are in MLflow or their dirs; the summary can be made later, from MLflow.
+        unsynced = str(e) if isinstance(e, TrackingUnavailable) else f"{type(e).__name__}: {_first_line(e)}"
         log.warning("MLflow is unreachable as the sweep ends (%s); upload and summarise it later with: "
-                    "python scripts/sync.py %s", e, info.sweep_dir)
+                    "python scripts/sync.py %s", unsynced, info.sweep_dir)
         return None
     return last_summary
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:500] if text else ""
 
 
 def close_sweep(info: SweepInfo, crash: str | None = None, status: str = "FAILED", members_done: bool = False) -> SweepSummary:

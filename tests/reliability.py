@@ -50,6 +50,7 @@ OUTCOMES: dict[str, dict[str, str]] = {
         "synced": "server killed mid-run: the training finished, scripts/sync.py completed the same run, a second sync sent nothing",
         "caught up": "server back before the end: the run uploaded what it missed by itself",
         "new run": "a store without the run: scripts/sync.py made one complete new run, once",
+        "sweep unsynced": "server killed during the sweep's closing calls: no traceback, one line naming sync.py; the parent closed later",
         "sweep copied": "a sweep synced into another store: one parent there, every member its child, summarised; syncing again sent nothing",
         "one line": "scripts/sync.py on a wrong folder or a down server: one line, exit 2 or 1",
         "store race": "parallel members racing in the store: retried or closed, one consistent record",

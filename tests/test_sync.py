@@ -189,6 +189,38 @@ def test_a_sweep_synced_into_another_store_keeps_its_parent_and_children(tmp_pat
     assert MlflowClient(original).get_run(first_parent).info.status == "FINISHED"
 
 
+@pytest.mark.slow
+@pytest.mark.fault("tracking faults", "sweep unsynced")
+def test_server_dying_during_the_sweeps_closing_calls_leaves_a_sync_hint_not_a_traceback(
+    mlflow_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lost
+) -> None:
+    from mnist_np import sweep
+    from mnist_np.tracking import MlflowTracker
+
+    parent = MlflowTracker(mlflow_server.url, "tests")
+    parent.start("sweep seed=0,1", {}, {})
+    monkeypatch.setattr(sweep, "_open", sweep.SweepInfo(parent.run_id, mlflow_server.url, "tests", "sweep seed=0,1", str(tmp_path)))
+    monkeypatch.setattr(sweep, "unsynced", None)
+    real = MlflowTracker.child_runs
+
+    def server_dies_first(self):
+        mlflow_server.kill()  # after the closing tracker connected, before its first call
+        return real(self)
+
+    monkeypatch.setattr(MlflowTracker, "child_runs", server_dies_first)
+    assert sweep.finish_open_sweep() is None
+    assert sweep.unsynced and "\n" not in sweep.unsynced  # train.py prints it in one line, with sync.py <sweep dir>
+
+    # Back up: syncing the sweep dir closes the parent with the summary.
+    mlflow_server.restart()
+    monkeypatch.setattr(MlflowTracker, "child_runs", real)
+    summary = sweep.close_sweep(sweep.SweepInfo.load(tmp_path) or sweep.SweepInfo(parent.run_id, mlflow_server.url, "tests",
+                                                                                  "sweep seed=0,1", str(tmp_path)))
+    status = MlflowClient(mlflow_server.url).get_run(parent.run_id).info.status
+    lost.record(runs=int(status == "RUNNING"), metrics=0)
+    assert summary.total == 0 and status == "FAILED"  # no member ever joined: "all 0 members failed"
+
+
 @pytest.mark.fault("tracking faults", "one line")
 def test_sync_errors_are_one_line(tmp_path: Path) -> None:
     from mnist_np.servers import free_port
