@@ -62,7 +62,11 @@ def preload_joblib_workers(launcher: Mapping[str, Any]) -> bool:
     from joblib.externals.loky.backend.context import set_start_method
 
     multiprocessing.set_forkserver_preload(RUN_MODULES)
+    try:
+        forkserver.ensure_running()  # returns at once; the server imports in the background
+    except Exception as e:  # noqa: BLE001 -- only slower: loky starts plain workers
+        log.warning("joblib workers start without a preloaded server (%s: %s)", type(e).__name__, e)
+        return False
     set_start_method("forkserver", force=True)  # this process only: the sweep's parent
-    forkserver.ensure_running()  # returns at once; the server imports in the background
     log.debug("joblib workers will fork from a server preloading %s", ", ".join(RUN_MODULES))
     return True
