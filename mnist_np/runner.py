@@ -14,6 +14,7 @@ run uploads what it missed itself (:mod:`mnist_np.sync`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -38,6 +39,8 @@ from mnist_np.sync import RUN_FILE, write_run_file
 from mnist_np.training import FitResult, TrainSettings, fit, score_logits
 
 log = logging.getLogger(__name__)
+# As conf/config.yaml's hydra.job_logging formats train.log.
+LOG_FORMAT, LOG_DATEFMT = "[%(asctime)s][%(levelname)s] %(message)s", "%H:%M:%S"
 KILLED_REASON = "the run's process ended without closing it (killed from outside: kill -9, out of memory, node lost)"
 
 
@@ -45,8 +48,8 @@ class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run, after the run was closed KILLED; ``str()`` says how to continue it.
 
     ``checkpoint`` is the newest checkpoint on disk, or None when the run was
-    interrupted before its first one was written (then there is nothing to
-    resume from, and the message says so rather than suggest ``resume=``).
+    interrupted before its first one was written (then resuming trains it
+    from the start, in the same run, and the message says so).
     """
 
     def __init__(self, run_id: str, checkpoint: Path | None) -> None:
@@ -57,7 +60,8 @@ class RunInterrupted(KeyboardInterrupt):
     def advice(self) -> str:
         """What to do next (also the run's ``failure_reason`` in MLflow)."""
         if self.checkpoint is None:
-            return "interrupted before its first checkpoint, so there is nothing to resume; run the same command again to start over"
+            return (f"it had no checkpoint yet, so resuming starts it over in the same run: "
+                    f"python scripts/train.py resume={self.run_id}")
         return f"its last checkpoint is {self.checkpoint}; continue it with: python scripts/train.py resume={self.run_id}"
 
     def __str__(self) -> str:
@@ -376,17 +380,42 @@ def resume(target: str, tracking_uri: str | None = None) -> RunResult:
     except (ValueError, KeyError, OSError) as e:  # a damaged or tampered file read back from the run
         raise ConfigError(f"resume={target!r} is not allowed; expected a run with a readable checkpoint ({e})") from None
     done = state.epoch if state else 0
-    raw, splits = load_splits(cfg)
-    config_yaml = config_file.read_text()
-    tracker.reopen({PROCESS_TAG: process_identity(), "pid": str(os.getpid()), "resumed_from_epoch": str(done)})
-    # Epochs the checkpoint has but MLflow missed get logged now; epochs MLflow
-    # has beyond the checkpoint are re-run with identical results and not logged twice.
-    history = state.result.history if state else []
-    tracker.reconcile_epochs(history)
-    EpochLogger.rewrite(output_dir / "metrics.jsonl", history)
-    log.info("resuming run %s in %s after epoch %d", info["run_id"], output_dir, done)
-    threads = blas_threads(cfg, hydra_context())
-    return _execute(cfg, tracker, raw, splits, output_dir, config_yaml, threads, state=state, first_time=False)
+    # The run's own train.log (uploaded at the end) goes on where it stopped;
+    # Hydra's log for this command stays in the command's own run dir too.
+    with log_also_to(output_dir / "train.log"):
+        raw, splits = load_splits(cfg)
+        config_yaml = config_file.read_text()
+        tracker.reopen({PROCESS_TAG: process_identity(), "pid": str(os.getpid()), "resumed_from_epoch": str(done)})
+        # Epochs the checkpoint has but MLflow missed get logged now; epochs MLflow
+        # has beyond the checkpoint are re-run with identical results and not logged twice.
+        history = state.result.history if state else []
+        tracker.reconcile_epochs(history)
+        EpochLogger.rewrite(output_dir / "metrics.jsonl", history)
+        log.info("resuming run %s in %s after epoch %d", info["run_id"], output_dir, done)
+        threads = blas_threads(cfg, hydra_context())
+        return _execute(cfg, tracker, raw, splits, output_dir, config_yaml, threads, state=state, first_time=False)
+
+
+@contextlib.contextmanager
+def log_also_to(path: Path) -> Iterator[None]:
+    """Append this process's log records to ``path`` as well, in the format of its log file, while inside.
+
+    Nothing is added when a handler already writes to ``path`` (a run's own
+    Hydra job log).
+    """
+    root = logging.getLogger()
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    if any(Path(h.baseFilename) == path.resolve() for h in files):
+        yield
+        return
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(files[0].formatter if files and files[0].formatter else logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def _execute(

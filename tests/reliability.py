@@ -39,7 +39,7 @@ OUTCOMES: dict[str, dict[str, str]] = {
     },
     "training faults": {
         "FAILED": "the run ended FAILED with its reason (a NaN names the epoch and batch)",
-        "KILLED": "Ctrl-C: the run ended KILLED, exit 130 with one line naming its checkpoint and resume=<run id> (or saying it has none yet)",
+        "KILLED": "Ctrl-C: the run ended KILLED, exit 130 with one line naming its checkpoint (or that it has none yet) and resume=<run id>",
         "warning": "a failing plot left the run FINISHED with a warnings tag",
         "file kept": "full disk mid-write: the previous checkpoint or weights file intact, no temp file left",
         "resumed": "the run resumed from its last checkpoint and ended FINISHED with every epoch once",

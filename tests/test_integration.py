@@ -117,9 +117,13 @@ def test_ctrl_c_ends_the_run_killed(tracking_uri: str, tmp_path: Path, monkeypat
         run(compose(small_overrides(tracking_uri)), output_dir=tmp_path / "out")
     _, r = only_run(tracking_uri)
     assert r.info.status == "KILLED" and "KeyboardInterrupt" in r.data.tags["failure_reason"]
-    # Interrupted before the first checkpoint: no resume= to suggest, since resume would refuse.
-    assert "resume=" not in str(e.value) and "nothing to resume" in str(e.value)
-    assert "nothing to resume" in r.data.tags["failure_reason"]
+    # Interrupted before the first checkpoint: resuming starts it over, in the same run.
+    assert "no checkpoint yet, so resuming starts it over in the same run" in str(e.value)
+    assert str(e.value).endswith(f"resume={r.info.run_id}") and str(e.value).endswith(r.data.tags["failure_reason"].split("; ", 1)[1])
+    monkeypatch.undo()
+    result = run(compose(small_overrides(tracking_uri, f"resume={r.info.run_id}", "mlflow.log_plots=false")))
+    _, done = only_run(tracking_uri)
+    assert result.run_id == r.info.run_id and done.info.status == "FINISHED"
 
 
 @pytest.mark.slow

@@ -166,3 +166,9 @@ def test_ctrl_c_closes_the_run_killed_with_a_checkpoint_and_resume_finishes_it(t
     lost.record(runs=int(done.info.status != "FINISHED"), metrics=gaps["metrics"])
     assert done.info.status == "FINISHED" and [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(1, 21))
     assert gaps == {"metrics": 0, "duplicates": 0, "files": 0}
+    # The run's own train.log (and its artifact) goes on where it stopped: both commands' lines, in order.
+    log_text = (out / "train.log").read_text()
+    assert f"resuming run {run_id} in {out} after epoch {saved.epoch}" in log_text
+    assert log_text.index("epoch  1/20") < log_text.index("resuming run") < log_text.index("epoch 20/20")
+    uploaded = Path(client.download_artifacts(run_id, "train.log", str(tmp_path / "artifact"))).read_text()
+    assert "resuming run" in uploaded and "epoch 20/20" in uploaded and uploaded == log_text[: len(uploaded)]
