@@ -159,7 +159,8 @@ def test_ctrl_c_closes_the_run_killed_with_a_checkpoint_and_resume_finishes_it(t
     saved = load_state(saved_at)
     assert 1 <= saved.epoch < 20
 
-    resumed = subprocess.run([PYTHON, str(TRAIN_SCRIPT), *args, f"resume={run_id}"], capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run([PYTHON, str(TRAIN_SCRIPT), *args, f"resume={run_id}", f"hydra.run.dir={tmp_path / 'resume-command'}"],
+                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     done = client.get_run(run_id)
     gaps = mlflow_gaps(client, run_id, out)
@@ -170,5 +171,6 @@ def test_ctrl_c_closes_the_run_killed_with_a_checkpoint_and_resume_finishes_it(t
     log_text = (out / "train.log").read_text()
     assert f"resuming run {run_id} in {out} after epoch {saved.epoch}" in log_text
     assert log_text.index("epoch  1/20") < log_text.index("resuming run") < log_text.index("epoch 20/20")
+    assert "epoch 20/20" in (tmp_path / "resume-command" / "train.log").read_text()  # the command's own Hydra log too
     uploaded = Path(client.download_artifacts(run_id, "train.log", str(tmp_path / "artifact"))).read_text()
     assert "resuming run" in uploaded and "epoch 20/20" in uploaded and uploaded == log_text[: len(uploaded)]
