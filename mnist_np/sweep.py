@@ -277,14 +277,16 @@ def parent_params(task: Sequence[str], swept: Mapping[str, str]) -> dict[str, st
     return params
 
 
-def parent_in_store(info: SweepInfo, tracking_uri: str) -> SweepInfo:
+def parent_in_store(info: SweepInfo, tracking_uri: str, current: bool = True) -> SweepInfo:
     """The sweep as seen from ``tracking_uri``: its parent run there, made if it has none yet.
 
     For syncing a sweep dir into another store: the members become children
     of this parent, and the summary goes to it. The parent copies the
     original's name, params (the overrides in ``multirun.yaml``) and its
-    sweep dir; ``mlflow_sweep.json`` then points at it, and remembers every
-    store's parent so that syncing again finds the same one.
+    sweep dir. ``mlflow_sweep.json`` remembers every store's parent, so that
+    syncing again finds the same one, and with ``current`` (a whole sweep
+    dir synced) points at this one from then on; without (one member
+    synced) it goes on pointing where it did.
     """
     from mnist_np.tracking import MlflowTracker
 
@@ -303,7 +305,10 @@ def parent_in_store(info: SweepInfo, tracking_uri: str) -> SweepInfo:
         })
         parents[tracking_uri] = tracker.run_id
     copy = SweepInfo(parents[tracking_uri], tracking_uri, info.experiment_name, info.name, info.sweep_dir, info.swept, parents)
-    copy.save()
+    if current:
+        copy.save()
+    else:
+        SweepInfo(info.parent_run_id, info.tracking_uri, info.experiment_name, info.name, info.sweep_dir, info.swept, parents).save()
     return copy
 
 

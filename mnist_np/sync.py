@@ -251,10 +251,16 @@ def sync_paths(paths: list[str], tracking_uri: str | None = None) -> Iterator[st
     for path in paths:
         members = run_dirs(path)
         info = SweepInfo.load(path) if (Path(path) / SWEEP_FILE).is_file() else None
+        parent = info.parent_run_id if info else None
         if info is not None and tracking_uri:
             info = parent_in_store(info, tracking_uri)  # into another store: the members need a parent there
+            parent = info.parent_run_id
+        elif info is None and tracking_uri and (Path(path).parent / SWEEP_FILE).is_file():
+            # One member of a sweep, into another store: a child of the sweep's parent there too.
+            sweep = SweepInfo.load(Path(path).parent)
+            parent = parent_in_store(sweep, tracking_uri, current=False).parent_run_id if sweep else None
         for run_dir in members:
-            yield sync_output_dir(run_dir, tracking_uri, info.parent_run_id if info else None).line()
+            yield sync_output_dir(run_dir, tracking_uri, parent).line()
         if info is None:
             continue
         try:

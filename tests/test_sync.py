@@ -163,6 +163,15 @@ def test_a_sweep_synced_into_another_store_keeps_its_parent_and_children(tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     first_parent = json.loads((sweep_dir / "mlflow_sweep.json").read_text())["parent_run_id"]
 
+    # One member first: a child of a parent made there; the sweep's own pointer stays on the original store.
+    one = sync_cli(sweep_dir / "0", "--tracking-uri", other)
+    assert one.returncode == 0 and "(new run)" in one.stdout, one.stderr
+    pointer = json.loads((sweep_dir / "mlflow_sweep.json").read_text())
+    assert pointer["tracking_uri"] == original and pointer["parent_run_id"] == first_parent
+    member = json.loads((sweep_dir / "0" / "mlflow_run.json").read_text())["run_id"]
+    assert MlflowClient(other).get_run(member).data.tags["mlflow.parentRunId"] == pointer["parents"][other]
+
+    # Then the whole sweep: the same parent there, both members its children, summarised.
     synced = sync_cli(sweep_dir, "--tracking-uri", other)
     assert synced.returncode == 0, synced.stderr
     client = MlflowClient(other)
