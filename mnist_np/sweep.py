@@ -20,7 +20,7 @@ import io
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -304,11 +304,8 @@ def parent_in_store(info: SweepInfo, tracking_uri: str, current: bool = True) ->
             "copied_from": f"{info.tracking_uri} run {info.parent_run_id}",
         })
         parents[tracking_uri] = tracker.run_id
-    copy = SweepInfo(parents[tracking_uri], tracking_uri, info.experiment_name, info.name, info.sweep_dir, info.swept, parents)
-    if current:
-        copy.save()
-    else:
-        SweepInfo(info.parent_run_id, info.tracking_uri, info.experiment_name, info.name, info.sweep_dir, info.swept, parents).save()
+    copy = replace(info, parent_run_id=parents[tracking_uri], tracking_uri=tracking_uri, parents=parents)
+    (copy if current else replace(info, parents=parents)).save()
     return copy
 
 
@@ -322,22 +319,17 @@ def finish_open_sweep(crash: str | None = None, status: str = "FAILED") -> Sweep
     info, _open = _open, None
     if info is None:
         return None
-    from mnist_np.tracking import TrackingUnavailable
+    from mnist_np.tracking import TrackingUnavailable, error_line
 
     try:
         last_summary = close_sweep(info, crash, status, members_done=True)
     except Exception as e:  # noqa: BLE001 -- e.g. the server died between two of the closing calls
         # The members' results are in MLflow or their dirs; the summary can be made later, from MLflow.
-        unsynced = str(e) if isinstance(e, TrackingUnavailable) else f"{type(e).__name__}: {_first_line(e)}"
+        unsynced = str(e) if isinstance(e, TrackingUnavailable) else error_line(e)[:500]
         log.warning("MLflow is unreachable as the sweep ends (%s); upload and summarise it later with: "
                     "python scripts/sync.py %s", unsynced, info.sweep_dir)
         return None
     return last_summary
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:500] if text else ""
 
 
 def close_sweep(info: SweepInfo, crash: str | None = None, status: str = "FAILED", members_done: bool = False) -> SweepSummary:

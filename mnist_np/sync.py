@@ -173,9 +173,8 @@ def sync_output_dir(output_dir: Path | str, tracking_uri: str | None = None, par
     info = json.loads((output_dir / RUN_FILE).read_text()) if (output_dir / RUN_FILE).is_file() else {}
     uri = tracking_uri or info.get("tracking_uri") or j.start["tracking_uri"]
     experiment = info.get("experiment_name") or j.start["experiment_name"]
-    start_tags = dict(j.start["tags"])
-    if parent_run_id is not None:
-        for tags in (start_tags, j.tags):
+    if parent_run_id is not None:  # the run's parent in this store replaces the journal's, wherever it is named
+        for tags in (j.start["tags"], j.tags):
             if PARENT_RUN_TAG in tags:
                 tags[PARENT_RUN_TAG] = parent_run_id
 
@@ -185,7 +184,7 @@ def sync_output_dir(output_dir: Path | str, tracking_uri: str | None = None, par
     if remote is None:
         # No such run in this store: make it, as the run would have (same name, params, tags, start).
         previous = tracker.run_id
-        tracker.start(j.start["run_name"], j.params, start_tags, start_time=j.start.get("start_time"))
+        tracker.start(j.start["run_name"], j.params, j.start["tags"], start_time=j.start.get("start_time"))
         write_run_file(output_dir, tracker.run_id, uri, experiment, **({"previous_run_id": previous} if previous else {}))
         report.run_id, report.created = tracker.run_id, True
         remote = tracker.remote()
@@ -246,19 +245,18 @@ def sync_paths(paths: list[str], tracking_uri: str | None = None) -> Iterator[st
         SyncError: a path that is neither a run's nor a sweep's output dir.
         TrackingUnavailable: the server does not answer.
     """
-    from mnist_np.sweep import SWEEP_FILE, SweepInfo, close_sweep, parent_in_store
+    from mnist_np.sweep import SweepInfo, close_sweep, parent_in_store
 
     for path in paths:
         members = run_dirs(path)
-        info = SweepInfo.load(path) if (Path(path) / SWEEP_FILE).is_file() else None
+        info = SweepInfo.load(path)
         parent = info.parent_run_id if info else None
         if info is not None and tracking_uri:
             info = parent_in_store(info, tracking_uri)  # into another store: the members need a parent there
             parent = info.parent_run_id
-        elif info is None and tracking_uri and (Path(path).parent / SWEEP_FILE).is_file():
+        elif info is None and tracking_uri and (sweep := SweepInfo.load(Path(path).parent)) is not None:
             # One member of a sweep, into another store: a child of the sweep's parent there too.
-            sweep = SweepInfo.load(Path(path).parent)
-            parent = parent_in_store(sweep, tracking_uri, current=False).parent_run_id if sweep else None
+            parent = parent_in_store(sweep, tracking_uri, current=False).parent_run_id
         for run_dir in members:
             yield sync_output_dir(run_dir, tracking_uri, parent).line()
         if info is None:

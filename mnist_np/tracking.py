@@ -65,6 +65,12 @@ class TrackingUnavailable(RuntimeError):
 HOST_REFUSED = "refused this host name (403: Invalid Host header); start the server with --allowed-hosts <host:port as clients write it>"
 
 
+def error_line(e: BaseException) -> str:
+    """An error as one line for a log, a tag or a terminal: its type, then its message's first line."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def _refusal(error: Exception) -> str | None:
     """How a server with authentication turned a request down (one line), if that is what ``error`` is."""
     text = str(error)
@@ -311,7 +317,7 @@ class MlflowTracker:
         except Exception as e:
             if not self.fail_soft:
                 raise
-            error = f"{what}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:2000]
+            error = f"{what}: {error_line(e)}"[:2000]
             where = self.journal.parent if self.journal is not None else "the output dir"
             if server_reachable(self.tracking_uri):
                 log.warning("MLflow refused %s (it stays in %s)", error, where)

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     # Our one line per run is the output; MLflow would add progress bars and "View run at" links.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    from mnist_np.tracking import TrackingUnavailable
+    from mnist_np.tracking import TrackingUnavailable, error_line
 
     try:
         for line in sync_paths(args.dirs, args.tracking_uri):
@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # e.g. the server went away mid-sync: what was sent is not sent again
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"error: the sync stopped ({type(e).__name__}: {first}); run it again to send the rest", file=sys.stderr)
+        print(f"error: the sync stopped ({error_line(e)}); run it again to send the rest", file=sys.stderr)
         return 1
     return 0
 
