@@ -1,22 +1,20 @@
-"""Figures for a finished run, one per PNG file.
+"""Figures for a finished run, one per PNG file, and for a sweep.
 
 matplotlib is imported only when figures are drawn (with the Agg backend),
 so runs that never plot never pay for it; a run draws its figures in
-forked processes while it logs everything else (:func:`save_all_in_background`).
+forked processes while it logs everything else (:func:`save_all_in_background`,
+the speedup ``figures_in_background`` of :mod:`mnist_np.speedups`).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 10) -> np.ndarray:
-    """``(C, C)`` int counts: row = true class, column = predicted class."""
-    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+from mnist_np import speedups
+from mnist_np.nn.metrics import confusion_matrix
 
 
 def save_all(out_dir: Path, *args: Any) -> list[Path]:
@@ -66,60 +64,21 @@ def figures(
 
 
 def save_all_in_background(out_dir: Path, *args: Any, processes: int = 2) -> Callable[[], str | None]:
-    """Start :func:`save_all` (same arguments) in forked processes; returns ``wait``.
+    """Start :func:`save_all` (same arguments) in ``processes`` forked children; returns ``wait``.
 
-    Drawing is about a second of matplotlib, nearly all of it Python; in
-    ``processes`` children, each drawing every ``processes``-th figure, it
-    runs on the other cores while the caller logs the model and uploads
-    artifacts. ``wait()`` returns None when the figures are written, else
-    the errors in one line. Where forking is not safe (not Linux) the
-    figures are drawn before this returns.
+    Drawing is about a second of matplotlib, nearly all of it Python; each
+    child draws every ``processes``-th figure on another core while the
+    caller logs the model and uploads artifacts. ``wait()`` returns None when
+    the figures are written, else the errors in one line. Where forking is
+    not safe (not Linux), or the speedup is off, the figures are drawn
+    before this returns.
     """
-    from mnist_np.procs import forks_safely
-
-    if not forks_safely():
-        try:
-            save_all(out_dir, *args)
-            return lambda: None
-        except Exception as e:  # noqa: BLE001 -- reported like the children's errors
-            error = f"{type(e).__name__}: {e}"
-            return lambda: error
-    drawings = figures(out_dir, *args)  # the backend is chosen and pyplot imported once, before the forks
-    children = [_draw_in_child(drawings[i::processes]) for i in range(min(processes, len(drawings)))]
-
-    def wait() -> str | None:
-        errors = [e for e in (child() for child in children) if e]
-        return "; ".join(errors) or None
-
-    return wait
-
-
-def _draw_in_child(drawings: Sequence[Callable[[], Path]]) -> Callable[[], str | None]:
-    """Fork a process that draws ``drawings``; returns a function that waits for it and gives its error, if any."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: draw, report, and leave without running the caller's exit handlers
-        os.close(read_end)
-        code = 0
-        try:
-            for draw in drawings:
-                draw()
-        except BaseException as e:  # noqa: BLE001 -- handed to the parent through the pipe
-            os.write(write_end, f"{type(e).__name__}: {e}".encode(errors="replace")[:4000])
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_end)
-
-    def wait() -> str | None:
-        with os.fdopen(read_end, "rb") as pipe:
-            message = pipe.read().decode(errors="replace").strip()
-        _, status = os.waitpid(pid, 0)
-        if status == 0:
-            return None
-        return message or f"the plotting process ended with status {status}"
-
-    return wait
+    try:
+        drawings = figures(out_dir, *args)  # the backend is chosen and pyplot imported once, before the forks
+    except Exception as e:  # noqa: BLE001 -- reported like the children's errors
+        error = f"{type(e).__name__}: {e}"
+        return lambda: error
+    return speedups.in_children([drawings[i::processes] for i in range(min(processes, len(drawings)))])
 
 
 def _curves(path: Path, history: Sequence[dict[str, float]], metric: str, ylabel: str) -> Path:

@@ -7,7 +7,7 @@
     python scripts/bench.py run                   # a whole default `make train` run: time outside the epochs, memory
     python scripts/bench.py loop --track          # ... and record the results as a run in the MLflow experiment `benchmarks`
 
-``loop`` times the project's own training loop (``mnist_np.training.fit``,
+``loop`` times the project's own training loop (``mnist_np.train.loop.fit``,
 built from the config by the runner's own builders) per epoch for each
 batch size; measures this machine's float32 GEMM peak and so the FLOP lower
 bound of an epoch; runs the same MLP in PyTorch with the same batch size and
@@ -67,7 +67,7 @@ def machine_cpu_seconds() -> float | None:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def time_sweep(extra: list[str], members: int, epochs: int, workdir: Path) -> tuple[float, float | None]:
+def time_sweep(extra: list[str], members: int, epochs: int, workdir: Path, speedups: str = "all") -> tuple[float, float | None]:
     """Wall seconds and machine CPU seconds of one ``--multirun`` sweep of ``members`` runs, from launch to exit."""
     store = workdir / "mlflow.db"
     cmd = [
@@ -78,7 +78,7 @@ def time_sweep(extra: list[str], members: int, epochs: int, workdir: Path) -> tu
     ]
     cpu_before = machine_cpu_seconds()
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MNIST_NP_SPEEDUPS": speedups})
     seconds = time.perf_counter() - start
     cpu_after = machine_cpu_seconds()
     cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
@@ -90,13 +90,16 @@ def time_sweep(extra: list[str], members: int, epochs: int, workdir: Path) -> tu
 
 
 def bench_sweep(args: argparse.Namespace) -> dict:
-    variants = {"basic": [*args.overrides], "parallel": ["+sweep=parallel", f"hydra.launcher.n_jobs={args.jobs}", *args.overrides]}
+    parallel = ["+sweep=parallel", f"hydra.launcher.n_jobs={args.jobs}", *args.overrides]
+    variants = {"basic": ([*args.overrides], "all"), "parallel": (parallel, "all")}
+    if args.speedups:  # the parallel launcher without the warm_workers shortcut
+        variants["cold"] = (parallel, "-warm_workers")
     times: dict[str, list[float]] = {k: [] for k in variants}
     cpu: dict[str, list[float]] = {k: [] for k in variants}
     for i in range(args.repeats):
-        for name, extra in variants.items():
+        for name, (extra, speedups) in variants.items():
             with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
-                t, c = time_sweep(extra, args.members, args.epochs, Path(tmp))
+                t, c = time_sweep(extra, args.members, args.epochs, Path(tmp), speedups)
             times[name].append(t)
             if c is not None:
                 cpu[name].append(c)
@@ -127,6 +130,9 @@ def bench_sweep(args: argparse.Namespace) -> dict:
         c = f"{cpu_medians[k]:7.1f}" if k in cpu_medians else f"{'':7s}"
         print(f"{k:10s} {medians[k]:9.2f} {c}   {', '.join(f'{t:.2f}' for t in times[k])}")
     print(f"speed-up of +sweep=parallel (median of paired ratios): {result['speedup_median_of_ratios']:.2f}x")
+    if "cold" in times:
+        result["warm_workers_saves_s"] = statistics.median(c - w for c, w in zip(times["cold"], times["parallel"]))
+        print(f"warm_workers saves {result['warm_workers_saves_s']:+.2f} s per parallel sweep (median of paired differences)")
     if "basic" in cpu_medians:
         # Even with every core busy all the time, the basic launcher's CPU work takes this long.
         bound = medians["basic"] / (cpu_medians["basic"] / cores)
@@ -166,8 +172,8 @@ class Ours:
     """The project's training loop on the real data, built as the runner builds it; times one fit at a time."""
 
     def __init__(self, overrides: list[str], threads: int) -> None:
-        from mnist_np.config import compose
-        from mnist_np.runner import load_splits
+        from mnist_np.experiment.builders import load_splits
+        from mnist_np.experiment.compose import compose
 
         self.cfg = compose([*overrides, "trainer.progress=false"])
         self.threads = threads
@@ -178,8 +184,8 @@ class Ours:
         import numpy as np
         from threadpoolctl import threadpool_limits
 
-        from mnist_np.runner import build_model, build_optimizer, build_schedule, rng_streams
-        from mnist_np.training import TrainSettings, fit
+        from mnist_np.experiment.builders import build_model, build_optimizer, build_schedule, rng_streams
+        from mnist_np.train.loop import TrainSettings, fit
 
         cfg, sp = self.cfg, self.splits
         rngs = rng_streams(cfg.seed)
@@ -224,6 +230,34 @@ def time_torch(batch_size: int, epochs: int, threads: int, sizes: list[int], n: 
     return times
 
 
+def loop_case(name: str, overrides: list[str], compare: bool, args: argparse.Namespace) -> dict:
+    """One row of the loop table: ``args.repeats`` rounds of GEMM peak, our epoch and torch's, side by side."""
+    threads = args.threads
+    ours_loop = Ours(overrides, threads)
+    n = len(ours_loop.splits.y_train)
+    ours, torch_s, peaks, over_bound, over_torch = [], [], [], [], []
+    for _ in range(args.repeats):
+        peak = gemm_peak(threads, repeats=3)
+        epochs, sizes = ours_loop.epochs(3)
+        ours_epoch = statistics.mean(epochs[1:])
+        peaks.append(peak)
+        ours.append(ours_epoch)
+        over_bound.append(ours_epoch / (epoch_flops(sizes, n) / (peak * 1e9)))
+        if compare and not args.no_torch:
+            t = time_torch(ours_loop.cfg.trainer.batch_size, 3, threads, sizes, n)
+            if t:
+                torch_s.append(statistics.mean(t[1:]))
+                over_torch.append(ours_epoch / torch_s[-1])
+    med = statistics.median
+    row = {"name": name, "batch_size": int(ours_loop.cfg.trainer.batch_size), "ours_s": med(ours), "ours_all": ours,
+           "bound_s": epoch_flops(sizes, n) / (med(peaks) * 1e9) if compare else None,
+           "ours_over_bound": med(over_bound) if compare else None,
+           "torch_s": med(torch_s) if torch_s else None, "torch_all": torch_s,
+           "ours_over_torch": med(over_torch) if over_torch else None, "peaks": peaks}
+    print(f"  {name}: ours {row['ours_s']:.3f} s" + (f", torch {row['torch_s']:.3f} s" if torch_s else ""), flush=True)
+    return row
+
+
 def bench_loop(args: argparse.Namespace) -> dict:
     """Per batch size, ``repeats`` rounds of: GEMM peak, our epoch, torch's epoch -- side by side.
 
@@ -235,42 +269,16 @@ def bench_loop(args: argparse.Namespace) -> dict:
     import numpy as np
     from threadpoolctl import threadpool_info
 
-    from mnist_np.config import register_configs
+    from mnist_np.experiment.schema import register_configs
 
     register_configs()
     threads = args.threads
     cases = [(f"default, batch {bs}", [f"trainer.batch_size={bs}"], True) for bs in args.batch_sizes]
     cases.append(("seed_baseline (float64, batch 64)", ["+experiment=seed_baseline"], False))
-    rows = []
-    peaks_all: list[float] = []
-    for name, overrides, compare in cases:
-        ours_loop = Ours(overrides, threads)
-        n = len(ours_loop.splits.y_train)
-        ours, torch_s, peaks, over_bound, over_torch = [], [], [], [], []
-        for _ in range(args.repeats):
-            peak = gemm_peak(threads, repeats=3)
-            epochs, sizes = ours_loop.epochs(3)
-            ours_epoch = statistics.mean(epochs[1:])
-            bound = epoch_flops(sizes, n) / (peak * 1e9)
-            peaks.append(peak)
-            ours.append(ours_epoch)
-            over_bound.append(ours_epoch / bound)
-            if compare and not args.no_torch:
-                t = time_torch(ours_loop.cfg.trainer.batch_size, 3, threads, sizes, n)
-                if t:
-                    torch_s.append(statistics.mean(t[1:]))
-                    over_torch.append(ours_epoch / torch_s[-1])
-        med = statistics.median
-        row = {"name": name, "batch_size": int(ours_loop.cfg.trainer.batch_size), "ours_s": med(ours), "ours_all": ours,
-               "bound_s": epoch_flops(sizes, n) / (med(peaks) * 1e9) if compare else None,
-               "ours_over_bound": med(over_bound) if compare else None,
-               "torch_s": med(torch_s) if torch_s else None, "torch_all": torch_s,
-               "ours_over_torch": med(over_torch) if over_torch else None, "peaks": peaks}
-        peaks_all += peaks
-        rows.append(row)
-        print(f"  {name}: ours {row['ours_s']:.3f} s" + (f", torch {row['torch_s']:.3f} s" if torch_s else ""), flush=True)
+    rows = [loop_case(name, overrides, compare, args) for name, overrides, compare in cases]
+    peaks_all = [p for r in rows for p in r["peaks"]]
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    from mnist_np.stepper import shard_count
+    from mnist_np.train.stepper import shard_count
 
     result = {
         "benchmark": "loop", "threads": threads, "repeats": args.repeats, "gemm_peak_gflops": statistics.median(peaks_all),
@@ -291,45 +299,67 @@ def bench_loop(args: argparse.Namespace) -> dict:
     return result
 
 
+def time_run(store: Path, overrides: list[str], speedups: str) -> dict:
+    """One default run as a subprocess (``MNIST_NP_SPEEDUPS=speedups``): wall, epoch and outside seconds, peak memory."""
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, str(TRAIN), "trainer.progress=false", f"mlflow.tracking_uri=sqlite:///{store / 'mlflow.db'}",
+               f"hydra.run.dir={out}", *overrides]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "MNIST_NP_SPEEDUPS": speedups})
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"training failed:\n{proc.stderr.read()[-3000:]}")
+        epochs = [json.loads(line)["epoch_seconds"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"wall_s": wall, "epochs_s": sum(epochs), "outside_epochs_s": wall - sum(epochs),
+            "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "epochs": len(epochs)}
+
+
 def bench_run(args: argparse.Namespace) -> dict:
-    """Wall time of whole default runs, the part spent outside the epochs, and peak memory."""
-    rows = []
+    """Wall time of whole default runs, the part spent outside the epochs, and peak memory.
+
+    With ``--speedups``, also the same run with each of :mod:`mnist_np.speedups`' shortcuts
+    off in turn (the variants alternate within each repeat); a shortcut's saving is the
+    median over repeats of (its variant's wall time - the default's).
+    """
+    from mnist_np.speedups import NAMES
+
+    variants = {"default": "all"}
+    if args.speedups:
+        variants.update({f"without {name}": f"-{name}" for name in NAMES if name != "warm_workers"})
+    rows: dict[str, list[dict]] = {k: [] for k in variants}
     store = Path(tempfile.mkdtemp(prefix="bench-run-"))
-    for i in range(args.repeats + 1):  # the first run creates the store and fills the data and font caches: not timed
-        with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
-            out = Path(tmp) / "run"
-            cmd = [sys.executable, str(TRAIN), "trainer.progress=false", f"mlflow.tracking_uri=sqlite:///{store / 'mlflow.db'}",
-                   f"hydra.run.dir={out}", *args.overrides]
-            start = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - start
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            if proc.returncode != 0:
-                raise SystemExit(f"training failed:\n{proc.stderr.read()[-3000:]}")
-            epochs = [json.loads(line)["epoch_seconds"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-        if i == 0:
-            continue
-        row = {"wall_s": wall, "epochs_s": sum(epochs), "outside_epochs_s": wall - sum(epochs),
-               "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "epochs": len(epochs)}
-        rows.append(row)
-        print(f"  run {i}/{args.repeats}: wall {wall:.2f} s, epochs {sum(epochs):.2f} s, outside {row['outside_epochs_s']:.2f} s, "
-              f"peak {row['peak_rss_gb']:.2f} GB", flush=True)
+    time_run(store, args.overrides, "all")  # creates the store and fills the data and font caches: not timed
+    for i in range(args.repeats):
+        for name, value in variants.items():
+            row = time_run(store, args.overrides, value)
+            rows[name].append(row)
+            print(f"  run {i + 1}/{args.repeats} {name:32s} wall {row['wall_s']:.2f} s, epochs {row['epochs_s']:.2f} s, "
+                  f"outside {row['outside_epochs_s']:.2f} s, peak {row['peak_rss_gb']:.2f} GB", flush=True)
     shutil.rmtree(store, ignore_errors=True)
-    med = {k: statistics.median(r[k] for r in rows) for k in ("wall_s", "epochs_s", "outside_epochs_s", "peak_rss_gb")}
+    keys = ("wall_s", "epochs_s", "outside_epochs_s", "peak_rss_gb")
+    medians = {name: {k: statistics.median(r[k] for r in runs) for k in keys} for name, runs in rows.items()}
+    med = medians["default"]
     print(f"median: wall {med['wall_s']:.2f} s = epochs {med['epochs_s']:.2f} s + outside {med['outside_epochs_s']:.2f} s; "
           f"peak resident memory {med['peak_rss_gb']:.2f} GB")
-    return {"benchmark": "run", "overrides": args.overrides, "runs": rows, "median": med,
-            "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    saved = {name.removeprefix("without "): statistics.median(r["wall_s"] - d["wall_s"] for r, d in zip(runs, rows["default"]))
+             for name, runs in rows.items() if name != "default"}
+    for name, seconds in saved.items():
+        print(f"  {name:24s} saves {seconds:+.2f} s of wall time (outside the epochs: "
+              f"{medians['without ' + name]['outside_epochs_s'] - med['outside_epochs_s']:+.2f} s, medians)")
+    return {"benchmark": "run", "overrides": args.overrides, "runs": rows["default"], "median": med, "variants": rows,
+            "variant_medians": medians, "speedup_saves_s": saved, "platform": platform.platform(), "cpu_count": os.cpu_count()}
 
 
 def track(result: dict, tracking_uri: str | None) -> None:
     """Record a benchmark's figures as a run in the MLflow experiment ``benchmarks``."""
-    from mnist_np.config import PROJECT_ROOT
-    from mnist_np.runner import environment_tags, git_tags
-    from mnist_np.tracking import MlflowTracker, default_tracking_uri
+    from mnist_np.experiment.provenance import environment_tags, git_tags
+    from mnist_np.tracking.tracker import MlflowTracker
+    from mnist_np.tracking.uris import tracking_uri_or_default
 
-    tracker = MlflowTracker(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(PROJECT_ROOT), "benchmarks")
+    tracker = MlflowTracker(tracking_uri_or_default(tracking_uri), "benchmarks")
     metrics: dict[str, float] = {}
     params: dict[str, str] = {"benchmark": result["benchmark"]}
     if result["benchmark"] == "loop":
@@ -369,10 +399,12 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="joblib workers (default: one per core)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--speedups", action="store_true", help="also time the parallel sweep without the warm_workers shortcut")
     p.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-sweep.json")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for both sweeps' members (e.g. trainer.threads=1)")
     r = sub.add_parser("run", help="whole default runs: time outside the epochs and peak memory")
     r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--speedups", action="store_true", help="also time the run with each shortcut of mnist_np.speedups off in turn")
     r.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-run.json")
     r.add_argument("overrides", nargs="*", help="Hydra overrides for the runs (default: none, the default config)")
     for sp in (lp, p, r):

@@ -13,7 +13,6 @@ validation accuracy (finished runs first); the test set never decides.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -24,11 +23,12 @@ def main() -> int:
     parser.add_argument("--csv", action="store_true", help="CSV on stdout, for scripts")
     args = parser.parse_args()
 
-    from mnist_np.config import PROJECT_ROOT
-    from mnist_np.sweep import summarize, table_csv, table_text, varying_params
-    from mnist_np.tracking import TrackingUnavailable, check_server, default_tracking_uri, runs_to_compare
+    from mnist_np.experiment.sweep_summary import summarize
+    from mnist_np.experiment.tables import table_csv, table_text, varying_params
+    from mnist_np.tracking.queries import runs_to_compare
+    from mnist_np.tracking.uris import TrackingUnavailable, check_server, tracking_uri_or_default
 
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(PROJECT_ROOT)
+    uri = tracking_uri_or_default(args.tracking_uri)
     try:
         check_server(uri)
         title, runs = runs_to_compare(uri, args.target)

@@ -19,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mnist_np import checkpoint, data
+from mnist_np import data
+from mnist_np.nn.weights import load_weights
 from mnist_np.inference import InferenceError, evaluate, format_report, load_test_set, parse_config
 
 
@@ -35,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
             from_run = not path.is_file()
             if from_run:  # a run id: only then pay for importing MLflow
                 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
-                from mnist_np.tracking import resolve_weights
+                from mnist_np.tracking.logged_model import resolve_weights
 
                 path = resolve_weights(args.weights, args.tracking_uri, args.which, dst_dir=Path(tmp))
-            params, config_yaml = checkpoint.load_weights(path)
+            params, config_yaml = load_weights(path)
         config = parse_config(config_yaml)
         x, y, class_names = load_test_set(config, params["W1"].dtype)
         result = evaluate(params, x, y, config_yaml)

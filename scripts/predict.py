@@ -19,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mnist_np import checkpoint, data
+from mnist_np import data
+from mnist_np.nn.weights import load_weights
 from mnist_np.inference import InferenceError, load_images, predict_proba
 
 
@@ -36,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(args.weights)
             if not path.is_file():  # a run id: only then pay for importing MLflow
                 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
-                from mnist_np.tracking import resolve_weights
+                from mnist_np.tracking.logged_model import resolve_weights
 
                 path = resolve_weights(args.weights, args.tracking_uri, args.which, dst_dir=Path(tmp))
-            params, config_yaml = checkpoint.load_weights(path)
+            params, config_yaml = load_weights(path)
         proba = predict_proba(params, x, config_yaml)  # (N, 10)
     except (InferenceError, ValueError, data.DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

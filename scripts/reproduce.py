@@ -31,13 +31,14 @@ def main() -> int:
 
     # MLflow's download progress bars would bury the verdict.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mnist_np.config import PROJECT_ROOT, ConfigError, load_run_config, register_configs
-    from mnist_np.reproduce import compare, record_from_dir, record_from_mlflow
-    from mnist_np.runner import run
-    from mnist_np.tracking import default_tracking_uri
+    from mnist_np.experiment.compose import load_run_config
+    from mnist_np.experiment.reproduce import compare, record_from_dir, record_from_mlflow
+    from mnist_np.experiment.run import run
+    from mnist_np.experiment.schema import ConfigError, register_configs
+    from mnist_np.tracking.uris import tracking_uri_or_default
 
     register_configs()
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(PROJECT_ROOT)
+    uri = tracking_uri_or_default(args.tracking_uri)
     try:
         with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
             if args.from_dir:

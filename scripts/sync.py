@@ -19,7 +19,8 @@ import argparse
 import os
 import sys
 
-from mnist_np.sync import SyncError, sync_paths
+from mnist_np.experiment.sweep_sync import sync_paths
+from mnist_np.tracking.sync import SyncError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     # Our one line per run is the output; MLflow would add progress bars and "View run at" links.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    from mnist_np.tracking import TrackingUnavailable, error_line
+    from mnist_np.common.errors import error_line
+    from mnist_np.tracking.uris import TrackingUnavailable
 
     try:
         for line in sync_paths(args.dirs, args.tracking_uri):

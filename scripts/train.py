@@ -5,23 +5,29 @@
     python scripts/train.py --multirun +sweep=optuna
     python scripts/train.py +experiment=seed_baseline
 
-A thin shell over :func:`mnist_np.runner.run`: it checks the command line,
-lets Hydra compose the config, and turns the errors a user can fix into one
-line on stderr (exit status 2 for a bad config, 1 for a failed run or a
+A thin shell over :func:`mnist_np.experiment.run.run`: it checks the command
+line, lets Hydra compose the config, and turns the errors a user can fix into
+one line on stderr (exit status 2 for a bad config, 1 for a failed run or a
 sweep with failed members). In a sweep, a member that fails is recorded as
 a FAILED child run and the sweep goes on.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import sys
+from mnist_np import speedups
 
-import hydra
-from omegaconf import DictConfig
+speedups.arm_fast_exit()  # first: the last exit handler to run (see mnist_np.speedups)
 
-from mnist_np.config import CONF_DIR, ConfigError, check_overrides, register_configs
+import logging  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from mnist_np.common.paths import CONF_DIR  # noqa: E402
+from mnist_np.experiment.compose import check_overrides  # noqa: E402
+from mnist_np.experiment.schema import ConfigError, register_configs  # noqa: E402
 
 register_configs()
 log = logging.getLogger("train")
@@ -33,31 +39,30 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from mnist_np import sweep
     from mnist_np.data import DataError
-    from mnist_np.runner import run
-    from mnist_np.training import TrainingDiverged
+    from mnist_np.experiment.run import run
+    from mnist_np.tracking.uris import TrackingUnavailable
+    from mnist_np.train.loop import TrainingDiverged
 
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return run(cfg).val_accuracy
     except ConfigError as e:
         if in_sweep:
+            from mnist_np.experiment.sweep_runs import record_invalid_member
+
             log.error("invalid config: %s", e)
-            sweep.record_invalid_member(cfg, str(e))
+            record_invalid_member(cfg, str(e))
             return math.nan
         print(f"error: invalid config: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except Exception as e:
-        # Imported here, not above: run() imports MLflow while the data loads (see runner.run).
-        from mnist_np.tracking import TrackingUnavailable
-
-        if isinstance(e, (DataError, TrainingDiverged, TrackingUnavailable)):
-            log.error("%s", e)
-            if in_sweep:
-                return math.nan
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(1) from None
+    except (DataError, TrainingDiverged, TrackingUnavailable) as e:
+        log.error("%s", e)
+        if in_sweep:
+            return math.nan
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception:
         if not in_sweep:
             raise
         # The member's run is already FAILED with its reason; the sweep goes on.
@@ -73,13 +78,13 @@ def cli() -> int:
         print(f"error: invalid config: {e}", file=sys.stderr)
         return 2
 
-    from mnist_np import sweep
-    from mnist_np.runner import RunInterrupted
+    from mnist_np.experiment.results import RunInterrupted
+    from mnist_np.experiment.sweep import SESSION
 
     try:
         main()
     except KeyboardInterrupt as e:
-        sweep.finish_open_sweep("interrupted by the user (KeyboardInterrupt)", status="KILLED")
+        SESSION.finish("interrupted by the user (KeyboardInterrupt)", status="KILLED")
         if not isinstance(e, RunInterrupted):
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -88,20 +93,13 @@ def cli() -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         # Only does something when the sweep stopped before Hydra's on_multirun_end.
-        sweep.finish_open_sweep("the sweep stopped early (see its log)")
-    if sweep.unsynced is not None:
-        print(f"error: the sweep is over but MLflow was unreachable ({sweep.unsynced}); its runs are in their "
-              "output dirs: upload them with python scripts/sync.py <sweep dir>", file=sys.stderr)
-        return 1
-    summary = sweep.last_summary
-    if summary is not None and not summary.ok:
-        print(f"error: {summary.failed} of {summary.total} sweep members failed", file=sys.stderr)
+        SESSION.finish("the sweep stopped early (see its log)")
+    error = SESSION.error()
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    from mnist_np.procs import exit_now
-
-    # Without the interpreter's teardown: a second saved on every run (see exit_now).
-    exit_now(cli())
+    speedups.exit_fast(cli())

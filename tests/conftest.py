@@ -10,13 +10,14 @@ from typing import Iterator
 
 import pytest
 
-from mnist_np.config import PROJECT_ROOT, compose
-from mnist_np.servers import MlflowServer, start_mlflow_server
+from mnist_np.common.paths import PROJECT_ROOT
+from mnist_np.experiment.compose import compose
+from helpers.servers import MlflowServer, start_mlflow_server
 
 TRAIN_SCRIPT = PROJECT_ROOT / "scripts" / "train.py"
 PYTHON = sys.executable
-# The fault marker, the `lost` fixture and docs/reliability.md (see tests/reliability.py).
-pytest_plugins = ("reliability",)
+# The fault marker, the `lost` fixture and docs/reliability.md (see tests/helpers/reliability.py).
+pytest_plugins = ("helpers.reliability",)
 
 
 @pytest.fixture

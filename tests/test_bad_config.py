@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, TRAIN_SCRIPT
-from mnist_np.config import GROUP_SCHEMAS, PROJECT_ROOT, ConfigError, check_overrides, compose, schema_keys
-from mnist_np.runner import run
+from mnist_np.common.paths import PROJECT_ROOT
+from mnist_np.experiment.compose import check_overrides, compose
+from mnist_np.experiment.schema import GROUP_SCHEMAS, ConfigError, schema_keys
+from mnist_np.experiment.run import run
 
 A_FILE = str(PROJECT_ROOT / "pyproject.toml")  # exists, and is not a folder
 LONG = "x" * 251

@@ -23,9 +23,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT
-from mnist_np.browser import NO_CHROMIUM, MlflowUI, chromium, find_chromium
-from mnist_np.config import PROJECT_ROOT
-from mnist_np.servers import start_mlflow_server
+from helpers.browser import NO_CHROMIUM, MlflowUI, chromium, find_chromium
+from mnist_np.common.paths import PROJECT_ROOT
+from helpers.servers import start_mlflow_server
 
 pytestmark = pytest.mark.slow
 EXPERIMENT = "browser-test"

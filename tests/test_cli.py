@@ -7,7 +7,8 @@ import re
 import subprocess
 
 from conftest import PYTHON, TRAIN_SCRIPT
-from mnist_np.config import CONF_DIR, PROJECT_ROOT, group_options
+from mnist_np.common.paths import CONF_DIR, PROJECT_ROOT
+from mnist_np.experiment.schema import group_options
 
 
 def train(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

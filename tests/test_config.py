@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from conftest import PYTHON, TRAIN_SCRIPT
-from mnist_np.config import CONF_DIR, ConfigError, check_overrides, compose, group_options, validate
+from mnist_np.common.paths import CONF_DIR
+from mnist_np.experiment.compose import check_overrides, compose, load_run_config
+from mnist_np.experiment.schema import GROUP_SCHEMAS, ConfigError, group_options, optimizer_schema
+from mnist_np.experiment.validation import validate
+from mnist_np.nn.registry import OPTIMIZERS
 
 GROUPS = ["data", "model", "optimizer", "schedule", "trainer", "mlflow"]
 
@@ -28,6 +33,39 @@ def test_every_group_option_composes_and_validates(group: str, option: str) -> N
     validate(cfg)
     if group in ("data", "optimizer", "schedule"):
         assert cfg[group].name == option
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
+def test_schema_defaults_are_the_yaml_values_or_required(group: str, option: str) -> None:
+    """One source of every default: each schema field equals what the option's YAML holds, or is MISSING (set by every option)."""
+    node = OmegaConf.to_container(compose([f"{group}={option}"])[group], resolve=False)
+    assert isinstance(node, dict)
+    schema = optimizer_schema(node["name"]) if group == "optimizer" else GROUP_SCHEMAS[group][0]
+    fields = dataclasses.fields(schema)
+    assert set(node) == {f.name for f in fields}
+    for f in fields:
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        assert node[f.name] != MISSING, f"{group}={option} leaves {f.name} unset"
+        if default != MISSING:
+            assert node[f.name] == default, f"{group}.{f.name}: the schema says {default!r}, conf/{group}/{option}.yaml {node[f.name]!r}"
+
+
+def test_a_saved_config_lacking_a_key_trains_with_the_yaml_default_or_is_refused() -> None:
+    saved = OmegaConf.to_container(compose(), resolve=True)
+    assert isinstance(saved, dict)
+    del saved["optimizer"]["momentum"]  # the schema's default is the YAML's, never another value
+    cfg = load_run_config(OmegaConf.to_yaml(OmegaConf.create(saved)))
+    assert cfg.optimizer.momentum == compose().optimizer.momentum == 0.9
+    del saved["schedule"]["name"]  # differs between options: required
+    with pytest.raises(ConfigError, match=r"^schedule.name=\?\?\? leaves a required value unset"):
+        load_run_config(OmegaConf.to_yaml(OmegaConf.create(saved)))
+
+
+def test_the_registries_default_nothing() -> None:
+    """A factory takes every setting from the config: a missing one is an error, never a silent default."""
+    for name, factory in OPTIMIZERS.items():
+        with pytest.raises(TypeError):
+            factory()
 
 
 @pytest.mark.parametrize("preset", group_options("experiment"))
@@ -88,7 +126,7 @@ def test_sweeper_search_spaces_are_left_to_the_sweeper() -> None:
 
 def test_a_sweep_is_composed_once_per_swept_group_option(monkeypatch: pytest.MonkeyPatch) -> None:
     """Swept values change no key (each is type-checked); swept options of a group can."""
-    import mnist_np.config as config
+    import mnist_np.experiment.compose as config
 
     composed: list[list[str]] = []
     real = config._compose
@@ -157,7 +195,7 @@ def test_every_sweep_preset_composes(preset: str) -> None:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from mnist_np.config import register_configs
+    from mnist_np.experiment.schema import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -182,7 +220,7 @@ def test_an_absurd_network_is_refused_before_any_allocation(tmp_path: Path) -> N
 
 
 def test_default_and_best_presets_fit_comfortably() -> None:
-    from mnist_np.config import estimated_bytes
+    from mnist_np.experiment.validation import estimated_bytes
 
     assert estimated_bytes(compose()) < 1024**3
     assert estimated_bytes(compose(["+experiment=best_mnist"])) < 1024**3

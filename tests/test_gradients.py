@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnist_np.layers import dropout_mask
-from mnist_np.losses import cross_entropy, softmax_cross_entropy
-from mnist_np.model import MLP
-from mnist_np.registry import ACTIVATIONS, INITIALIZERS
+from mnist_np.nn.dropout import dropout_mask
+from mnist_np.nn.losses import cross_entropy, softmax_cross_entropy
+from mnist_np.nn.model import MLP
+from mnist_np.nn.registry import ACTIVATIONS, INITIALIZERS
 
 EPS = 1e-6
 TOL = 1e-6

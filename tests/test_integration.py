@@ -12,9 +12,9 @@ from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
 from mnist_np import data
-from mnist_np.config import compose
-from mnist_np.runner import run
-from mnist_np.training import TrainingDiverged
+from mnist_np.experiment.compose import compose
+from mnist_np.experiment.run import run
+from mnist_np.train.loop import TrainingDiverged
 
 PER_EPOCH = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "samples_per_second"]
 PLOTS = ["accuracy_curves.png", "confusion_matrix.png", "first_layer_weights.png", "loss_curves.png", "misclassified.png"]
@@ -112,7 +112,7 @@ def test_ctrl_c_ends_the_run_killed(tracking_uri: str, tmp_path: Path, monkeypat
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mnist_np.runner.fit", interrupted)
+    monkeypatch.setattr("mnist_np.experiment.execute.fit", interrupted)
     with pytest.raises(KeyboardInterrupt) as e:
         run(compose(small_overrides(tracking_uri)), output_dir=tmp_path / "out")
     _, r = only_run(tracking_uri)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, TRAIN_SCRIPT, LiveServer, mlflow_gaps
-from mnist_np.tracking import OFFLINE_TAG
+from mnist_np.tracking.conventions import OFFLINE_TAG
 from test_sweeps import PER_EPOCH, parent_and_children, sweep
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from mnist_np.optim import SGD, Adam, Schedule
+from mnist_np.nn.optim import SGD, Adam
+from mnist_np.nn.schedules import Schedule
 
 
 def params(value: float = 1.0) -> dict[str, np.ndarray]:

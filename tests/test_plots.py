@@ -58,7 +58,7 @@ def test_a_run_without_mistakes_still_gets_every_figure(tmp_path: Path) -> None:
 @pytest.mark.parametrize("forks", [True, False])
 def test_figures_drawn_in_the_background_match_the_plain_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forks: bool) -> None:
     """In forked children (Linux) or in-process (elsewhere): the same files, and errors come back as one line."""
-    monkeypatch.setattr("mnist_np.procs.forks_safely", lambda: forks)
+    monkeypatch.setattr("mnist_np.speedups.forks_safely", lambda: forks)
     history, y_true, y_pred, x, w1 = fake_run(2)
     args = (history, y_true, y_pred, x, w1, DATASETS["mnist"].class_names)
     assert save_all_in_background(tmp_path / "bg", *args)() is None

@@ -23,13 +23,15 @@ from mlflow.tracking import MlflowClient
 from PIL import Image, ImageDraw
 
 from conftest import PYTHON, small_overrides
-from mnist_np import checkpoint, data
-from mnist_np.config import PROJECT_ROOT, compose
+from mnist_np import data
+from mnist_np.nn.weights import load_weights
+from mnist_np.common.paths import PROJECT_ROOT
+from mnist_np.experiment.compose import compose
 from mnist_np.inference import InferenceError, images_to_features, load_images, preprocess_image
-from mnist_np.layers import ReLU
-from mnist_np.model import MLP
-from mnist_np.runner import run
-from mnist_np.tracking import log_pyfunc_model, resolve_weights
+from mnist_np.nn.activations import ReLU
+from mnist_np.nn.model import MLP
+from mnist_np.experiment.run import run
+from mnist_np.tracking.logged_model import log_pyfunc_model, resolve_weights
 
 PREDICT = PROJECT_ROOT / "scripts" / "predict.py"
 EVALUATE = PROJECT_ROOT / "scripts" / "evaluate.py"
@@ -47,7 +49,7 @@ def centre_of_mass(img: np.ndarray) -> tuple[float, float]:
 
 def reference_logits(npz: Path, x: np.ndarray) -> np.ndarray:
     """The training code's own network on ``x: (N, 784)``: ``MLP.predict_logits``, ``(N, 10)``."""
-    params, _ = checkpoint.load_weights(npz)
+    params, _ = load_weights(npz)
     model = MLP(params, ReLU())
     return model.predict_logits(x.astype(model.dtype))
 

@@ -1,8 +1,8 @@
-"""The reliability table (tests/reliability.py): what it says for passed, failed and measured cases."""
+"""The reliability table (tests/helpers/reliability.py): what it says for passed, failed and measured cases."""
 
 from __future__ import annotations
 
-from reliability import OUTCOMES, Case, Lost, render
+from helpers.reliability import OUTCOMES, Case, Lost, render
 
 
 def test_table_counts_cases_outcomes_and_losses() -> None:

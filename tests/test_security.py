@@ -26,12 +26,17 @@ import numpy as np
 import pytest
 
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
-from mnist_np import checkpoint
-from mnist_np.config import PROJECT_ROOT, ConfigError, compose, load_run_config
+from mnist_np.common.paths import PROJECT_ROOT
+from mnist_np.experiment.compose import compose, load_run_config
+from mnist_np.experiment.run import run
+from mnist_np.experiment.schema import ConfigError
 from mnist_np.inference import InferenceError, load_images
-from mnist_np.runner import run
+from mnist_np.nn.weights import load_weights
+from mnist_np.train import checkpoint
+from mnist_np.train.checkpoint import load_state
 
-SOURCES = sorted([*(PROJECT_ROOT / "mnist_np").glob("*.py"), *(PROJECT_ROOT / "scripts").glob("*.py")])
+SOURCES = sorted([*(PROJECT_ROOT / "mnist_np").rglob("*.py"), *(PROJECT_ROOT / "scripts").glob("*.py")])
+READERS = {"load_weights": load_weights, "load_state": load_state}
 README = (PROJECT_ROOT / "README.md").read_text()
 
 
@@ -76,7 +81,7 @@ def test_the_code_never_unpickles_or_evaluates() -> None:
                 if any(n.split(".")[0] in ("pickle", "cloudpickle", "dill", "marshal", "shelve") for n in names):
                     offenders.append(f"{path.name}:{node.lineno} imports {names}")
     assert offenders == []
-    assert loads >= 2  # the check saw the real loads (checkpoint.py, pyfunc_model.py)
+    assert loads >= 2  # the check saw the real loads (nn/weights.py, tracking/pyfunc_model.py)
 
 
 def evil_file(path: Path, marker: Path, kind: str = "weights") -> Path:
@@ -97,7 +102,7 @@ def test_a_pickled_payload_is_refused_and_never_runs(reader: str, tmp_path: Path
     marker = tmp_path / "payload-ran"
     evil = evil_file(tmp_path / "evil.npz", marker, "weights" if reader == "load_weights" else "checkpoint")
     with pytest.raises(ValueError) as e:
-        getattr(checkpoint, reader)(evil)
+        READERS[reader](evil)
     assert str(e.value) == f"{evil}: not a file of plain arrays (reading it would take pickle, which is never used)"
     assert not marker.exists()
 
@@ -171,7 +176,7 @@ def test_a_tampered_run_config_is_refused(how: str, tmp_path: Path) -> None:
 
 @pytest.mark.fault("security", "loopback")
 def test_servers_bind_loopback() -> None:
-    from mnist_np import servers
+    from helpers import servers
 
     dry = subprocess.run(["make", "-n", "ui"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0 and "--host 127.0.0.1" in dry.stdout, dry.stdout
@@ -203,8 +208,9 @@ def test_the_readmes_basic_auth_server_lets_nobody_in_unasked(tmp_path: Path, mo
     pytest.importorskip("flask_wtf", reason="mlflow[auth] (the test extra) is needed for --app-name basic-auth")
     from mlflow.tracking import MlflowClient
 
-    from mnist_np.servers import start_mlflow_server
-    from mnist_np.tracking import MlflowTracker, TrackingUnavailable
+    from helpers.servers import start_mlflow_server
+    from mnist_np.tracking.tracker import MlflowTracker
+    from mnist_np.tracking.uris import TrackingUnavailable
 
     assert "mlflow server --app-name basic-auth" in README and "MLFLOW_TRACKING_USERNAME" in README
     root = tmp_path / "srv"

@@ -18,11 +18,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT, LiveServer, mlflow_gaps, small_overrides
-from mnist_np.config import compose
-from mnist_np.runner import EpochLogger, run
-from mnist_np.sync import read_journal, sync_output_dir
-from mnist_np import tracking
-from mnist_np.tracking import JOURNAL_FILE, OFFLINE_TAG
+from mnist_np.experiment.compose import compose
+from mnist_np.experiment.outputs import EpochLogger
+from mnist_np.experiment.run import run
+from mnist_np.tracking import tracker
+from mnist_np.tracking.conventions import OFFLINE_TAG
+from mnist_np.tracking.journal import JOURNAL_FILE, read_journal
+from mnist_np.tracking.sync import sync_output_dir
 
 SYNC = TRAIN_SCRIPT.parent / "sync.py"
 PER_EPOCH = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "samples_per_second"]
@@ -41,7 +43,7 @@ def fault_at_epoch(monkeypatch: pytest.MonkeyPatch, actions: dict[int, object]) 
     # Every epoch's metrics go out at once, so the fault is met at the epoch it is injected
     # (normally they are batched every EPOCH_METRICS_EVERY_SECONDS and an outage between two
     # batches would go unnoticed -- and lose nothing).
-    monkeypatch.setattr(tracking, "EPOCH_METRICS_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr(tracker, "EPOCH_METRICS_EVERY_SECONDS", 0.0)
 
 
 def sync_cli(*args: str) -> subprocess.CompletedProcess:
@@ -203,27 +205,28 @@ def test_a_sweep_synced_into_another_store_keeps_its_parent_and_children(tmp_pat
 def test_server_dying_during_the_sweeps_closing_calls_leaves_a_sync_hint_not_a_traceback(
     mlflow_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lost
 ) -> None:
-    from mnist_np import sweep
-    from mnist_np.tracking import MlflowTracker
+    from mnist_np.experiment import sweep, sweep_summary
+    from mnist_np.experiment.sweep_info import SweepInfo
+    from mnist_np.tracking.tracker import MlflowTracker
 
     parent = MlflowTracker(mlflow_server.url, "tests")
     parent.start("sweep seed=0,1", {}, {})
-    monkeypatch.setattr(sweep, "_open", sweep.SweepInfo(parent.run_id, mlflow_server.url, "tests", "sweep seed=0,1", str(tmp_path)))
-    monkeypatch.setattr(sweep, "unsynced", None)
-    real = MlflowTracker.child_runs
+    monkeypatch.setattr(sweep.SESSION, "open", SweepInfo(parent.run_id, mlflow_server.url, "tests", "sweep seed=0,1", str(tmp_path)))
+    monkeypatch.setattr(sweep.SESSION, "unsynced", None)
+    real = sweep_summary.child_runs
 
-    def server_dies_first(self):
+    def server_dies_first(*args):
         mlflow_server.kill()  # after the closing tracker connected, before its first call
-        return real(self)
+        return real(*args)
 
-    monkeypatch.setattr(MlflowTracker, "child_runs", server_dies_first)
-    assert sweep.finish_open_sweep() is None
-    assert sweep.unsynced and "\n" not in sweep.unsynced  # train.py prints it in one line, with sync.py <sweep dir>
+    monkeypatch.setattr(sweep_summary, "child_runs", server_dies_first)
+    assert sweep.SESSION.finish() is None
+    assert sweep.SESSION.unsynced and "\n" not in sweep.SESSION.unsynced  # train.py prints it in one line, with sync.py <sweep dir>
 
     # Back up: syncing the sweep dir closes the parent with the summary.
     mlflow_server.restart()
-    monkeypatch.setattr(MlflowTracker, "child_runs", real)
-    summary = sweep.close_sweep(sweep.SweepInfo.load(tmp_path) or sweep.SweepInfo(parent.run_id, mlflow_server.url, "tests",
+    monkeypatch.setattr(sweep_summary, "child_runs", real)
+    summary = sweep_summary.close_sweep(SweepInfo.load(tmp_path) or SweepInfo(parent.run_id, mlflow_server.url, "tests",
                                                                                   "sweep seed=0,1", str(tmp_path)))
     status = MlflowClient(mlflow_server.url).get_run(parent.run_id).info.status
     lost.record(runs=int(status == "RUNNING"), metrics=0)
@@ -232,7 +235,7 @@ def test_server_dying_during_the_sweeps_closing_calls_leaves_a_sync_hint_not_a_t
 
 @pytest.mark.fault("tracking faults", "one line")
 def test_sync_errors_are_one_line(tmp_path: Path) -> None:
-    from mnist_np.servers import free_port
+    from helpers.servers import free_port
 
     proc = sync_cli(tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""

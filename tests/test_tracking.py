@@ -7,7 +7,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mnist_np.tracking import MlflowTracker, artifact_location_for, default_tracking_uri, flatten
+from mnist_np.tracking.tracker import MlflowTracker, flatten
+from mnist_np.tracking.uris import artifact_location_for, default_tracking_uri
 
 
 def test_flatten_uses_dotted_keys() -> None:
@@ -86,7 +87,8 @@ def test_runs_of_dead_processes_are_reaped_and_live_ones_kept(tracking_uri: str)
     import subprocess
     import sys
 
-    from mnist_np.procs import is_dead, process_identity
+    from mnist_np.common.procs import is_dead, process_identity
+    from mnist_np.tracking.runs import reap_dead_runs
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead_ident = process_identity(child.pid)
@@ -100,7 +102,7 @@ def test_runs_of_dead_processes_are_reaped_and_live_ones_kept(tracking_uri: str)
     dead = tracker.start("killed", {}, {"process": dead_ident})
     alive = MlflowTracker(tracking_uri, "tests").start("alive", {}, {"process": process_identity()})
     elsewhere = MlflowTracker(tracking_uri, "tests").start("elsewhere", {}, {"process": "another-host:1:123"})
-    assert MlflowTracker(tracking_uri, "tests").reap_dead_runs("gone") == [dead]
+    assert reap_dead_runs(tracker.client, tracker.experiment_id, "gone") == [dead]
     get = tracker.client.get_run
     assert get(dead).info.status == "FAILED" and get(dead).data.tags["failure_reason"].startswith("gone (process ")
     assert get(alive).info.status == "RUNNING" and get(elsewhere).info.status == "RUNNING"

@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_np.model import MLP
-from mnist_np.optim import SGD, Schedule
-from mnist_np.registry import ACTIVATIONS, INITIALIZERS
-from mnist_np.stepper import ShardFailed, can_shard, shard_count
-from mnist_np.training import TrainingDiverged, TrainSettings, evaluate, fit
+from mnist_np.nn.model import MLP
+from mnist_np.nn.optim import SGD
+from mnist_np.nn.schedules import Schedule
+from mnist_np.nn.registry import ACTIVATIONS, INITIALIZERS
+from mnist_np.train.sharded import ShardFailed
+from mnist_np.train.stepper import can_shard, shard_count
+from mnist_np.nn.metrics import evaluate
+from mnist_np.train.loop import TrainSettings, TrainingDiverged, fit
 
 
 def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,10 +179,11 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import numpy as np
         from test_training import blobs
-        from mnist_np.model import MLP
-        from mnist_np.optim import SGD, Schedule
-        from mnist_np.registry import ACTIVATIONS, INITIALIZERS
-        from mnist_np.training import TrainSettings, fit
+        from mnist_np.nn.model import MLP
+        from mnist_np.nn.optim import SGD
+        from mnist_np.nn.schedules import Schedule
+        from mnist_np.nn.registry import ACTIVATIONS, INITIALIZERS
+        from mnist_np.train.loop import TrainSettings, fit
         x, y = blobs(2000, seed=1)
         model = MLP.initialize([784, 16, 3], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(0))
         fit(model, SGD(), Schedule("constant", 0.01, 10**6), x, y, x[:0], y[:0],

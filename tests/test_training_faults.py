@@ -17,9 +17,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import mlflow_gaps, small_overrides
-from mnist_np.checkpoint import latest_checkpoint, load_state, load_weights, save_weights
-from mnist_np.config import compose
-from mnist_np.runner import run
+from mnist_np.nn.weights import load_weights, save_weights
+from mnist_np.train.checkpoint import latest_checkpoint, load_state
+from mnist_np.experiment.compose import compose
+from mnist_np.experiment.run import run
 
 
 class FillingDisk:

@@ -1,0 +1,121 @@
+"""``run(cfg)``: a composed config -> a validated, tracked training run (or the resumption of one).
+
+Order matters: validate first (nothing is created for a bad config), open
+the tracking store (fail fast if it is unreachable) while the data loads,
+and only then open the MLflow run, so every run that exists has a real
+training behind it.
+
+This module, like everything a run imports before its data load starts,
+does not import MLflow at import time (a test checks): importing it takes
+seconds, which the speedup ``load_beside_store`` spends loading the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_np import speedups
+from mnist_np.common.paths import OUTPUTS_DIR
+from mnist_np.common.procs import process_identity
+from mnist_np.experiment.builders import default_run_name, load_splits
+from mnist_np.experiment.context import HydraContext, blas_threads, hydra_context
+from mnist_np.experiment.outputs import write_config_files
+from mnist_np.experiment.provenance import git_tags
+from mnist_np.experiment.results import RunResult
+from mnist_np.experiment.sweep_info import SweepInfo, member_run_name
+from mnist_np.experiment.validation import validate
+from mnist_np.tracking.conventions import OUTPUT_DIR_TAG, PARENT_RUN_TAG, PROCESS_TAG
+from mnist_np.tracking.journal import JOURNAL_FILE, write_run_file
+from mnist_np.tracking.uris import default_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    cfg: DictConfig,
+    output_dir: Path | None = None,
+    overrides: list[str] | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> RunResult:
+    """Train the network ``cfg`` describes and record everything in MLflow and ``output_dir``.
+
+    With ``cfg.resume`` set, continue that interrupted run instead (see
+    :func:`mnist_np.experiment.resume.resume`).
+
+    Args:
+        cfg: a composed config (from ``@hydra.main`` or :func:`mnist_np.experiment.compose.compose`).
+        output_dir: where files go; defaults to Hydra's run dir.
+        overrides: the command-line overrides to record; defaults to Hydra's.
+        extra_tags: more tags for the MLflow run (e.g. ``reproduces``).
+
+    Raises:
+        ConfigError: before anything is created, for an invalid config.
+        DataError: when no data source works (no MLflow run is created).
+        TrainingDiverged: the loss went NaN/inf (the run ends FAILED).
+    """
+    if cfg.get("resume"):
+        from mnist_np.experiment.resume import resume  # imports MLflow: see the module doc
+
+        return resume(str(cfg.resume), cfg.mlflow.tracking_uri)
+    validate(cfg)
+    ctx = hydra_context()
+    output_dir = Path(output_dir or ctx.output_dir or OUTPUTS_DIR / "runs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f"))
+    overrides = ctx.overrides if overrides is None else overrides
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    config_yaml = OmegaConf.to_yaml(OmegaConf.create(resolved))
+    write_config_files(output_dir, config_yaml, overrides)
+
+    tracking_uri = cfg.mlflow.tracking_uri or default_tracking_uri()
+    data = speedups.Later(load_splits, cfg)
+    # MLflow is imported now, while the data loads (see the module doc).
+    from mnist_np.experiment.execute import Job, execute
+    from mnist_np.tracking.runs import reap_dead_runs
+    from mnist_np.tracking.tracker import MlflowTracker, flatten
+
+    try:
+        tracker = MlflowTracker(tracking_uri, cfg.mlflow.experiment_name, journal=output_dir / JOURNAL_FILE)
+        # Runs whose process was killed from outside (kill -9, out of memory) never closed
+        # themselves; whoever next uses the experiment on this host closes them.
+        reap_dead_runs(tracker.client, tracker.experiment_id)
+    except BaseException:
+        data.settle()  # the tracking error is the one to report; let the data load finish first
+        raise
+    raw, splits = data.result()
+
+    threads = blas_threads(cfg, ctx)
+    run_name, tags = _name_and_tags(cfg, ctx, overrides, output_dir)
+    run_id = tracker.start(run_name, flatten(resolved), {**tags, **(extra_tags or {})})
+    write_run_file(output_dir, run_id, tracking_uri, cfg.mlflow.experiment_name)
+    log.info("MLflow run %s (%s) in %s, %d BLAS thread(s)", run_name, run_id, tracking_uri, threads)
+    return execute(Job(cfg, tracker, raw, splits, output_dir, config_yaml, threads))
+
+
+def _name_and_tags(cfg: DictConfig, ctx: HydraContext, overrides: list[str], output_dir: Path) -> tuple[str, dict[str, str]]:
+    """The run's name (a sweep member's shows what it sweeps) and its tags: origin, process, sweep, git."""
+    run_name = cfg.mlflow.run_name or default_run_name(cfg)
+    sweep = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
+    sweep_tags = {}
+    if sweep is not None:
+        run_name = member_run_name(run_name, overrides, sweep.swept, explicit_base=bool(cfg.mlflow.run_name))
+        sweep_tags = {PARENT_RUN_TAG: sweep.parent_run_id, "sweep_job_num": str(ctx.job_num)}
+    tags = {
+        "overrides": " ".join(overrides),
+        OUTPUT_DIR_TAG: str(output_dir),
+        "mlflow.source.name": "scripts/train.py",
+        "mlflow.source.type": "LOCAL",
+        "test_weights": cfg.trainer.test_weights,
+        "host": platform.node(),
+        "pid": str(os.getpid()),
+        PROCESS_TAG: process_identity(),
+        **sweep_tags,
+        **git_tags(),
+    }
+    return run_name, tags

@@ -1,0 +1,181 @@
+"""The config's schemas: dataclasses Hydra type-checks every composed config against.
+
+One source of every default: a field either holds the value its YAML file
+in ``conf/`` holds (a test composes every group option and compares) or is
+``MISSING`` where the options of a group differ (``data.name``, the Adam
+family's ``weight_decay``), so a config read back from a run that lacks a
+key fails validation instead of training with some other value.
+
+Components are named, never imported: ``optimizer.name: adam`` is looked up
+in :mod:`mnist_np.nn.registry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from mnist_np.common.paths import CONF_DIR, PROJECT_ROOT
+from mnist_np.nn.activations import DEFAULT_NEGATIVE_SLOPE
+
+TRAIN_IMAGES = 60_000  # both datasets ship 60k training images before the val split
+ROOT_ENV = "MNIST_NP_ROOT"  # conf/config.yaml reads the project root from here
+
+
+class ConfigError(ValueError):
+    """An invalid config value; ``str()`` is the one line shown to the user."""
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # mnist | fashion_mnist: the group's option sets it
+    dir: Optional[str] = None  # a folder with the four IDX files (raw or .gz); tried first
+    cache_dir: Optional[str] = None  # null: $MNIST_NP_DATA_DIR, else ~/.cache/mnist-np
+    val_size: int = 5_000
+    split_seed: int = 0  # the validation split's own seed: one split for all runs of a sweep
+    train_limit: Optional[int] = None  # train on the first N training images (smoke runs)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    hidden_size: int = 128
+    num_hidden_layers: int = 1
+    activation: str = "relu"
+    negative_slope: float = DEFAULT_NEGATIVE_SLOPE  # leaky_relu only
+    init: str = "he"
+    init_scale: float = 0.01  # init=normal only: standard deviation
+    dropout: float = 0.0
+
+
+@dataclass
+class SGDConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0005
+
+
+@dataclass
+class AdamConfig:
+    name: str = MISSING  # adam | adamw
+    lr: float = 0.001
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = MISSING  # L2 for adam, decoupled for adamw: each option sets its own
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = MISSING  # constant | step | cosine
+    warmup_epochs: float = 0.0
+    step_size: int = 10  # step: epochs between decays
+    gamma: float = 0.1  # step: decay factor
+    min_lr: float = 0.0  # cosine: final learning rate
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    eval_batch_size: int = 10_000
+    dtype: str = "float32"
+    monitor: str = "val_loss"  # picks the best epoch and drives early stopping
+    early_stopping_patience: Optional[int] = None
+    test_weights: str = "last"  # score the test set with the last (final.npz) or best epoch's weights (best.npz)
+    progress: Optional[bool] = None  # null: a bar on a terminal, one line per epoch otherwise
+    threads: Optional[int] = None  # cores (shard processes or BLAS threads); null: all, shared out among parallel sweep workers
+    checkpoint_every: int = 1  # full training state (for resume) every N epochs, and after the last
+    keep_checkpoints: int = 2  # how many of them stay on disk
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: Optional[str] = "${oc.env:MLFLOW_TRACKING_URI,null}"  # null: sqlite mlflow.db at the project root
+    experiment_name: str = "mnist-np"
+    run_name: Optional[str] = None  # null: built from the config, e.g. mlp128-sgd-lr0.1-bs128
+    sweep_name: Optional[str] = None  # the parent run of a --multirun sweep; null: from the swept overrides
+    log_plots: bool = True
+    log_checkpoints: bool = False  # also upload every training-state checkpoint to the run
+
+
+@dataclass
+class Config:
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    optimizer: Any = MISSING  # SGDConfig or AdamConfig, chosen by the optimizer group
+    schedule: ScheduleConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    mlflow: MlflowConfig = MISSING
+    seed: int = 0
+    resume: Optional[str] = None  # a run id or output dir: continue that interrupted run instead
+
+
+# Which schema each config group's options follow.
+GROUP_SCHEMAS: dict[str, tuple[type, ...]] = {
+    "data": (DataConfig,),
+    "model": (ModelConfig,),
+    "optimizer": (SGDConfig, AdamConfig),
+    "schedule": (ScheduleConfig,),
+    "trainer": (TrainerConfig,),
+    "mlflow": (MlflowConfig,),
+}
+PRESET_GROUPS = ("experiment", "debug", "sweep")
+
+
+def optimizer_schema(name: str) -> type:
+    """The schema an ``optimizer.name`` follows (SGD, or the Adam family)."""
+    return AdamConfig if str(name).startswith("adam") else SGDConfig
+
+
+def schema_keys() -> set[str]:
+    """Every key the schemas define, dotted (``seed``, ``optimizer.lr``); the groups themselves excluded."""
+    keys = {f.name for f in dataclasses.fields(Config) if f.name not in GROUP_SCHEMAS}
+    for group, schemas in GROUP_SCHEMAS.items():
+        keys |= {f"{group}.{f.name}" for s in schemas for f in dataclasses.fields(s)}
+    return keys
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: YAML files under ``conf/<group>/``."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def register_configs() -> None:
+    """Put the schemas (group ``schema/``) and the sweep callback in Hydra's ConfigStore.
+
+    Also exports the project root as ``$MNIST_NP_ROOT``, which the run and
+    sweep dirs in ``conf/config.yaml`` are built from: an environment
+    variable (read with the built-in ``oc.env`` resolver) reaches joblib,
+    submitit and Slurm workers, where a custom resolver would be unknown.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    os.environ.setdefault(ROOT_ENV, str(PROJECT_ROOT))
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    # Schemas live in their own group, so they do not show up as options of
+    # the groups they type (`optimizer=base_sgd` is not a choice anyone should see).
+    for group, name, node in [
+        ("data", "data", DataConfig),
+        ("model", "mlp", ModelConfig),
+        ("optimizer", "sgd", SGDConfig),
+        ("optimizer", "adam", AdamConfig),
+        ("schedule", "schedule", ScheduleConfig),
+        ("trainer", "trainer", TrainerConfig),
+        ("mlflow", "mlflow", MlflowConfig),
+    ]:
+        cs.store(group=f"schema/{group}", name=name, node=node, package=group)
+    # Hydra instantiates callbacks from _target_ strings; keeping that string
+    # here, in code, leaves conf/ free of import paths.
+    cs.store(
+        group="hydra/callbacks",
+        name="mlflow_sweep",
+        node={"mlflow_sweep": {"_target_": "mnist_np.experiment.sweep.MlflowSweepCallback"}},
+        package="hydra.callbacks",
+    )

@@ -1,0 +1,128 @@
+"""``--multirun`` sweeps in MLflow: one parent run per sweep, every member a child.
+
+Hydra runs :class:`MlflowSweepCallback` in the process that drives the sweep
+(whatever the sweeper and launcher): before any member starts it creates (and
+migrates) the store once, opens the parent run and writes its id to
+``<sweep dir>/mlflow_sweep.json``; every member, in whatever process or node
+it runs, finds the parent there and tags its own run as a child. When the
+sweep ends the callback closes the parent with the sweep's summary
+(:mod:`mnist_np.experiment.sweep_summary`).
+
+Hydra builds its callbacks itself, from an import string, so the callback
+and the command that started Hydra (``scripts/train.py``, which must close a
+sweep that crashed before its end and report the outcome) meet in one
+object, :data:`SESSION`. Hydra also builds the callback for every single
+run, so this module does not import MLflow (a test checks); the parent run's
+work is in :mod:`mnist_np.experiment.sweep_runs` and
+:mod:`mnist_np.experiment.sweep_summary`, imported when a sweep opens or closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Mapping
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_np import speedups
+from mnist_np.common.errors import error_line
+from mnist_np.experiment.sweep_info import SweepInfo
+from mnist_np.tracking.uris import TrackingUnavailable
+
+if TYPE_CHECKING:
+    from mnist_np.experiment.sweep_summary import SweepSummary
+
+log = logging.getLogger(__name__)
+
+JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+# What a sweep member imports on its way through a run, preloaded by the
+# joblib workers' server (speedup warm_workers). A module missing here is
+# imported by the member itself; one that fails to import is skipped by the
+# server and fails in the member, with the member's own error.
+RUN_MODULES = [
+    "hydra.core.utils",
+    "mnist_np.experiment.run",
+    "mnist_np.experiment.sweep",
+    "mnist_np.train.sharded",
+    "mnist_np.plots",
+    "mnist_np.tracking.logged_model",
+    "mnist_np.tracking.pyfunc_model",
+    "mlflow.pyfunc",
+    "mlflow.models",
+    "threadpoolctl",
+    "matplotlib.pyplot",  # a third of a second; the backend is chosen later, by mnist_np.plots
+]
+
+
+def warm_joblib_workers(launcher: Mapping[str, Any]) -> bool:
+    """For Hydra's joblib launcher (``hydra.launcher`` given), workers that fork with :data:`RUN_MODULES` imported.
+
+    The speedup ``warm_workers`` (see :mod:`mnist_np.speedups`); False, changing
+    nothing, for any other launcher.
+    """
+    if launcher.get("_target_") != JOBLIB_LAUNCHER:
+        return False
+    return speedups.preload_joblib_workers(RUN_MODULES)
+
+
+class SweepSession:
+    """The sweep this process opened, and how it ended: what ``scripts/train.py`` reports.
+
+    ``open`` until closed (by the callback at the sweep's end, or by the
+    command when the sweep stopped first); then ``summary``, or ``unsynced``
+    (why MLflow could not be reached as it ended).
+    """
+
+    def __init__(self) -> None:
+        self.open: SweepInfo | None = None
+        self.summary: SweepSummary | None = None
+        self.unsynced: str | None = None
+
+    def finish(self, crash: str | None = None, status: str = "FAILED") -> SweepSummary | None:
+        """Summarise and close the sweep this process opened, if it is still open.
+
+        Args:
+            crash: why the sweep itself stopped early (then the parent ends ``status``).
+        """
+        info, self.open = self.open, None
+        if info is None:
+            return None
+        from mnist_np.experiment.sweep_summary import close_sweep  # MLflow: see the module doc
+
+        try:
+            self.summary = close_sweep(info, crash, status, members_done=True)
+        except Exception as e:  # noqa: BLE001 -- e.g. the server died between two of the closing calls
+            # The members' results are in MLflow or their dirs; the summary can be made later, from MLflow.
+            self.unsynced = str(e) if isinstance(e, TrackingUnavailable) else error_line(e)[:500]
+            log.warning("MLflow is unreachable as the sweep ends (%s); upload and summarise it later with: "
+                        "python scripts/sync.py %s", self.unsynced, info.sweep_dir)
+            return None
+        return self.summary
+
+    def error(self) -> str | None:
+        """The one line a finished sweep's command prints when something went wrong (None: every member finished)."""
+        if self.unsynced is not None:
+            return (f"the sweep is over but MLflow was unreachable ({self.unsynced}); its runs are in their "
+                    "output dirs: upload them with python scripts/sync.py <sweep dir>")
+        if self.summary is not None and not self.summary.ok:
+            return f"{self.summary.failed} of {self.summary.total} sweep members failed"
+        return None
+
+
+SESSION = SweepSession()
+
+
+class MlflowSweepCallback(Callback):
+    """Hydra callback: a parent MLflow run around every ``--multirun`` sweep."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = OmegaConf.to_container(config.hydra.launcher, resolve=True)
+        # First, so the workers' imports overlap everything below.
+        warm_joblib_workers(launcher if isinstance(launcher, dict) else {})
+        from mnist_np.experiment.sweep_runs import open_sweep  # MLflow: see the module doc
+
+        SESSION.open = open_sweep(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        SESSION.finish()

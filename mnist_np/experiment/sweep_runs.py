@@ -1,0 +1,62 @@
+"""A sweep's runs in MLflow: the parent opened before any member starts, and members whose config was invalid."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_np.common.procs import process_identity
+from mnist_np.experiment.context import hydra_context
+from mnist_np.experiment.provenance import git_tags
+from mnist_np.experiment.sweep_info import SweepInfo, member_run_name, parent_params, sweep_run_name, swept_parameters
+from mnist_np.tracking.conventions import PARENT_RUN_TAG, PROCESS_TAG
+from mnist_np.tracking.runs import reap_dead_runs
+from mnist_np.tracking.tracker import MlflowTracker, flatten
+from mnist_np.tracking.uris import default_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+def open_sweep(config: DictConfig) -> SweepInfo:
+    """Create the store (once, before parallel workers could race to migrate it), the parent run, and ``mlflow_sweep.json``."""
+    sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+    task = list(config.hydra.overrides.task)
+    search_space = config.hydra.sweeper.get("params")  # Optuna's; the basic sweeper's is null
+    swept = swept_parameters(task, OmegaConf.to_container(search_space) if search_space else None)
+    uri = config.mlflow.tracking_uri or default_tracking_uri()
+    tracker = MlflowTracker(uri, config.mlflow.experiment_name)
+    name = config.mlflow.sweep_name or sweep_run_name(swept)
+    tags = {
+        "sweep_dir": str(sweep_dir),
+        "overrides": " ".join(task),
+        "sweeper": str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1],
+        "launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1],
+        "mlflow.source.name": "scripts/train.py --multirun",
+        **git_tags(),
+    }
+    reap_dead_runs(tracker.client, tracker.experiment_id)
+    run_id = tracker.start(name, parent_params(task, swept), {**tags, PROCESS_TAG: process_identity()})
+    info = SweepInfo(run_id, uri, config.mlflow.experiment_name, name, str(sweep_dir), swept, parents={uri: run_id})
+    info.save()
+    log.info("MLflow parent run %r (%s) for the sweep in %s", name, run_id, sweep_dir)
+    return info
+
+
+def record_invalid_member(cfg: DictConfig, error: str) -> None:
+    """A sweep member whose config failed validation still shows up, as a FAILED child with the reason.
+
+    (A single run with a bad config creates nothing; in a sweep the parent
+    already exists and the member's absence would go unnoticed.)
+    """
+    ctx = hydra_context()
+    info = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
+    if info is None:
+        return
+    tracker = MlflowTracker(info.tracking_uri, info.experiment_name)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    name = member_run_name("invalid-config", ctx.overrides, info.swept, explicit_base=True)
+    tracker.start(name, flatten(resolved), {PARENT_RUN_TAG: info.parent_run_id, "overrides": " ".join(ctx.overrides)})
+    tracker.end("FAILED", f"invalid config: {error}")

@@ -1,0 +1,171 @@
+"""A sweep's outcome on its parent run: counts, the best member on validation, a sorted table, plots.
+
+The best member is chosen by validation accuracy, never by test accuracy,
+which is shown but never decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mnist_np import plots
+from mnist_np.common.procs import is_dead
+from mnist_np.experiment.overrides import parse_override
+from mnist_np.experiment.sweep_info import SweepInfo
+from mnist_np.experiment.tables import table_csv, table_markdown
+from mnist_np.tracking.conventions import FAILURE_TAG, KILLED_REASON, OUTPUT_DIR_TAG, PROCESS_TAG
+from mnist_np.tracking.journal import JOURNAL_FILE, read_journal
+from mnist_np.tracking.queries import child_runs, latest_metrics
+from mnist_np.tracking.runs import close_run
+from mnist_np.tracking.sync import sync_output_dir
+from mnist_np.tracking.tracker import MlflowTracker
+
+log = logging.getLogger(__name__)
+SUMMARY_DIR = "sweep_summary"
+
+
+@dataclass
+class SweepSummary:
+    """The outcome of a sweep, as the parent run records it."""
+
+    total: int
+    finished: int
+    failed: int
+    best: dict[str, Any] | None
+    rows: list[dict[str, Any]]
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.total > 0
+
+
+def summarize(children: Sequence[Mapping[str, Any]], swept_keys: Sequence[str]) -> SweepSummary:
+    """Counts, the best finished member by ``best_val_accuracy``, and one table row per member."""
+    rows = []
+    for c in children:
+        m = c["metrics"]
+        rows.append(
+            {
+                "name": c["name"],
+                "status": c["status"],
+                **{k: c["params"].get(k, _choice(c, k)) for k in swept_keys},
+                "val_accuracy": m.get("best_val_accuracy"),
+                "test_accuracy": m.get("test_accuracy"),
+                "epochs": m.get("epochs_trained"),
+                "train_seconds": m.get("train_seconds"),
+                "run_id": c["run_id"],
+                "failure_reason": c["tags"].get(FAILURE_TAG, ""),
+            }
+        )
+    # Finished members first, best validation accuracy first; test accuracy is shown, never used.
+    rows.sort(key=lambda r: (r["status"] != "FINISHED", -(r["val_accuracy"] if _finite(r["val_accuracy"]) else -1.0), r["name"]))
+    finished = [r for r in rows if r["status"] == "FINISHED" and _finite(r["val_accuracy"])]
+    return SweepSummary(
+        total=len(rows),
+        finished=sum(r["status"] == "FINISHED" for r in rows),
+        failed=sum(r["status"] != "FINISHED" for r in rows),
+        best=finished[0] if finished else None,
+        rows=rows,
+    )
+
+
+def _choice(child: Mapping[str, Any], key: str) -> str:
+    """A swept group option (``optimizer=adam``) is not a param; find it in the run's overrides tag."""
+    for line in child["tags"].get("overrides", "").split():
+        k, v = parse_override(line)
+        if k == key:
+            return v
+    return ""
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def close_sweep(info: SweepInfo, crash: str | None = None, status: str = "FAILED", members_done: bool = False) -> SweepSummary:
+    """Give the parent run its summary and final status.
+
+    A member run still RUNNING whose output dir shows it ended (it lost MLflow
+    on the way) is synced from that dir. Any other RUNNING member is closed as
+    dead when ``members_done`` (every member has returned) or when its
+    process is gone; otherwise the sweep is still going and nothing is closed.
+
+    Args:
+        crash: why the sweep itself stopped early (then the parent ends ``status``).
+
+    Raises:
+        TrackingUnavailable: the server does not answer.
+        ValueError: members are still running (only without ``members_done``).
+    """
+    tracker = MlflowTracker(info.tracking_uri, info.experiment_name, run_id=info.parent_run_id)
+    _settle_members(tracker, info, members_done)
+    summary = summarize(child_runs(tracker.client, tracker.experiment_id, info.parent_run_id), list(info.swept))
+    try:
+        _record(tracker, info, summary)
+    except Exception as e:  # the members' runs are safe; only the summary is missing
+        log.warning("could not record the sweep summary in MLflow: %s", e)
+    if crash:
+        tracker.end(status, crash)
+    elif summary.finished == 0:
+        tracker.end("FAILED", f"all {summary.total} members failed")
+    else:
+        tracker.end("FINISHED")
+    log.info(
+        "sweep %r: %d members, %d finished, %d failed%s",
+        info.name, summary.total, summary.finished, summary.failed,
+        f"; best {summary.best['name']} (val_accuracy {summary.best['val_accuracy']:.4f})" if summary.best else "",
+    )
+    return summary
+
+
+def _settle_members(tracker: MlflowTracker, info: SweepInfo, members_done: bool) -> None:
+    """Members left RUNNING: synced from their dir if they ended, closed if they are dead, else an error."""
+    for c in child_runs(tracker.client, tracker.experiment_id, info.parent_run_id):
+        if c["status"] != "RUNNING":
+            continue
+        journal = Path(c["tags"].get(OUTPUT_DIR_TAG, "")) / JOURNAL_FILE
+        if journal.is_file() and read_journal(journal).end is not None:
+            log.info("%s", sync_output_dir(journal.parent).line())
+        elif members_done or is_dead(c["tags"].get(PROCESS_TAG, "")):
+            # Every member has returned (or this one's process is gone): nobody will close this run.
+            close_run(tracker.client, c["run_id"], "FAILED", KILLED_REASON)
+        else:
+            raise ValueError(f"member run {c['run_id']} of sweep {info.name!r} is still running; sync the sweep when it is over")
+
+
+def _record(tracker: MlflowTracker, info: SweepInfo, summary: SweepSummary) -> None:
+    """Counts and the best member as the parent's metrics and tags; the table and plots as its artifacts."""
+    metrics: dict[str, float] = {
+        "members": summary.total,
+        "members_finished": summary.finished,
+        "members_failed": summary.failed,
+    }
+    tags = {"members_failed": str(summary.failed), "members_finished": str(summary.finished)}
+    if summary.best:
+        b = summary.best
+        for key in ("val_accuracy", "test_accuracy", "epochs", "train_seconds"):
+            if _finite(b.get(key)):
+                metrics[f"best_{key}" if key != "val_accuracy" else "best_val_accuracy"] = float(b[key])
+        tags.update({"best_run_id": b["run_id"], "best_run_name": b["name"]})
+        for key in info.swept:
+            tags[f"best.{key}"] = str(b.get(key, ""))
+    # Only values that changed: summarising again (after a sync) must not repeat a metric.
+    current = latest_metrics(tracker.client, info.parent_run_id)
+    changed = {k: v for k, v in metrics.items() if current.get(k) != v}
+    if changed:
+        tracker.log_metrics(changed)
+    tracker.set_tags(tags)
+
+    out = Path(info.sweep_dir) / SUMMARY_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.csv").write_text(table_csv(summary.rows))
+    (out / "summary.md").write_text(table_markdown(summary.rows))
+    try:
+        plots.sweep_plots(out, summary.rows, list(info.swept))
+    except Exception as e:  # a figure must never lose the table
+        log.warning("sweep plots failed: %s", e)
+    tracker.log_artifacts(out, SUMMARY_DIR)

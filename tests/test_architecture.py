@@ -1,0 +1,184 @@
+"""The package's shape, checked: layers import one way, no cycles, small modules and functions.
+
+Layers are folders of ``mnist_np`` (and three top-level modules that sit
+between them); each may import only the layers listed for it in
+:data:`ALLOWED`, so ``nn`` and ``data`` never see training, tracking or
+configs, and only ``tracking`` talks to MLflow, only ``experiment`` to Hydra.
+The imports are read from the source (every ``import``, also inside
+functions), never by importing it.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON
+from mnist_np.common.paths import PROJECT_ROOT
+
+PACKAGE = PROJECT_ROOT / "mnist_np"
+# layer -> the layers it may import (besides itself). Direction: common -> nn, data -> train -> tracking -> experiment.
+ALLOWED: dict[str, set[str]] = {
+    "common": set(),
+    "speedups": {"common"},
+    "nn": {"common"},
+    "data": {"common"},
+    "preprocess": {"common"},
+    "train": {"common", "nn"},
+    "plots": {"common", "nn", "speedups"},
+    "inference": {"common", "nn", "data", "preprocess"},
+    "tracking": {"common", "speedups", "nn", "train"},
+    "experiment": {"common", "speedups", "nn", "data", "train", "plots", "tracking"},
+}
+# Third-party packages only one layer may import.
+OWNERS = {"mlflow": "tracking", "hydra": "experiment", "omegaconf": "experiment", "hydra_plugins": "experiment"}
+TEST_ONLY = ("playwright", "pytest")  # drivers of tests: they live under tests/helpers
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 60
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> str | None:
+    """``mnist_np.nn.model`` -> ``nn``; the root package itself has none."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(module: str) -> list[tuple[str, int]]:
+    """Every module ``module`` imports (absolute names, package ``__init__`` for packages), with the line."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package, up level - 1
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from mnist_np.experiment import sweep` imports the module mnist_np.experiment.sweep;
+            # `from mnist_np.data import DataError` the package's __init__.
+            submodules = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
+            found += [(name, node.lineno) for name in submodules]
+            if len(submodules) < len(node.names):
+                found.append((base, node.lineno))
+    return found
+
+
+def internal_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = defaultdict(set)
+    for module in MODULES:
+        for name, _ in imports(module):
+            if name in MODULES and name != module:
+                graph[module].add(name)
+    return graph
+
+
+def test_every_module_belongs_to_a_known_layer() -> None:
+    unknown = sorted({layer_of(m) for m in MODULES} - set(ALLOWED) - {None})
+    assert unknown == [], f"add these layers to ALLOWED (and the docs' layout): {unknown}"
+
+
+def test_layers_import_one_way() -> None:
+    upward = []
+    for module in MODULES:
+        mine = layer_of(module)
+        for name, line in imports(module):
+            if not name.startswith("mnist_np.") or mine is None:
+                continue
+            theirs = layer_of(name)
+            if theirs is not None and theirs != mine and theirs not in ALLOWED[mine]:
+                upward.append(f"{module}:{line} ({mine}) imports {name} ({theirs})")
+    assert upward == []
+
+
+def test_third_party_frameworks_stay_in_their_layer() -> None:
+    strays = []
+    for module in MODULES:
+        for name, line in imports(module):
+            top = name.split(".")[0]
+            owner = OWNERS.get(top)
+            if (owner is not None and layer_of(module) != owner) or top in TEST_ONLY:
+                strays.append(f"{module}:{line} imports {name}")
+    assert strays == []
+
+
+def test_no_import_cycles() -> None:
+    graph = internal_graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(MODULES):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def _sources() -> list[Path]:
+    return [*MODULES.values(), *sorted((PROJECT_ROOT / "scripts").glob("*.py"))]
+
+
+def test_modules_and_functions_are_small() -> None:
+    big_modules = [f"{p.relative_to(PROJECT_ROOT)}: {n} lines" for p in _sources()
+                   if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    big_functions = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    big_functions.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} {node.name}: {length} lines")
+    assert big_modules == [] and big_functions == []
+
+
+def test_the_checks_see_the_real_package() -> None:
+    """The rules above would pass vacuously on an empty or unparsed tree."""
+    graph = internal_graph()
+    assert {"mnist_np.nn.model", "mnist_np.train.loop", "mnist_np.tracking.tracker", "mnist_np.experiment.run"} <= set(MODULES)
+    assert "mnist_np.nn.model" in graph["mnist_np.train.loop"]
+    assert "mnist_np.train.loop" in graph["mnist_np.tracking.tracker"]
+    assert any(name == "mlflow" or name.startswith("mlflow.") for name, _ in imports("mnist_np.tracking.client"))
+
+
+@pytest.mark.parametrize("upward", [
+    ("mnist_np.nn.model", "from mnist_np.train.loop import fit"),
+    ("mnist_np.tracking.tracker", "from mnist_np.experiment.run import run"),
+])
+def test_an_upward_import_is_caught(upward: tuple[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    module, line = upward
+    fake = tmp_path / MODULES[module].relative_to(PROJECT_ROOT)
+    fake.parent.mkdir(parents=True)
+    fake.write_text(MODULES[module].read_text() + f"\n{line}\n")
+    monkeypatch.setitem(MODULES, module, fake)
+    with pytest.raises(AssertionError, match=line.split()[1]):
+        test_layers_import_one_way()
+
+
+def test_a_run_imports_mlflow_only_after_its_data_load_started() -> None:
+    """What ``scripts/train.py`` imports before ``run()`` starts the data load stays free of MLflow (seconds to import)."""
+    code = ("import sys, mnist_np.experiment.run, mnist_np.experiment.sweep, mnist_np.experiment.compose, "
+            "mnist_np.experiment.results; print(sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.')))")
+    proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

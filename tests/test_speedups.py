@@ -1,0 +1,72 @@
+"""The shortcuts of mnist_np.speedups: one switch, and none of them changes a result.
+
+What each one saves is measured by ``scripts/bench.py run --speedups`` (and
+``bench.py sweep --speedups`` for warm_workers), never by a timed test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
+from mnist_np import speedups
+from mnist_np.experiment.compose import compose
+from mnist_np.experiment.run import run
+
+
+@pytest.mark.parametrize("value,on", [
+    ("", set(speedups.NAMES)),
+    ("all", set(speedups.NAMES)),
+    ("none", set()),
+    ("fast_exit,warm_workers", {"fast_exit", "warm_workers"}),
+    ("-fast_exit", set(speedups.NAMES) - {"fast_exit"}),
+    ("-fast_exit,-load_beside_store", set(speedups.NAMES) - {"fast_exit", "load_beside_store"}),
+])
+def test_the_switch(value: str, on: set[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(speedups.ENV, value)
+    assert {name for name in speedups.NAMES if speedups.enabled(name)} == on
+
+
+def test_a_misspelt_switch_is_one_line_naming_what_is_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(speedups.ENV, "fast_exti")
+    with pytest.raises(ValueError) as e:
+        speedups.enabled("fast_exit")
+    assert "fast_exti" in str(e.value) and "load_beside_store" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_later_runs_now_or_beside(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value in ("all", "none"):
+        monkeypatch.setenv(speedups.ENV, value)
+        calls: list[int] = []
+        later = speedups.Later(lambda x: calls.append(x) or x * 2, 21)
+        assert later.result() == 42 and calls == [21]
+        failing = speedups.Later(lambda: 1 / 0)
+        failing.settle()  # never raises: another error is the one being reported
+        with pytest.raises(ZeroDivisionError):
+            failing.result()
+
+
+@pytest.mark.slow
+def test_results_are_the_same_with_every_shortcut_off(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hashes = {}
+    for value in ("all", "none"):
+        monkeypatch.setenv(speedups.ENV, value)
+        out = tmp_path / value
+        run(compose(small_overrides(tracking_uri, "trainer.epochs=1")), output_dir=out)
+        hashes[value] = json.loads((out / "summary.json").read_text())["weights_sha256"]
+        assert sorted(p.name for p in (out / "plots").glob("*.png")) == [
+            "accuracy_curves.png", "confusion_matrix.png", "first_layer_weights.png", "loss_curves.png", "misclassified.png"]
+    assert hashes["all"] == hashes["none"]
+
+
+@pytest.mark.parametrize("value", ["all", "-fast_exit"])
+def test_the_exit_status_and_output_survive_a_fast_exit(value: str, tmp_path: Path) -> None:
+    env = {"MNIST_NP_SPEEDUPS": value, "PATH": "/usr/bin:/bin"}
+    bad = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "optimizer.lr=0"], capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and bad.stderr == "error: invalid config: optimizer.lr=0.0 is not allowed; expected a number > 0\n"
+    helped = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--help"], capture_output=True, text=True, timeout=120, env=env)
+    assert helped.returncode == 0 and helped.stdout.rstrip().endswith("Hydra's own flags: --hydra-help")
