@@ -4,26 +4,22 @@
 ``none``, a comma list of the ones to use (``fast_exit,warm_workers``), or
 of the ones to leave out (``-fast_exit``). ``scripts/bench.py run
 --speedups`` times default runs with each one off in turn, side by side;
-``scripts/bench.py sweep`` measures ``warm_workers``. The docs' Performance
-section gives the figures; a shortcut stays only while it saves at least
-0.3 s.
+``scripts/bench.py sweep --speedups`` measures ``warm_workers``. The
+README's Performance section gives the figures; a shortcut stays only while
+it saves at least 0.3 s (two that saved less -- loading the data in a
+thread while MLflow opened its store, and skipping MLflow's check of a
+logged model's requirements -- were measured and removed).
 
-- ``load_beside_store``: the data load (decompression, hashing: C code that
-  releases the GIL) runs in a thread while MLflow opens its store (Python).
 - ``figures_in_background``: the figures are drawn in forked processes while
   the run logs its model and uploads its artifacts.
-- ``trusted_requirements``: MLflow's check of a logged model's requirements
-  against every installed distribution is skipped; ours are pinned from the
-  installed versions, so it can only agree.
 - ``fast_exit``: the process ends without the interpreter's teardown of
   thousands of modules, once every exit handler has run.
 - ``warm_workers``: a parallel sweep's joblib workers fork from a server that
   has already imported what a run needs, instead of each importing it.
 
-Switched off, each does the plain thing in the plain order. This module
-imports nothing of the package but :mod:`mnist_np.common`, and no
-third-party library but joblib (lazily): the code being sped up passes in
-what it needs.
+Switched off, each does the plain thing. This module imports nothing of
+the package but :mod:`mnist_np.common`, and no third-party library but
+joblib (lazily): the code being sped up passes in what it needs.
 """
 
 from __future__ import annotations
@@ -32,16 +28,13 @@ import atexit
 import logging
 import os
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Any, Callable, Generic, Iterator, NoReturn, Sequence, TypeVar
+from typing import Callable, NoReturn, Sequence
 
 from mnist_np.common.procs import forks_safely
 
 log = logging.getLogger(__name__)
 ENV = "MNIST_NP_SPEEDUPS"
-NAMES = ("load_beside_store", "figures_in_background", "trusted_requirements", "fast_exit", "warm_workers")
-T = TypeVar("T")
+NAMES = ("figures_in_background", "fast_exit", "warm_workers")
 
 
 def enabled(name: str) -> bool:
@@ -59,30 +52,6 @@ def enabled(name: str) -> bool:
     if all(w.startswith("-") for w in words) or words == ["all"]:
         return f"-{name}" not in words
     return name in words
-
-
-# ---------------------------------------------------------------- load_beside_store
-
-
-class Later(Generic[T]):
-    """``fn(*args)``, started in a thread now (``load_beside_store``) or run when its result is first asked for."""
-
-    def __init__(self, fn: Callable[..., T], *args: Any) -> None:
-        self._call = lambda: fn(*args)
-        self._future: Future[T] | None = None
-        if enabled("load_beside_store"):
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=getattr(fn, "__name__", "later"))
-            self._future = pool.submit(self._call)
-            pool.shutdown(wait=False)
-
-    def result(self) -> T:
-        """The value (or the exception) of ``fn(*args)``."""
-        return self._future.result() if self._future is not None else self._call()
-
-    def settle(self) -> None:
-        """Let a started call finish, whatever its outcome (when something else has failed first)."""
-        if self._future is not None:
-            self._future.exception()
 
 
 # ---------------------------------------------------------------- figures_in_background
@@ -138,28 +107,6 @@ def _fork(calls: Sequence[Callable[[], object]]) -> Callable[[], str | None]:
         return message or f"the child process ended with status {status}"
 
     return wait
-
-
-# ---------------------------------------------------------------- trusted_requirements
-
-
-@contextmanager
-def skipping(owner: object, function: str, speedup: str) -> Iterator[None]:
-    """While inside, ``owner.<function>`` does nothing, if ``speedup`` is on and ``owner`` has it.
-
-    For a check inside a library that offers no switch of its own (the
-    caller names the library's module); where a future version lacks the
-    function, the check simply runs.
-    """
-    if not enabled(speedup) or not hasattr(owner, function):
-        yield
-        return
-    original = getattr(owner, function)
-    setattr(owner, function, lambda *args, **kwargs: None)
-    try:
-        yield
-    finally:
-        setattr(owner, function, original)
 
 
 # ---------------------------------------------------------------- fast_exit

@@ -11,13 +11,11 @@ functions), never by importing it.
 from __future__ import annotations
 
 import ast
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON
 from mnist_np.common.paths import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "mnist_np"
@@ -31,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"common", "nn"},
     "plots": {"common", "nn", "speedups"},
     "inference": {"common", "nn", "data", "preprocess"},
-    "tracking": {"common", "speedups", "nn", "train"},
+    "tracking": {"common", "nn", "train"},
     "experiment": {"common", "speedups", "nn", "data", "train", "plots", "tracking"},
 }
 # Third-party packages only one layer may import.
@@ -173,12 +171,3 @@ def test_an_upward_import_is_caught(upward: tuple[str, str], monkeypatch: pytest
     monkeypatch.setitem(MODULES, module, fake)
     with pytest.raises(AssertionError, match=line.split()[1]):
         test_layers_import_one_way()
-
-
-def test_a_run_imports_mlflow_only_after_its_data_load_started() -> None:
-    """What ``scripts/train.py`` imports before ``run()`` starts the data load stays free of MLflow (seconds to import)."""
-    code = ("import sys, mnist_np.experiment.run, mnist_np.experiment.sweep, mnist_np.experiment.compose, "
-            "mnist_np.experiment.results; print(sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.')))")
-    proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "[]"

@@ -24,7 +24,7 @@ from mnist_np.experiment.run import run
     ("none", set()),
     ("fast_exit,warm_workers", {"fast_exit", "warm_workers"}),
     ("-fast_exit", set(speedups.NAMES) - {"fast_exit"}),
-    ("-fast_exit,-load_beside_store", set(speedups.NAMES) - {"fast_exit", "load_beside_store"}),
+    ("-fast_exit,-warm_workers", {"figures_in_background"}),
 ])
 def test_the_switch(value: str, on: set[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(speedups.ENV, value)
@@ -35,19 +35,7 @@ def test_a_misspelt_switch_is_one_line_naming_what_is_known(monkeypatch: pytest.
     monkeypatch.setenv(speedups.ENV, "fast_exti")
     with pytest.raises(ValueError) as e:
         speedups.enabled("fast_exit")
-    assert "fast_exti" in str(e.value) and "load_beside_store" in str(e.value) and "\n" not in str(e.value)
-
-
-def test_later_runs_now_or_beside(monkeypatch: pytest.MonkeyPatch) -> None:
-    for value in ("all", "none"):
-        monkeypatch.setenv(speedups.ENV, value)
-        calls: list[int] = []
-        later = speedups.Later(lambda x: calls.append(x) or x * 2, 21)
-        assert later.result() == 42 and calls == [21]
-        failing = speedups.Later(lambda: 1 / 0)
-        failing.settle()  # never raises: another error is the one being reported
-        with pytest.raises(ZeroDivisionError):
-            failing.result()
+    assert "fast_exti" in str(e.value) and "figures_in_background" in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ def gunzip(buf: bytes, source: str | os.PathLike[str] | None = None) -> bytes:
     """
     # One zlib call per gzip member (not GzipFile's 8 KB reads): zlib releases
     # the GIL while it inflates, so a file loads at full speed even while
-    # another thread runs Python (the runner opens MLflow meanwhile).
+    # another thread runs Python (a run opens MLflow meanwhile).
     parts: list[bytes] = []
     size = 0
     rest = buf

@@ -1,13 +1,9 @@
 """``run(cfg)``: a composed config -> a validated, tracked training run (or the resumption of one).
 
 Order matters: validate first (nothing is created for a bad config), open
-the tracking store (fail fast if it is unreachable) while the data loads,
-and only then open the MLflow run, so every run that exists has a real
-training behind it.
-
-This module, like everything a run imports before its data load starts,
-does not import MLflow at import time (a test checks): importing it takes
-seconds, which the speedup ``load_beside_store`` spends loading the data.
+the tracking store (fail fast if it is unreachable), load the data, and only
+then open the MLflow run, so every run that exists has a real training
+behind it.
 """
 
 from __future__ import annotations
@@ -20,18 +16,21 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_np import speedups
 from mnist_np.common.paths import OUTPUTS_DIR
 from mnist_np.common.procs import process_identity
 from mnist_np.experiment.builders import default_run_name, load_splits
 from mnist_np.experiment.context import HydraContext, blas_threads, hydra_context
+from mnist_np.experiment.execute import Job, execute
 from mnist_np.experiment.outputs import write_config_files
 from mnist_np.experiment.provenance import git_tags
 from mnist_np.experiment.results import RunResult
+from mnist_np.experiment.resume import resume
 from mnist_np.experiment.sweep_info import SweepInfo, member_run_name
 from mnist_np.experiment.validation import validate
 from mnist_np.tracking.conventions import OUTPUT_DIR_TAG, PARENT_RUN_TAG, PROCESS_TAG
 from mnist_np.tracking.journal import JOURNAL_FILE, write_run_file
+from mnist_np.tracking.runs import reap_dead_runs
+from mnist_np.tracking.tracker import MlflowTracker, flatten
 from mnist_np.tracking.uris import default_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -60,8 +59,6 @@ def run(
         TrainingDiverged: the loss went NaN/inf (the run ends FAILED).
     """
     if cfg.get("resume"):
-        from mnist_np.experiment.resume import resume  # imports MLflow: see the module doc
-
         return resume(str(cfg.resume), cfg.mlflow.tracking_uri)
     validate(cfg)
     ctx = hydra_context()
@@ -74,21 +71,11 @@ def run(
     write_config_files(output_dir, config_yaml, overrides)
 
     tracking_uri = cfg.mlflow.tracking_uri or default_tracking_uri()
-    data = speedups.Later(load_splits, cfg)
-    # MLflow is imported now, while the data loads (see the module doc).
-    from mnist_np.experiment.execute import Job, execute
-    from mnist_np.tracking.runs import reap_dead_runs
-    from mnist_np.tracking.tracker import MlflowTracker, flatten
-
-    try:
-        tracker = MlflowTracker(tracking_uri, cfg.mlflow.experiment_name, journal=output_dir / JOURNAL_FILE)
-        # Runs whose process was killed from outside (kill -9, out of memory) never closed
-        # themselves; whoever next uses the experiment on this host closes them.
-        reap_dead_runs(tracker.client, tracker.experiment_id)
-    except BaseException:
-        data.settle()  # the tracking error is the one to report; let the data load finish first
-        raise
-    raw, splits = data.result()
+    tracker = MlflowTracker(tracking_uri, cfg.mlflow.experiment_name, journal=output_dir / JOURNAL_FILE)
+    # Runs whose process was killed from outside (kill -9, out of memory) never closed
+    # themselves; whoever next uses the experiment on this host closes them.
+    reap_dead_runs(tracker.client, tracker.experiment_id)
+    raw, splits = load_splits(cfg)
 
     threads = blas_threads(cfg, ctx)
     run_name, tags = _name_and_tags(cfg, ctx, overrides, output_dir)

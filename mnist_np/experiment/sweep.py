@@ -11,16 +11,14 @@ sweep ends the callback closes the parent with the sweep's summary
 Hydra builds its callbacks itself, from an import string, so the callback
 and the command that started Hydra (``scripts/train.py``, which must close a
 sweep that crashed before its end and report the outcome) meet in one
-object, :data:`SESSION`. Hydra also builds the callback for every single
-run, so this module does not import MLflow (a test checks); the parent run's
-work is in :mod:`mnist_np.experiment.sweep_runs` and
-:mod:`mnist_np.experiment.sweep_summary`, imported when a sweep opens or closes.
+object, :data:`SESSION`. The parent run's work is in
+:mod:`mnist_np.experiment.sweep_runs` and :mod:`mnist_np.experiment.sweep_summary`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -28,10 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_np import speedups
 from mnist_np.common.errors import error_line
 from mnist_np.experiment.sweep_info import SweepInfo
+from mnist_np.experiment.sweep_runs import open_sweep
+from mnist_np.experiment.sweep_summary import SweepSummary, close_sweep
 from mnist_np.tracking.uris import TrackingUnavailable
-
-if TYPE_CHECKING:
-    from mnist_np.experiment.sweep_summary import SweepSummary
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +85,6 @@ class SweepSession:
         info, self.open = self.open, None
         if info is None:
             return None
-        from mnist_np.experiment.sweep_summary import close_sweep  # MLflow: see the module doc
-
         try:
             self.summary = close_sweep(info, crash, status, members_done=True)
         except Exception as e:  # noqa: BLE001 -- e.g. the server died between two of the closing calls
@@ -120,8 +115,6 @@ class MlflowSweepCallback(Callback):
         launcher = OmegaConf.to_container(config.hydra.launcher, resolve=True)
         # First, so the workers' imports overlap everything below.
         warm_joblib_workers(launcher if isinstance(launcher, dict) else {})
-        from mnist_np.experiment.sweep_runs import open_sweep  # MLflow: see the module doc
-
         SESSION.open = open_sweep(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -1,17 +1,16 @@
 """How this project writes runs into MLflow: tag names, MLflow's limits, and values MLflow refuses.
 
 One place for each, so the tracker, the administration of runs and the
-sweep summary cannot disagree. No MLflow import (a test checks): the
-modules a run imports before its data load starts use these names.
+sweep summary cannot disagree.
 """
 
 from __future__ import annotations
 
 from typing import Mapping
 
-# MLflow's own tag (mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID), written out:
-# importing mlflow takes seconds, and a run starts its data load before it does.
-PARENT_RUN_TAG = "mlflow.parentRunId"  # what makes the UI nest a run under its sweep
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+PARENT_RUN_TAG = MLFLOW_PARENT_RUN_ID  # what makes the UI nest a run under its sweep
 PROCESS_TAG = "process"  # host:pid:start of the process that owns a RUNNING run
 OUTPUT_DIR_TAG = "hydra_output_dir"  # where a run's files are
 FAILURE_TAG = "failure_reason"  # why a run ended FAILED or KILLED

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from mnist_np import speedups
 from mnist_np.tracking.client import MlflowError
 from mnist_np.tracking.uris import require_store, tracking_uri_or_default
 
@@ -109,18 +108,11 @@ def _signature(weights_path: Path, example: np.ndarray) -> Any:
 def _save_model_files(client: MlflowClient, run_id: str, model: Any, weights_path: Path, example: np.ndarray, signature: Any) -> None:
     """Write the pyfunc model's folder (code, weights, MLmodel, requirements) and upload it as the logged model's files."""
     import mlflow.pyfunc
-    import mlflow.utils.environment
     from mlflow.models import Model
 
     from mnist_np.tracking.pyfunc_model import WEIGHTS_ARTIFACT
 
-    # MLflow offers no switch for its check of the requirements against every
-    # installed distribution; ours are pinned from the installed versions, so
-    # the check (a scan of site-packages) can only agree: the speedup skips
-    # mlflow.utils.environment.warn_dependency_requirement_mismatches.
-    with tempfile.TemporaryDirectory(prefix="mnist-np-model-") as tmp, speedups.skipping(
-        mlflow.utils.environment, "warn_dependency_requirement_mismatches", "trusted_requirements"
-    ):
+    with tempfile.TemporaryDirectory(prefix="mnist-np-model-") as tmp:
         local = Path(tmp) / PYFUNC_MODEL_NAME
         mlflow.pyfunc.save_model(
             path=str(local),

@@ -8,7 +8,7 @@ artifacts folder), waits until ``/health`` answers, and hands back an
 shared server.
 
 This module never imports MLflow: it only starts the executable and speaks
-HTTP to it, so tracking stays the business of :mod:`mnist_np.tracking`.
+HTTP to it, so MLflow stays the business of :mod:`mnist_np.tracking`.
 """
 
 from __future__ import annotations
