@@ -35,11 +35,12 @@ sweep: $(STAMP)
 	$(PY) scripts/train.py --multirun +sweep=parallel model.hidden_size=64,128 optimizer.lr=0.05,0.1 trainer.epochs=5 $(ARGS)
 
 # Training-loop benchmark against the GEMM roofline and PyTorch (installs the pinned CPU torch),
-# then whole default runs: the time spent outside the epochs and the peak memory.
+# then whole default runs: the time spent outside the epochs, the peak memory, and what each
+# shortcut of mnist_np/speedups.py saves (the same run with each one off in turn).
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) scripts/bench.py loop $(ARGS)
-	$(PY) scripts/bench.py run
+	$(PY) scripts/bench.py run --speedups
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -58,3 +58,17 @@ def test_the_exit_status_and_output_survive_a_fast_exit(value: str, tmp_path: Pa
     assert bad.returncode == 2 and bad.stderr == "error: invalid config: optimizer.lr=0.0 is not allowed; expected a number > 0\n"
     helped = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--help"], capture_output=True, text=True, timeout=120, env=env)
     assert helped.returncode == 0 and helped.stdout.rstrip().endswith("Hydra's own flags: --hydra-help")
+
+
+@pytest.mark.slow
+def test_bench_run_times_each_shortcut_off(tmp_path: Path) -> None:
+    """``scripts/bench.py run --speedups`` (what ``make bench`` runs) measures every run-time shortcut; here on a tiny run."""
+    out = tmp_path / "bench-run.json"
+    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "bench.py"), "run", "--speedups", "--repeats", "1", "--json", str(out),
+                           "data.train_limit=1000", "data.val_size=500", "trainer.epochs=1"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["speedup_saves_s"]) == set(speedups.NAMES) - {"warm_workers"}  # that one is bench.py sweep's
+    assert [len(runs) for runs in result["variants"].values()] == [1] * len(speedups.NAMES)
+    assert all(r["epochs"] == 1 and r["wall_s"] > r["epochs_s"] > 0 for runs in result["variants"].values() for r in runs)
