@@ -10,14 +10,27 @@ from typing import Iterator
 
 import pytest
 
+from helpers.servers import MlflowServer, start_mlflow_server
 from mnist_np.common.paths import PROJECT_ROOT
 from mnist_np.experiment.compose import compose
-from helpers.servers import MlflowServer, start_mlflow_server
 
 TRAIN_SCRIPT = PROJECT_ROOT / "scripts" / "train.py"
 PYTHON = sys.executable
 # The fault marker, the `lost` fixture and docs/reliability.md (see tests/helpers/reliability.py).
 pytest_plugins = ("helpers.reliability",)
+
+
+def _project_run_dirs() -> set[Path]:
+    return {p for kind in ("runs", "sweeps") for p in (PROJECT_ROOT / "outputs" / kind).glob("*/*")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def outputs_stay_clean() -> Iterator[None]:
+    """No test may leave a run or sweep dir in the project's own outputs/ (they go under tmp dirs)."""
+    before = _project_run_dirs()
+    yield
+    left = sorted(str(p.relative_to(PROJECT_ROOT)) for p in _project_run_dirs() - before)
+    assert left == [], f"tests left run dirs in the project's outputs/: {left}"
 
 
 @pytest.fixture

@@ -54,7 +54,9 @@ def test_results_are_the_same_with_every_shortcut_off(tracking_uri: str, tmp_pat
 @pytest.mark.parametrize("value", ["all", "-fast_exit"])
 def test_the_exit_status_and_output_survive_a_fast_exit(value: str, tmp_path: Path) -> None:
     env = {"MNIST_NP_SPEEDUPS": value, "PATH": "/usr/bin:/bin"}
-    bad = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "optimizer.lr=0"], capture_output=True, text=True, timeout=120, env=env)
+    # A value refused inside the Hydra job (exit 2 raised there), in a run dir of the test's own.
+    bad = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "optimizer.lr=0", f"hydra.run.dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 2 and bad.stderr == "error: invalid config: optimizer.lr=0.0 is not allowed; expected a number > 0\n"
     helped = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--help"], capture_output=True, text=True, timeout=120, env=env)
     assert helped.returncode == 0 and helped.stdout.rstrip().endswith("Hydra's own flags: --hydra-help")
