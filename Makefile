@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,sweeps]'
+	$(PY) -m pip install --quiet -e '.[test,sweeps,dashboard]'
 	touch $@
 
 train: $(STAMP)

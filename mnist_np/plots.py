@@ -242,3 +242,24 @@ def _as_numbers(values: Sequence[object]) -> list[float] | None:
         return [float(v) for v in values]  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+
+
+def pareto_plot(path: Path, points: Sequence[dict], front: Sequence[dict], keys: Sequence[str]) -> Path:
+    """A two-objective search: every finished member, and the Pareto front joined by a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, y = keys[0], keys[1]
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    ax.scatter([p[x] for p in points], [p[y] for p in points], color="0.6", label=f"members ({len(points)})")
+    ordered = sorted(front, key=lambda p: p[x])
+    ax.plot([p[x] for p in ordered], [p[y] for p in ordered], marker="o", color="C3", label=f"Pareto front ({len(front)})")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title("search objectives: each finished member, and the front")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)

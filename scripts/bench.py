@@ -5,6 +5,7 @@
     python scripts/bench.py sweep --repeats 5 --members 4 --epochs 10 --json bench-sweep.json
     python scripts/bench.py sweep trainer.threads=1  # ... with single-threaded members in both
     python scripts/bench.py run                   # a whole default `make train` run: time outside the epochs, memory
+    python scripts/bench.py search                # the same guided search with and without pruning
     python scripts/bench.py loop --track          # ... and record the results as a run in the MLflow experiment `benchmarks`
 
 ``loop`` times the project's own training loop (``mnist_np.train.loop.fit``,
@@ -24,15 +25,7 @@ reports its wall time,
 the sum of its epoch times, the difference (start-up, data, evaluation,
 MLflow, plots and the logged model), and the peak resident memory.
 
-``sweep`` runs the same ``--multirun`` sweep (default config, ``seed=0..N-1``)
-with Hydra's basic launcher and with ``+sweep=parallel`` (joblib, one worker
-per core), alternating the two so that machine noise hits both alike, each
-against a fresh SQLite store in a temp dir. It prints the wall times, their
-medians and the speed-up, and writes them as JSON. The machine is shared and
-noisy: compare the ratio, not the seconds. On Linux it also counts the CPU
-seconds the whole machine spent during each sweep: a launcher can at best
-spread the same work over every core, so the basic launcher's CPU seconds
-bound what any parallel launcher can gain over it.
+``sweep`` and ``search`` time whole ``--multirun`` sweeps: see ``scripts/bench_sweeps.py``.
 """
 
 from __future__ import annotations
@@ -49,96 +42,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_sweeps  # beside this file: the sweep and search benchmarks
+
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "scripts" / "train.py"
-
-
-def machine_cpu_seconds() -> float | None:
-    """CPU seconds spent so far by the whole machine (all cores, busy states of ``/proc/stat``); None off Linux.
-
-    Machine-wide because a sweep's work is spread over processes that are
-    not all its children (loky's workers, their forkserver).
-    """
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[1:8])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def time_sweep(extra: list[str], members: int, epochs: int, workdir: Path, speedups: str = "all") -> tuple[float, float | None]:
-    """Wall seconds and machine CPU seconds of one ``--multirun`` sweep of ``members`` runs, from launch to exit."""
-    store = workdir / "mlflow.db"
-    cmd = [
-        sys.executable, str(TRAIN), "--multirun", *extra,
-        f"seed=range({members})", f"trainer.epochs={epochs}", "trainer.progress=false",
-        f"mlflow.tracking_uri=sqlite:///{store}", "mlflow.experiment_name=bench-sweep",
-        f"hydra.sweep.dir={workdir / 'sweep'}",
-    ]
-    cpu_before = machine_cpu_seconds()
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MNIST_NP_SPEEDUPS": speedups})
-    seconds = time.perf_counter() - start
-    cpu_after = machine_cpu_seconds()
-    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
-    if proc.returncode != 0:
-        summary = workdir / "sweep" / "sweep_summary" / "summary.md"
-        detail = summary.read_text() if summary.exists() else proc.stderr[-2000:]
-        raise SystemExit(f"sweep failed ({' '.join(extra) or 'basic'}):\n{detail}\n{proc.stdout[-3000:]}")
-    return seconds, cpu
-
-
-def bench_sweep(args: argparse.Namespace) -> dict:
-    parallel = ["+sweep=parallel", f"hydra.launcher.n_jobs={args.jobs}", *args.overrides]
-    variants = {"basic": ([*args.overrides], "all"), "parallel": (parallel, "all")}
-    if args.speedups:  # the parallel launcher without the warm_workers shortcut
-        variants["cold"] = (parallel, "-warm_workers")
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    cpu: dict[str, list[float]] = {k: [] for k in variants}
-    for i in range(args.repeats):
-        for name, (extra, speedups) in variants.items():
-            with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
-                t, c = time_sweep(extra, args.members, args.epochs, Path(tmp), speedups)
-            times[name].append(t)
-            if c is not None:
-                cpu[name].append(c)
-            used = f"  {c:6.1f} CPU s ({c / t:.2f} cores busy)" if c is not None else ""
-            print(f"  repeat {i + 1}/{args.repeats}  {name:8s} {t:7.2f} s{used}", flush=True)
-    medians = {k: statistics.median(v) for k, v in times.items()}
-    cpu_medians = {k: statistics.median(v) for k, v in cpu.items() if v}
-    ratios = [b / p for b, p in zip(times["basic"], times["parallel"])]
-    cores = os.cpu_count() or 1
-    result = {
-        "benchmark": "sweep",
-        "members": args.members,
-        "epochs": args.epochs,
-        "overrides": args.overrides,
-        "n_jobs": args.jobs,
-        "cpu_count": cores,
-        "platform": platform.platform(),
-        "seconds": times,
-        "median_seconds": medians,
-        "cpu_seconds": cpu,
-        "median_cpu_seconds": cpu_medians,
-        "speedup_median_of_ratios": statistics.median(ratios),
-        "speedup_ratio_of_medians": medians["basic"] / medians["parallel"],
-    }
-    print()
-    print(f"{'launcher':10s} {'median s':>9s} {'CPU s':>7s}   all runs")
-    for k in variants:
-        c = f"{cpu_medians[k]:7.1f}" if k in cpu_medians else f"{'':7s}"
-        print(f"{k:10s} {medians[k]:9.2f} {c}   {', '.join(f'{t:.2f}' for t in times[k])}")
-    print(f"speed-up of +sweep=parallel (median of paired ratios): {result['speedup_median_of_ratios']:.2f}x")
-    if "cold" in times:
-        result["warm_workers_saves_s"] = statistics.median(c - w for c, w in zip(times["cold"], times["parallel"]))
-        print(f"warm_workers saves {result['warm_workers_saves_s']:+.2f} s per parallel sweep (median of paired differences)")
-    if "basic" in cpu_medians:
-        # Even with every core busy all the time, the basic launcher's CPU work takes this long.
-        bound = medians["basic"] / (cpu_medians["basic"] / cores)
-        result["speedup_bound_at_basic_cpu"] = bound
-        print(f"a sweep doing the basic launcher's CPU work on all {cores} cores at once would be {bound:.2f}x faster")
-    return result
 
 
 def gemm_peak(threads: int, n: int = 2048, repeats: int = 7) -> float:
@@ -376,12 +283,9 @@ def track(result: dict, tracking_uri: str | None) -> None:
     elif result["benchmark"] == "run":
         metrics.update({f"median.{k}": v for k, v in result["median"].items()})
     else:
-        params.update(members=str(result["members"]), epochs=str(result["epochs"]), n_jobs=str(result["n_jobs"]),
-                      overrides=" ".join(result["overrides"]))
-        metrics.update(speedup=result["speedup_median_of_ratios"], **{f"median_s.{k}": v for k, v in result["median_seconds"].items()},
-                       **{f"median_cpu_s.{k}": v for k, v in result["median_cpu_seconds"].items()})
-        if "speedup_bound_at_basic_cpu" in result:
-            metrics["speedup_bound_at_basic_cpu"] = result["speedup_bound_at_basic_cpu"]
+        params_sweep, metrics_sweep = bench_sweeps.tracked(result)
+        params.update(params_sweep)
+        metrics.update(metrics_sweep)
     tracker.start(f"bench-{result['benchmark']}", params, {**environment_tags(), **git_tags()})
     tracker.log_metrics(metrics)
     tracker.end("FINISHED")
@@ -397,24 +301,17 @@ def main() -> None:
     lp.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     lp.add_argument("--no-torch", action="store_true")
     lp.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-loop.json")
-    p = sub.add_parser("sweep", help="a parallel (joblib) sweep against the basic launcher")
-    p.add_argument("--members", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="joblib workers (default: one per core)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--speedups", action="store_true", help="also time the parallel sweep without the warm_workers shortcut")
-    p.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-sweep.json")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides for both sweeps' members (e.g. trainer.threads=1)")
+    p, q = bench_sweeps.add_parsers(sub, ROOT / "outputs")
     r = sub.add_parser("run", help="whole default runs: time outside the epochs and peak memory")
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--speedups", action="store_true", help="also time the run with each shortcut of mnist_np.speedups off in turn")
     r.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-run.json")
     r.add_argument("overrides", nargs="*", help="Hydra overrides for the runs (default: none, the default config)")
-    for sp in (lp, p, r):
+    for sp in (lp, p, q, r):
         sp.add_argument("--track", action="store_true", help="also record the results in the MLflow experiment `benchmarks`")
         sp.add_argument("--tracking-uri", default=None, help="store for --track (default: as for training)")
     args = parser.parse_args()
-    result = {"loop": bench_loop, "sweep": bench_sweep, "run": bench_run}[args.what](args)
+    result = {"loop": bench_loop, "sweep": bench_sweeps.bench_sweep, "search": bench_sweeps.bench_search, "run": bench_run}[args.what](args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.json}")

@@ -3,6 +3,7 @@
     python scripts/train.py model.hidden_size=256 optimizer.lr=0.05 trainer.batch_size=64 trainer.epochs=5
     python scripts/train.py --multirun model.hidden_size=64,128,256 optimizer.lr=0.01,0.1
     python scripts/train.py --multirun +sweep=optuna
+    python scripts/train.py --multirun resume=<sweep dir or parent run id>   # continue a killed search
     python scripts/train.py +experiment=seed_baseline
 
 A thin shell over :func:`mnist_np.experiment.run.run`: it checks the command
@@ -72,14 +73,22 @@ def main(cfg: DictConfig) -> float:
 
 def cli() -> int:
     """The command: check the command line, run Hydra, and turn the outcome into an exit status."""
+    from mnist_np.experiment.compose import compose_sweep
+    from mnist_np.experiment.results import RunInterrupted
+    from mnist_np.experiment.search_sweeper import check_search
+    from mnist_np.experiment.sweep import SESSION
+    from mnist_np.experiment.sweep_resume import resume_command
+
     try:
+        resumed = resume_command(sys.argv[1:])
+        if resumed is not None:  # `--multirun resume=...`: the sweep's own command line, in its own dir
+            sys.argv[1:] = resumed.argv
+            SESSION.resume_dir = resumed.sweep_dir
         check_overrides(sys.argv[1:])
+        check_search(compose_sweep(sys.argv[1:]))
     except ConfigError as e:
         print(f"error: invalid config: {e}", file=sys.stderr)
         return 2
-
-    from mnist_np.experiment.results import RunInterrupted
-    from mnist_np.experiment.sweep import SESSION
 
     try:
         main()

@@ -20,17 +20,19 @@ PYTHON = sys.executable
 pytest_plugins = ("helpers.reliability",)
 
 
-def _project_run_dirs() -> set[Path]:
-    return {p for kind in ("runs", "sweeps") for p in (PROJECT_ROOT / "outputs" / kind).glob("*/*")}
+def _project_files() -> set[Path]:
+    """Where runs and searches land when nothing says otherwise: the project's outputs/ and its default stores."""
+    return ({p for kind in ("runs", "sweeps") for p in (PROJECT_ROOT / "outputs" / kind).glob("*/*")}
+            | {p for p in (PROJECT_ROOT / "mlflow.db", PROJECT_ROOT / "optuna.db") if p.exists()})
 
 
 @pytest.fixture(scope="session", autouse=True)
 def outputs_stay_clean() -> Iterator[None]:
-    """No test may leave a run or sweep dir in the project's own outputs/ (they go under tmp dirs)."""
-    before = _project_run_dirs()
+    """No test may leave a run or sweep dir in the project's own outputs/, or create its default stores (tmp dirs instead)."""
+    before = _project_files()
     yield
-    left = sorted(str(p.relative_to(PROJECT_ROOT)) for p in _project_run_dirs() - before)
-    assert left == [], f"tests left run dirs in the project's outputs/: {left}"
+    left = sorted(str(p.relative_to(PROJECT_ROOT)) for p in _project_files() - before)
+    assert left == [], f"tests left files in the project's own places: {left}"
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "experiment": {"common", "speedups", "nn", "data", "train", "plots", "tracking"},
 }
 # Third-party packages only one layer may import.
-OWNERS = {"mlflow": "tracking", "hydra": "experiment", "omegaconf": "experiment", "hydra_plugins": "experiment"}
+OWNERS = {"mlflow": "tracking", "hydra": "experiment", "omegaconf": "experiment", "hydra_plugins": "experiment", "optuna": "experiment"}
 TEST_ONLY = ("playwright", "pytest")  # drivers of tests: they live under tests/helpers
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60

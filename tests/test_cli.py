@@ -31,6 +31,13 @@ def test_help_lists_every_group_with_its_options_and_the_config() -> None:
     assert "schema" not in proc.stdout
     assert "  hidden_size: 128" in proc.stdout  # the composed config follows
     assert "-sc install=bash" in proc.stdout
+    # The guided search's keys, each one the sweeper's schema has.
+    import dataclasses
+
+    from mnist_np.experiment.schema import SearchSweeperConfig
+
+    section = proc.stdout.split("== Guided search", 1)[1].split("==", 2)[1]
+    assert all(f.name in section for f in dataclasses.fields(SearchSweeperConfig) if f.name != "_target_")
 
 
 def test_shell_completion_installs_and_completes_group_options() -> None:

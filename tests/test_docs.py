@@ -15,8 +15,11 @@ README = (PROJECT_ROOT / "README.md").read_text()
 ROWS = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z_.]+)` \| ([^|]*) \|", README, re.M)}
 
 
+SWEEPER = "hydra.sweeper."
+
+
 def test_every_schema_key_is_documented_and_nothing_else() -> None:
-    documented = set(ROWS)
+    documented = {k for k in ROWS if not k.startswith(SWEEPER)}
     assert schema_keys() - documented == set(), "keys missing from the README's configuration table"
     assert documented - schema_keys() == set(), "README documents keys the schema does not have"
 
@@ -41,6 +44,8 @@ def render(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "[" + ", ".join(value) + "]"  # a list of names, as written in YAML
     return str(value)
 
 
@@ -48,6 +53,22 @@ def render(value: object) -> str:
 def test_documented_default_is_the_real_default(key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert f"`{render(default_of(key))}`" in ROWS[key], (key, ROWS[key])
+
+
+def test_the_guided_search_keys_are_documented_with_their_defaults() -> None:
+    """The README's table of ``hydra.sweeper.*`` for ``+sweep=optuna`` is the sweeper's schema, with the preset's values."""
+    import dataclasses
+
+    from mnist_np.experiment.compose import compose_sweep
+    from mnist_np.experiment.schema import SearchSweeperConfig
+
+    documented = {k[len(SWEEPER):] for k in ROWS if k.startswith(SWEEPER)}
+    assert documented == {f.name for f in dataclasses.fields(SearchSweeperConfig)} - {"_target_"}
+    sweep = compose_sweep(["--multirun", "+sweep=optuna"])
+    assert sweep is not None
+    preset = OmegaConf.to_container(sweep[0].hydra.sweeper, resolve=False)
+    for key in documented - {"params"}:
+        assert f"`{render(preset[key])}`" in ROWS[SWEEPER + key], (key, preset[key], ROWS[SWEEPER + key])
 
 
 def test_readme_pictures_exist_and_stay_small() -> None:

@@ -122,7 +122,7 @@ def test_submitit_local_launcher(tmp_path: Path) -> None:
 
 
 def test_optuna_search_with_4_trials(tmp_path: Path) -> None:
-    proc, uri = sweep(tmp_path, "+sweep=optuna", "hydra.sweeper.n_trials=4")
+    proc, uri = sweep(tmp_path, "+sweep=optuna", "hydra.sweeper.n_trials=4", f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, parent, children = parent_and_children(uri)
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)

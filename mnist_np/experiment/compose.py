@@ -120,14 +120,30 @@ def compose(overrides: typing.Sequence[str] = ()) -> DictConfig:
         raise ConfigError(error or "cannot compose the config") from None
 
 
-def _compose(overrides: typing.Sequence[str]) -> DictConfig:
-    """Hydra's composition of ``conf/config.yaml`` with ``overrides`` (no checks of ours)."""
+def _compose(overrides: typing.Sequence[str], with_hydra: bool = False) -> DictConfig:
+    """Hydra's composition of ``conf/config.yaml`` with ``overrides`` (no checks of ours); ``with_hydra``: and ``hydra.*``."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
+
+
+def compose_sweep(args: list[str]) -> tuple[DictConfig, list[str]] | None:
+    """For a ``--multirun`` command line: its config with ``hydra.*`` (the sweeper's and launcher's settings,
+    composed without the swept values) and its overrides; None for any other command line."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = command_line_overrides(args)
+    if overrides is None or not ({"-m", "--multirun"} & set(args)):
+        return None
+    fixed = [o.input_line for o in parse_overrides(overrides) if not o.is_sweep_override()]
+    try:
+        return _compose(fixed, with_hydra=True), overrides
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"cannot compose the sweep: {str(e).strip().splitlines()[0]}") from None
 
 
 def load_run_config(text: str, source: str = "config") -> DictConfig:

@@ -24,6 +24,7 @@ from mnist_np.experiment.builders import build_model, build_optimizer, build_sch
 from mnist_np.experiment.outputs import EpochLogger
 from mnist_np.experiment.provenance import environment_tags
 from mnist_np.experiment.results import RunInterrupted, RunResult
+from mnist_np.experiment.search_trial import PRUNED
 from mnist_np.nn.metrics import score_logits
 from mnist_np.nn.model import MLP
 from mnist_np.nn.weights import save_weights, weights_sha256
@@ -31,7 +32,7 @@ from mnist_np.tracking.sync import sync_output_dir
 from mnist_np.tracking.tracker import MlflowTracker
 from mnist_np.tracking.uris import server_reachable
 from mnist_np.train.checkpoint import Checkpointer, TrainingState, latest_checkpoint, restore_rngs
-from mnist_np.train.loop import FitResult, fit
+from mnist_np.train.loop import FitResult, StopRule, fit
 from mnist_np.train.stepper import shard_count
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Job:
     output_dir: Path
     config_yaml: str  # the resolved config, as saved in config/ and inside every weights file
     threads: int
+    stop_rule: StopRule | None = None  # a search member's report to its trial, which may prune it
 
 
 def execute(job: Job, state: TrainingState | None = None, resumed: bool = False) -> RunResult:
@@ -112,7 +114,7 @@ def train(job: Job, state: TrainingState | None) -> tuple[MLP, FitResult]:
         model, optimizer, build_schedule(cfg), s.x_train, s.y_train, s.x_val, s.y_val, settings,
         shuffle_rng=rngs["shuffle"], dropout_rng=rngs["dropout"],
         # The checkpoint is written before MLflow hears of the epoch: see experiment.resume.
-        callbacks=[epochs, checkpointer, tracker], result=fit_state,
+        callbacks=[epochs, checkpointer, tracker], result=fit_state, stop_rule=job.stop_rule,
     )
     return model, fitted
 
@@ -149,9 +151,10 @@ def record(job: Job, model: MLP, fitted: FitResult) -> RunResult:
     log.info("test loss %.4f accuracy %.4f (%s weights, epoch %d of %d)", test_loss, test_acc, cfg.trainer.test_weights,
              tested_epoch, len(fitted.history))
     hashes = {"weights_sha256": weights_sha256(final_params), "tested_weights_sha256": weights_sha256(model.params)}
-    (output_dir / "summary.json").write_text(json.dumps({"metrics": final, **hashes}, indent=2))
+    pruned = {"pruned_at_epoch": len(fitted.history)} if fitted.stop_reason == PRUNED else {}
+    (output_dir / "summary.json").write_text(json.dumps({"metrics": final, **hashes, **pruned}, indent=2))
     tracker.log_metrics(final, step=len(fitted.history))
-    tracker.set_tags({**hashes, "stopped_early": str(fitted.stopped_early).lower()})
+    tracker.set_tags({**hashes, "stopped_early": str(fitted.stopped_early).lower(), **{k: str(v) for k, v in pruned.items()}})
     _upload(job, wait_for_plots)
     return RunResult(run_id="", output_dir=output_dir, metrics=final, history=fitted.history)
 

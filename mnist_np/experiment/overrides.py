@@ -72,7 +72,8 @@ def check_values(parsed: list[Any]) -> None:
         group = key.split(".", 1)[0].lstrip("+")
         if "." not in key and (group in GROUP_SCHEMAS or group in PRESET_GROUPS):
             options = group_options(group)
-            for v in values:
+            # `+sweep=[optuna,parallel]` selects several options of one group at once.
+            for v in [item for v in values for item in (v if isinstance(v, list) else [v])]:
                 if str(v) not in options:
                     raise ConfigError(f"{group}={v!r} is not a known option; allowed: {', '.join(options)}")
             continue

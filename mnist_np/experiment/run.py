@@ -25,9 +25,10 @@ from mnist_np.experiment.outputs import write_config_files
 from mnist_np.experiment.provenance import git_tags
 from mnist_np.experiment.results import RunResult
 from mnist_np.experiment.resume import resume
+from mnist_np.experiment.search_trial import trial_stop_rule
 from mnist_np.experiment.sweep_info import SweepInfo, member_run_name
 from mnist_np.experiment.validation import validate
-from mnist_np.tracking.conventions import OUTPUT_DIR_TAG, PARENT_RUN_TAG, PROCESS_TAG
+from mnist_np.tracking.conventions import OUTPUT_DIR_TAG, PROCESS_TAG
 from mnist_np.tracking.journal import JOURNAL_FILE, write_run_file
 from mnist_np.tracking.runs import reap_dead_runs
 from mnist_np.tracking.tracker import MlflowTracker, flatten
@@ -78,21 +79,24 @@ def run(
     raw, splits = load_splits(cfg)
 
     threads = blas_threads(cfg, ctx)
-    run_name, tags = _name_and_tags(cfg, ctx, overrides, output_dir)
+    sweep = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
+    stop_rule = trial_stop_rule(sweep, ctx.job_num)  # a guided search's member reports to its trial
+    run_name, tags = _name_and_tags(cfg, ctx, overrides, output_dir, sweep)
     run_id = tracker.start(run_name, flatten(resolved), {**tags, **(extra_tags or {})})
     write_run_file(output_dir, run_id, tracking_uri, cfg.mlflow.experiment_name)
     log.info("MLflow run %s (%s) in %s, %d BLAS thread(s)", run_name, run_id, tracking_uri, threads)
-    return execute(Job(cfg, tracker, raw, splits, output_dir, config_yaml, threads))
+    return execute(Job(cfg, tracker, raw, splits, output_dir, config_yaml, threads, stop_rule))
 
 
-def _name_and_tags(cfg: DictConfig, ctx: HydraContext, overrides: list[str], output_dir: Path) -> tuple[str, dict[str, str]]:
+def _name_and_tags(
+    cfg: DictConfig, ctx: HydraContext, overrides: list[str], output_dir: Path, sweep: SweepInfo | None
+) -> tuple[str, dict[str, str]]:
     """The run's name (a sweep member's shows what it sweeps) and its tags: origin, process, sweep, git."""
     run_name = cfg.mlflow.run_name or default_run_name(cfg)
-    sweep = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
     sweep_tags = {}
     if sweep is not None:
         run_name = member_run_name(run_name, overrides, sweep.swept, explicit_base=bool(cfg.mlflow.run_name))
-        sweep_tags = {PARENT_RUN_TAG: sweep.parent_run_id, "sweep_job_num": str(ctx.job_num)}
+        sweep_tags = sweep.member_tags(ctx.job_num)
     tags = {
         "overrides": " ".join(overrides),
         OUTPUT_DIR_TAG: str(output_dir),

@@ -116,6 +116,28 @@ class Config:
     resume: Optional[str] = None  # a run id or output dir: continue that interrupted run instead
 
 
+SEARCH_SWEEPER = "hydra_plugins.mnist_np_optuna.optuna_sweeper.OptunaSweeper"
+
+
+@dataclass
+class SearchSweeperConfig:
+    """``hydra.sweeper`` of a guided search (``+sweep=optuna``): Hydra's plugin config, so it names its class."""
+
+    _target_: str = SEARCH_SWEEPER
+    n_trials: int = 20  # trials in the study, counting COMPLETE, PRUNED and FAIL ones
+    n_jobs: int = 1  # trials asked per batch (run them in parallel with +sweep=parallel)
+    objectives: list[str] = field(default_factory=lambda: ["val_accuracy"])  # val_accuracy, val_loss, train_seconds, epochs_trained
+    direction: Any = "maximize"  # maximize | minimize, or a list: one per objective
+    sampler: str = "tpe"  # tpe | random | nsgaii
+    seed: Optional[int] = None  # the sampler's seed (null: a random one)
+    pruner: Optional[str] = None  # null | median | hyperband | successive_halving
+    min_epochs: int = 1  # the pruner's least epochs before it may stop a member
+    reduction_factor: int = 3  # hyperband, successive_halving: 1/factor of the members go on at each rung
+    storage: Optional[str] = None  # null: sqlite optuna.db at the project root; a database URL; or a journal file (.log)
+    study_name: Optional[str] = None  # null: <experiment>-<sweep dir>, one study per sweep
+    params: dict[str, str] = field(default_factory=dict)  # the search space: key -> choice(...), interval(...), ...
+
+
 # Which schema each config group's options follow.
 GROUP_SCHEMAS: dict[str, tuple[type, ...]] = {
     "data": (DataConfig,),
@@ -171,6 +193,7 @@ def register_configs() -> None:
         ("mlflow", "mlflow", MlflowConfig),
     ]:
         cs.store(group=f"schema/{group}", name=name, node=node, package=group)
+    cs.store(group="hydra/sweeper", name="mnist_np_optuna", node=SearchSweeperConfig, provider="mnist_np")
     # Hydra instantiates callbacks from _target_ strings; keeping that string
     # here, in code, leaves conf/ free of import paths.
     cs.store(

@@ -18,6 +18,7 @@ object, :data:`SESSION`. The parent run's work is in
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Mapping
 
 from hydra.experimental.callback import Callback
@@ -26,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_np import speedups
 from mnist_np.common.errors import error_line
 from mnist_np.experiment.sweep_info import SweepInfo
-from mnist_np.experiment.sweep_runs import open_sweep
+from mnist_np.experiment.sweep_runs import open_sweep, reopen_sweep
 from mnist_np.experiment.sweep_summary import SweepSummary, close_sweep
 from mnist_np.tracking.uris import TrackingUnavailable
 
@@ -75,6 +76,7 @@ class SweepSession:
         self.open: SweepInfo | None = None
         self.summary: SweepSummary | None = None
         self.unsynced: str | None = None
+        self.resume_dir: Path | None = None  # set by the command for `--multirun resume=...`: continue that sweep
 
     def finish(self, crash: str | None = None, status: str = "FAILED") -> SweepSummary | None:
         """Summarise and close the sweep this process opened, if it is still open.
@@ -115,7 +117,7 @@ class MlflowSweepCallback(Callback):
         launcher = OmegaConf.to_container(config.hydra.launcher, resolve=True)
         # First, so the workers' imports overlap everything below.
         warm_joblib_workers(launcher if isinstance(launcher, dict) else {})
-        SESSION.open = open_sweep(config)
+        SESSION.open = open_sweep(config) if SESSION.resume_dir is None else reopen_sweep(SESSION.resume_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         SESSION.finish()

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from mnist_np.common.files import atomic_write_text
 from mnist_np.experiment.overrides import parse_override
-from mnist_np.tracking.conventions import MAX_NAME_CHARS
+from mnist_np.tracking.conventions import MAX_NAME_CHARS, PARENT_RUN_TAG
 
 SWEEP_FILE = "mlflow_sweep.json"
 # Keys that default_run_name already spells out (mlp128x2-sgd-lr0.1-bs128).
@@ -31,10 +31,20 @@ class SweepInfo:
     # Every store the sweep has a parent run in -> that run's id (the sweep's
     # own, and copies made by syncing its dir into other stores).
     parents: dict[str, str] = field(default_factory=dict)
+    # A guided search's settings (mnist_np.experiment.search_study.SearchSettings as a dict):
+    # its members report to their trials through the study's storage.
+    search: dict[str, Any] | None = None
 
     def save(self) -> Path:
         """Write ``mlflow_sweep.json`` atomically: members in other processes read it at any time."""
         return atomic_write_text(Path(self.sweep_dir) / SWEEP_FILE, json.dumps(asdict(self), indent=2))
+
+    def member_tags(self, job_num: int | None) -> dict[str, str]:
+        """The tags that make a run member ``job_num`` of this sweep (and, in a search, the trial of that number)."""
+        tags = {PARENT_RUN_TAG: self.parent_run_id, "sweep_job_num": str(job_num)}
+        if self.search is not None:
+            tags["optuna.trial_number"] = str(job_num)  # the search sweeper launches trial n as job n
+        return tags
 
     @classmethod
     def load(cls, sweep_dir: str | Path) -> "SweepInfo | None":

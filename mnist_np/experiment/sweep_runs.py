@@ -11,7 +11,7 @@ from mnist_np.common.procs import process_identity
 from mnist_np.experiment.context import hydra_context
 from mnist_np.experiment.provenance import git_tags
 from mnist_np.experiment.sweep_info import SweepInfo, member_run_name, parent_params, sweep_run_name, swept_parameters
-from mnist_np.tracking.conventions import PARENT_RUN_TAG, PROCESS_TAG
+from mnist_np.tracking.conventions import PROCESS_TAG
 from mnist_np.tracking.runs import reap_dead_runs
 from mnist_np.tracking.tracker import MlflowTracker, flatten
 from mnist_np.tracking.uris import default_tracking_uri
@@ -44,6 +44,21 @@ def open_sweep(config: DictConfig) -> SweepInfo:
     return info
 
 
+def reopen_sweep(sweep_dir: Path) -> SweepInfo:
+    """The killed sweep in ``sweep_dir`` continued: its parent run RUNNING again, owned by this process.
+
+    Member runs its killed process left RUNNING are closed (FAILED, killed
+    from outside) first; the parent itself is kept.
+    """
+    info = SweepInfo.load(sweep_dir)
+    assert info is not None, f"{sweep_dir} holds no sweep"  # checked by the command before Hydra started
+    parent = MlflowTracker(info.tracking_uri, info.experiment_name, run_id=info.parent_run_id)
+    reap_dead_runs(parent.client, parent.experiment_id, keep=info.parent_run_id)
+    parent.reopen({PROCESS_TAG: process_identity(), "resumed": "true"})
+    log.info("MLflow parent run %r (%s) continued for the sweep in %s", info.name, info.parent_run_id, sweep_dir)
+    return info
+
+
 def record_invalid_member(cfg: DictConfig, error: str) -> None:
     """A sweep member whose config failed validation still shows up, as a FAILED child with the reason.
 
@@ -58,5 +73,5 @@ def record_invalid_member(cfg: DictConfig, error: str) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     name = member_run_name("invalid-config", ctx.overrides, info.swept, explicit_base=True)
-    tracker.start(name, flatten(resolved), {PARENT_RUN_TAG: info.parent_run_id, "overrides": " ".join(ctx.overrides)})
+    tracker.start(name, flatten(resolved), {**info.member_tags(ctx.job_num), "overrides": " ".join(ctx.overrides)})
     tracker.end("FAILED", f"invalid config: {error}")

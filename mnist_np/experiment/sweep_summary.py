@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 from mnist_np import plots
 from mnist_np.common.procs import is_dead
 from mnist_np.experiment.overrides import parse_override
+from mnist_np.experiment.search_study import OBJECTIVES
 from mnist_np.experiment.sweep_info import SweepInfo
 from mnist_np.experiment.tables import table_csv, table_markdown
 from mnist_np.tracking.conventions import FAILURE_TAG, KILLED_REASON, OUTPUT_DIR_TAG, PROCESS_TAG
@@ -26,6 +27,7 @@ from mnist_np.tracking.tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
 SUMMARY_DIR = "sweep_summary"
+PRUNED_AT = "pruned_at_epoch"  # tag of a member a search's pruner stopped
 
 
 @dataclass
@@ -37,6 +39,7 @@ class SweepSummary:
     failed: int
     best: dict[str, Any] | None
     rows: list[dict[str, Any]]
+    pruned: int = 0  # finished members a guided search's pruner stopped early
 
     @property
     def ok(self) -> bool:
@@ -59,6 +62,7 @@ def summarize(children: Sequence[Mapping[str, Any]], swept_keys: Sequence[str]) 
                 "train_seconds": m.get("train_seconds"),
                 "run_id": c["run_id"],
                 "failure_reason": c["tags"].get(FAILURE_TAG, ""),
+                PRUNED_AT: c["tags"].get(PRUNED_AT, ""),
             }
         )
     # Finished members first, best validation accuracy first; test accuracy is shown, never used.
@@ -69,7 +73,9 @@ def summarize(children: Sequence[Mapping[str, Any]], swept_keys: Sequence[str]) 
         finished=sum(r["status"] == "FINISHED" for r in rows),
         failed=sum(r["status"] != "FINISHED" for r in rows),
         best=finished[0] if finished else None,
-        rows=rows,
+        # The column only where a pruner ran: a grid's table stays as it was.
+        rows=rows if any(r[PRUNED_AT] for r in rows) else [{k: v for k, v in r.items() if k != PRUNED_AT} for r in rows],
+        pruned=sum(bool(r[PRUNED_AT]) for r in rows),
     )
 
 
@@ -103,9 +109,10 @@ def close_sweep(info: SweepInfo, crash: str | None = None, status: str = "FAILED
     """
     tracker = MlflowTracker(info.tracking_uri, info.experiment_name, run_id=info.parent_run_id)
     _settle_members(tracker, info, members_done)
-    summary = summarize(child_runs(tracker.client, tracker.experiment_id, info.parent_run_id), list(info.swept))
+    children = child_runs(tracker.client, tracker.experiment_id, info.parent_run_id)
+    summary = summarize(children, list(info.swept))
     try:
-        _record(tracker, info, summary)
+        _record(tracker, info, summary, pareto(children, info))
     except Exception as e:  # the members' runs are safe; only the summary is missing
         log.warning("could not record the sweep summary in MLflow: %s", e)
     if crash:
@@ -137,7 +144,7 @@ def _settle_members(tracker: MlflowTracker, info: SweepInfo, members_done: bool)
             raise ValueError(f"member run {c['run_id']} of sweep {info.name!r} is still running; sync the sweep when it is over")
 
 
-def _record(tracker: MlflowTracker, info: SweepInfo, summary: SweepSummary) -> None:
+def _record(tracker: MlflowTracker, info: SweepInfo, summary: SweepSummary, pareto: Pareto | None) -> None:
     """Counts and the best member as the parent's metrics and tags; the table and plots as its artifacts."""
     metrics: dict[str, float] = {
         "members": summary.total,
@@ -145,6 +152,8 @@ def _record(tracker: MlflowTracker, info: SweepInfo, summary: SweepSummary) -> N
         "members_failed": summary.failed,
     }
     tags = {"members_failed": str(summary.failed), "members_finished": str(summary.finished)}
+    if info.search is not None:
+        metrics["members_pruned"] = summary.pruned
     if summary.best:
         b = summary.best
         for key in ("val_accuracy", "test_accuracy", "epochs", "train_seconds"):
@@ -164,8 +173,45 @@ def _record(tracker: MlflowTracker, info: SweepInfo, summary: SweepSummary) -> N
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.csv").write_text(table_csv(summary.rows))
     (out / "summary.md").write_text(table_markdown(summary.rows))
+    if pareto is not None:
+        (out / "pareto.csv").write_text(table_csv(pareto.front))
+        tracker.set_tags({"pareto_run_ids": ",".join(r["run_id"] for r in pareto.front)})
     try:
         plots.sweep_plots(out, summary.rows, list(info.swept))
+        if pareto is not None:
+            plots.pareto_plot(out / "pareto_front.png", pareto.points, pareto.front, pareto.keys[:2])
     except Exception as e:  # a figure must never lose the table
         log.warning("sweep plots failed: %s", e)
     tracker.log_artifacts(out, SUMMARY_DIR)
+
+
+@dataclass
+class Pareto:
+    """A multi-objective search's finished members (``points``) and those on its Pareto front, as table rows."""
+
+    keys: list[str]  # the objectives' metric names
+    points: list[dict[str, Any]]
+    front: list[dict[str, Any]]
+
+
+def pareto(children: Sequence[Mapping[str, Any]], info: SweepInfo) -> Pareto | None:
+    """The Pareto front of a search with several objectives (None otherwise).
+
+    A finished member is on the front when no other finished member is at
+    least as good in every objective and better in one. Rows: ``name,
+    run_id`` and the objectives' metrics; the front best first in the first objective.
+    """
+    search = info.search or {}
+    if len(search.get("objectives", [])) < 2:
+        return None
+    keys = [OBJECTIVES[o] for o in search["objectives"]]
+    signs = [1.0 if d == "maximize" else -1.0 for d in search["directions"]]
+    done = [c for c in children if c["status"] == "FINISHED" and all(_finite(c["metrics"].get(k)) for k in keys)]
+    points = [{"name": c["name"], "run_id": c["run_id"], **{k: c["metrics"][k] for k in keys}} for c in done]
+    scores = [[sign * p[k] for k, sign in zip(keys, signs)] for p in points]
+
+    def dominated(a: list[float]) -> bool:
+        return any(all(x >= y for x, y in zip(b, a)) and any(x > y for x, y in zip(b, a)) for b in scores)
+
+    ranked = sorted(zip(scores, points), key=lambda pair: [-x for x in pair[0]])
+    return Pareto(keys, points, [p for score, p in ranked if not dominated(score)])

@@ -51,14 +51,19 @@ def runs_to_compare(tracking_uri: str, target: str) -> tuple[str, list[dict[str,
 
 def run_output_dir(run_id: str, tracking_uri: str) -> Path:
     """The output dir a run recorded (tag ``hydra_output_dir``); a clear error for an unknown run."""
+    tags = run_tags(run_id, tracking_uri)
+    if OUTPUT_DIR_TAG not in tags:
+        raise ValueError(f"run {run_id} records no output dir (tag {OUTPUT_DIR_TAG})")
+    return Path(tags[OUTPUT_DIR_TAG])
+
+
+def run_tags(run_id: str, tracking_uri: str) -> dict[str, str]:
+    """A run's tags; a clear error for a missing store or an unknown run."""
     require_store(tracking_uri, f"run {run_id!r}")
     try:
-        run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+        return dict(MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags)
     except MlflowError:
         raise ValueError(f"no run {run_id!r} in {tracking_uri}") from None
-    if OUTPUT_DIR_TAG not in run.data.tags:
-        raise ValueError(f"run {run_id} records no output dir (tag {OUTPUT_DIR_TAG})")
-    return Path(run.data.tags[OUTPUT_DIR_TAG])
 
 
 def fetch_run(run_id: str, tracking_uri: str, dest: Path, artifacts: tuple[str, ...] = ()) -> dict[str, Any]:

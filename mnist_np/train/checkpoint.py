@@ -60,6 +60,7 @@ def save_state(path: str | os.PathLike[str], state: TrainingState) -> Path:
         "best_score": r.best_score if math.isfinite(r.best_score) else None,
         "since_best": r.since_best,
         "stopped_early": r.stopped_early,
+        "stop_reason": r.stop_reason,
     }
     arrays["meta"] = np.array(json.dumps(meta))
     arrays[CONFIG_KEY] = np.array(state.config_yaml)
@@ -80,6 +81,7 @@ def load_state(path: str | os.PathLike[str]) -> TrainingState:
         best_epoch=meta["best_epoch"],
         best_params=best,
         stopped_early=meta["stopped_early"],
+        stop_reason=meta.get("stop_reason"),  # absent from checkpoints written before it existed
         best_score=-math.inf if meta["best_score"] is None else meta["best_score"],
         since_best=meta["since_best"],
     )

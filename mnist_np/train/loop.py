@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -28,6 +28,10 @@ from mnist_np.train.sharded import ShardedStepper
 from mnist_np.train.stepper import Stepper, shard_count
 
 MONITORS = {"val_loss": -1.0, "val_accuracy": 1.0}  # sign: +1 means higher is better
+PATIENCE = "patience"  # FitResult.stop_reason of early stopping
+# Asked after every epoch with its number (1-based) and metrics; a reason (e.g. "pruned")
+# ends the training after that epoch, unless it was the last one anyway.
+StopRule = Callable[[int, dict[str, float]], "str | None"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -66,6 +70,7 @@ class FitResult:
     best_epoch: int = 0
     best_params: dict[str, np.ndarray] = field(default_factory=dict)
     stopped_early: bool = False
+    stop_reason: str | None = None  # why it stopped early: PATIENCE, or what a stop rule said
     # Early-stopping bookkeeping, kept here so a checkpoint can carry it.
     best_score: float = -math.inf
     since_best: int = 0
@@ -93,7 +98,12 @@ class FitResult:
             self.since_best += 1
         patience = settings.early_stopping_patience
         self.stopped_early = patience is not None and has_val and self.since_best >= patience and epoch < settings.epochs
+        self.stop_reason = PATIENCE if self.stopped_early else None
         return is_best
+
+    def stop(self, reason: str) -> None:
+        """End the training after the epoch just recorded, for ``reason``."""
+        self.stopped_early, self.stop_reason = True, reason
 
 
 class Callback:
@@ -125,6 +135,7 @@ def fit(
     dropout_rng: np.random.Generator,
     callbacks: Sequence[Callback] = (),
     result: FitResult | None = None,
+    stop_rule: StopRule | None = None,
 ) -> FitResult:
     """Train ``model`` in place.
 
@@ -140,6 +151,8 @@ def fit(
             continue after its last epoch; with the model, optimizer and
             generators restored too, the outcome is bit-identical to an
             uninterrupted run.
+        stop_rule: asked after every epoch, before the callbacks hear of it
+            (a search's pruner, say); a reason it gives stops the training.
 
     Raises:
         TrainingDiverged: a mini-batch loss was NaN or infinite.
@@ -159,6 +172,9 @@ def fit(
             val_loss, val_acc = evaluate(model, x_val, y_val, settings.eval_batch_size)
             metrics = epoch_metrics(train_loss, train_acc, val_loss, val_acc, lr, seconds, len(y_train))
             is_best = result.add_epoch(metrics, model, settings, has_val=len(y_val) > 0)
+            reason = stop_rule(epoch + 1, metrics) if stop_rule is not None and not result.stopped_early else None
+            if reason is not None and epoch + 1 < settings.epochs:
+                result.stop(reason)
             for cb in callbacks:
                 cb.on_epoch_end(epoch + 1, metrics, model, is_best)
             if result.stopped_early:

@@ -44,6 +44,8 @@ OUTCOMES: dict[str, dict[str, str]] = {
         "file kept": "full disk mid-write: the previous checkpoint or weights file intact, no temp file left",
         "resumed": "the run resumed from its last checkpoint and ended FINISHED with every epoch once",
         "reaped": "killed from outside (kill -9): closed FAILED by the next run or the sweep, never left RUNNING",
+        "search goes on": "failing trials of a guided search (diverged, invalid value): told FAILED, the study ran all n_trials, one error line",
+        "search resumed": "a guided search killed with kill -9, then resume=: the same study and parent, exactly n_trials trials, nothing left RUNNING",
     },
     "tracking faults": {
         "fail fast": "server down at the start: one line within seconds, before any data or run",

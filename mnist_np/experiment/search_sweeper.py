@@ -1,0 +1,194 @@
+"""A guided search as a Hydra sweeper: Optuna (>= 4) asks, Hydra's launcher runs the batch, Optuna is told.
+
+Thin on purpose: Optuna is the engine (sampler, pruner, storage), any
+Hydra launcher (basic, joblib, submitit/Slurm) runs the members, and each
+member is an ordinary run -- a child of the sweep's parent run in MLflow --
+that reports to its trial after every epoch (:mod:`mnist_np.experiment.search_trial`).
+
+How a trial ends is read from its member's output dir, so it does not
+depend on the launcher handing anything back: a ``summary.json`` with
+finite objectives is COMPLETE (PRUNED when it says ``pruned_at_epoch``);
+anything else -- a diverged loss, an invalid value, an exception, a
+process killed from outside -- is FAIL, and the study goes on until it
+holds ``n_trials`` finished trials. A search killed outright is continued
+by ``--multirun resume=<sweep dir | parent run id>``: the same study and
+parent run, its interrupted trials marked FAIL.
+
+Hydra finds sweeper plugins only in the ``hydra_plugins`` package, so the
+class Hydra instantiates is a one-line subclass there
+(``hydra_plugins/mnist_np_optuna``); this is the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_np.common.errors import error_line
+from mnist_np.experiment.search_space import as_override, search_space
+from mnist_np.experiment.schema import SEARCH_SWEEPER, SearchSweeperConfig
+from mnist_np.experiment.search_study import OBJECTIVES, SearchSettings, load_study, settings_from
+from mnist_np.experiment.sweep import SESSION
+from mnist_np.tracking.tracker import MlflowTracker
+
+log = logging.getLogger(__name__)
+SETTINGS_KEYS = [f.name for f in dataclasses.fields(SearchSweeperConfig) if f.name not in ("_target_", "params")]
+
+
+class SearchSweeperImpl(Sweeper):
+    """``hydra/sweeper=mnist_np_optuna``: the settings are ``hydra.sweeper``'s keys, the search space its ``params``."""
+
+    def __init__(self, params: Any = None, **settings: Any) -> None:
+        self.params = dict(params or {})
+        self.settings = settings
+        self.config: DictConfig | None = None
+        self.launcher: Any = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function,
+                                                                config=config)
+
+    def sweep(self, arguments: list[str]) -> list[Sequence[Any]]:
+        assert self.config is not None and self.launcher is not None
+        settings = settings_from(self._settings(), max_epochs=int(self.config.trainer.epochs))
+        distributions, fixed = search_space(self.params, arguments)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        study = load_study(settings, create=True)
+        self._announce(settings)
+        interrupted = fail_interrupted(study)
+        if interrupted:
+            log.info("search: trials %s of a killed search marked FAIL", ", ".join(map(str, interrupted)))
+        returns = []
+        while (done := finished(study)) < settings.n_trials:
+            batch = [study.ask(distributions) for _ in range(min(settings.n_jobs, settings.n_trials - done))]
+            overrides = [fixed + [as_override(k, v) for k, v in trial.params.items()] for trial in batch]
+            log.info("search: trials %d-%d of %d", batch[0].number, batch[-1].number, settings.n_trials)
+            try:
+                results = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
+            except Exception as e:  # noqa: BLE001 -- e.g. a joblib worker killed: its trials fail, the study goes on
+                log.warning("search: the launcher failed for trials %d-%d (%s)", batch[0].number, batch[-1].number, error_line(e))
+                results = []
+            returns.append(results)
+            for trial, result in zip(batch, [*results, *[None] * (len(batch) - len(results))]):
+                tell(study, settings, trial, self._output_dir(trial.number, result))
+        write_results(study, settings, sweep_dir / "optimization_results.yaml")
+        return returns
+
+    def _settings(self) -> dict[str, Any]:
+        """``hydra.sweeper``'s settings, with the study named after the sweep when it has no name of its own."""
+        assert self.config is not None
+        settings = {k: self.settings[k] for k in SETTINGS_KEYS}
+        if not settings["study_name"]:
+            sweep_dir = Path(str(self.config.hydra.sweep.dir))
+            settings["study_name"] = f"{self.config.mlflow.experiment_name}-{sweep_dir.parent.name}-{sweep_dir.name}"
+        return settings
+
+    def _announce(self, settings: SearchSettings) -> None:
+        """Tell members (``mlflow_sweep.json``) and the parent run (tags) where the study is."""
+        info = SESSION.open
+        if info is None:  # no MLflow sweep callback (another primary config): nothing to record
+            return
+        info.search = settings.to_json()
+        info.save()
+        parent = MlflowTracker(info.tracking_uri, info.experiment_name, run_id=info.parent_run_id)
+        parent.set_tags({"optuna.storage": settings.storage, "optuna.study_name": settings.study_name,
+                         "optuna.objectives": ",".join(settings.objectives), "optuna.pruner": str(settings.pruner)})
+
+    def _output_dir(self, number: int, result: Any) -> Path:
+        """Where trial ``number``'s member wrote its files (Hydra's job dir; the sweep dir's ``<number>/`` if unknown)."""
+        try:
+            return Path(result.hydra_cfg.hydra.runtime.output_dir)
+        except AttributeError:
+            assert self.config is not None
+            return Path(str(self.config.hydra.sweep.dir)) / str(number)
+
+
+def check_search(sweep: tuple[DictConfig, list[str]] | None) -> None:
+    """Refuse a guided search's bad settings or search space in one line, before anything is created.
+
+    ``sweep`` is :func:`mnist_np.experiment.compose.compose_sweep`'s: the
+    sweep's config with ``hydra.*``, and its command-line overrides (None: not a sweep).
+    """
+    if sweep is None:
+        return
+    config, overrides = sweep
+    if config.hydra.sweeper.get("_target_") != SEARCH_SWEEPER:
+        return
+    sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
+    assert isinstance(sweeper, dict)
+    settings_from({**sweeper, "study_name": sweeper["study_name"] or "(named after the sweep)"}, max_epochs=int(config.trainer.epochs))
+    search_space(sweeper.get("params"), [o for o in overrides if not o.startswith("hydra.")])
+
+
+def write_results(study: Any, settings: SearchSettings, path: Path) -> None:
+    """``optimization_results.yaml`` as Hydra's Optuna sweeper writes it: the best trial, or the Pareto front's."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        results: dict[str, Any] = {"name": "optuna", "best_params": None, "best_value": None}  # every trial failed or was pruned
+    elif len(settings.objectives) == 1:
+        results = {"name": "optuna", "best_params": study.best_params, "best_value": study.best_value,
+                   "best_trial": study.best_trial.number}
+    else:
+        results = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values, "trial": t.number}
+                                                   for t in study.best_trials]}
+    OmegaConf.save(OmegaConf.create(results), path)
+
+
+def finished(study: Any) -> int:
+    """Trials that count toward ``n_trials``: COMPLETE, PRUNED or FAIL."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+
+
+def fail_interrupted(study: Any) -> list[int]:
+    """Mark FAIL the trials a killed search left RUNNING (their members died with it); returns their numbers."""
+    from optuna.trial import TrialState
+
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for number in running:
+        study.tell(number, state=TrialState.FAIL)
+    return running
+
+
+def tell(study: Any, settings: SearchSettings, trial: Any, output_dir: Path) -> str:
+    """Tell Optuna how ``trial`` ended, from its member's ``summary.json``; returns the state's name."""
+    from optuna.trial import TrialState
+
+    outcome = trial_outcome(output_dir, settings)
+    if outcome is None:
+        study.tell(trial, state=TrialState.FAIL)
+        return "FAIL"
+    values, pruned = outcome
+    if pruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        return "PRUNED"
+    study.tell(trial, values)
+    return "COMPLETE"
+
+
+def trial_outcome(output_dir: Path, settings: SearchSettings) -> tuple[list[float], bool] | None:
+    """``(objective values, pruned)`` of a member that finished, None for one that failed (or left no summary)."""
+    path = output_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+        values = [float(summary["metrics"][OBJECTIVES[o]]) for o in settings.objectives]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not all(math.isfinite(v) for v in values):
+        return None
+    return values, bool(summary.get("pruned_at_epoch"))
