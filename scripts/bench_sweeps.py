@@ -11,7 +11,8 @@ spread the same work over every core, so the basic launcher's CPU seconds
 bound what any parallel launcher can gain over it.
 
 ``search`` runs the same guided search (``+sweep=optuna``: same seed, same
-``n_trials``, members of up to ``--epochs`` epochs on the full data) without
+``n_trials``, members of up to ``--epochs`` epochs on the full data; one seed
+per round, a new one each round) without
 a pruner and with each of ``--pruner`` (``hyperband`` and
 ``successive_halving`` by default), alternated, each against
 fresh stores, and reports each one's total epochs trained, wall time and
@@ -124,11 +125,11 @@ def bench_sweep(args: argparse.Namespace) -> dict:
     return result
 
 
-def time_search(args: argparse.Namespace, pruner: str | None, workdir: Path) -> dict[str, Any]:
+def time_search(args: argparse.Namespace, pruner: str | None, seed: int, workdir: Path) -> dict[str, Any]:
     """One guided search as a subprocess: wall seconds, epochs its members trained, best validation accuracy, trials pruned."""
     cmd = [
         sys.executable, str(TRAIN), "--multirun", "+sweep=optuna", f"hydra.sweeper.n_trials={args.trials}",
-        f"hydra.sweeper.seed={args.seed}", f"hydra.sweeper.pruner={pruner or 'null'}", f"trainer.epochs={args.epochs}",
+        f"hydra.sweeper.seed={seed}", f"hydra.sweeper.pruner={pruner or 'null'}", f"trainer.epochs={args.epochs}",
         f"hydra.sweeper.storage=sqlite:///{workdir / 'optuna.db'}", f"mlflow.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
         "mlflow.experiment_name=bench-search", "mlflow.log_plots=false", "trainer.progress=false",
         f"hydra.sweep.dir={workdir / 'sweep'}", *args.overrides,
@@ -149,15 +150,21 @@ def time_search(args: argparse.Namespace, pruner: str | None, workdir: Path) -> 
 
 
 def bench_search(args: argparse.Namespace) -> dict[str, Any]:
-    """Each repeat runs the unpruned search and one search per pruner, in an order that alternates between repeats."""
+    """Each round runs the unpruned search and one search per pruner, in an order that alternates between rounds.
+
+    Within a round every search has the same sampler seed; round ``i`` uses
+    seed ``--seed + i``. A seeded search is deterministic on one machine, so
+    rounds with one seed would repeat the same epochs and accuracies and
+    only time the noise; different seeds make the medians mean something.
+    """
     variants: dict[str, str | None] = {"unpruned": None, **{p: p for p in args.pruner}}
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
     for i in range(args.repeats):
         for name, pruner in (list(variants.items()) if i % 2 == 0 else list(reversed(variants.items()))):
             with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
-                row = time_search(args, pruner, Path(tmp))
-            rows[name].append(row)
-            print(f"  repeat {i + 1}/{args.repeats}  {name:18s} {row['seconds']:7.1f} s  {row['epochs']:4d} epochs  "
+                row = time_search(args, pruner, args.seed + i, Path(tmp))
+            rows[name].append({"seed": args.seed + i, **row})
+            print(f"  round {i + 1}/{args.repeats} seed {args.seed + i}  {name:18s} {row['seconds']:7.1f} s  {row['epochs']:4d} epochs  "
                   f"best val_accuracy {row['best_val_accuracy']:.4f}  pruned {row['pruned']}/{row['finished']}", flush=True)
     full = rows["unpruned"]
     result: dict[str, Any] = {
@@ -212,7 +219,7 @@ def add_parsers(sub: Any, outputs: Path) -> tuple[argparse.ArgumentParser, argpa
     q = sub.add_parser("search", help="the same guided search with and without a pruner")
     q.add_argument("--trials", type=int, default=24)
     q.add_argument("--epochs", type=int, default=10, help="the members' trainer.epochs (the pruner's full budget)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="the sampler's seed in the first round (then +1 per round)")
     q.add_argument("--pruner", nargs="+", default=["hyperband", "successive_halving"],
                    choices=("median", "hyperband", "successive_halving"), help="each is paired with the same unpruned search")
     q.add_argument("--repeats", type=int, default=3, help="rounds of searches, their order alternated")
