@@ -5,6 +5,7 @@
     python scripts/bench.py sweep --repeats 5 --members 4 --epochs 10 --json bench-sweep.json
     python scripts/bench.py sweep trainer.threads=1  # ... with single-threaded members in both
     python scripts/bench.py run                   # a whole default `make train` run: time outside the epochs, memory
+    python scripts/bench.py run --with mlflow.log_system_metrics=false   # what a key costs a default run
     python scripts/bench.py search                # the same guided search with and without pruning
     python scripts/bench.py loop --track          # ... and record the results as a run in the MLflow experiment `benchmarks`
 
@@ -229,19 +230,22 @@ def bench_run(args: argparse.Namespace) -> dict:
 
     With ``--speedups``, also the same run with each of :mod:`mnist_np.speedups`' shortcuts
     off in turn (the variants alternate within each repeat); a shortcut's saving is the
-    median over repeats of (its variant's time outside the epochs - the default's).
+    median over repeats of (its variant's time outside the epochs - the default's). With
+    ``--with KEY=VALUE`` (repeatable), also the run with that override; its cost is the
+    median of paired differences (default - variant) of the whole wall time.
     """
     from mnist_np.speedups import NAMES
 
-    variants = {"default": "all"}
+    variants: dict[str, tuple[str, list[str]]] = {"default": ("all", [])}
     if args.speedups:
-        variants.update({f"without {name}": f"-{name}" for name in NAMES if name != "warm_workers"})
+        variants.update({f"without {name}": (f"-{name}", []) for name in NAMES if name != "warm_workers"})
+    variants.update({f"with {o}": ("all", [o]) for o in args.with_})
     rows: dict[str, list[dict]] = {k: [] for k in variants}
     store = Path(tempfile.mkdtemp(prefix="bench-run-"))
     time_run(store, args.overrides, "all")  # creates the store and fills the data and font caches: not timed
     for i in range(args.repeats):
-        for name, value in variants.items():
-            row = time_run(store, args.overrides, value)
+        for name, (value, extra) in variants.items():
+            row = time_run(store, [*args.overrides, *extra], value)
             rows[name].append(row)
             print(f"  run {i + 1}/{args.repeats} {name:32s} wall {row['wall_s']:.2f} s, epochs {row['epochs_s']:.2f} s, "
                   f"outside {row['outside_epochs_s']:.2f} s, peak {row['peak_rss_gb']:.2f} GB", flush=True)
@@ -255,12 +259,21 @@ def bench_run(args: argparse.Namespace) -> dict:
     # noise (a second either way on a shared machine) stays out of the differences.
     saved = {name.removeprefix("without "): statistics.median(r["outside_epochs_s"] - d["outside_epochs_s"]
                                                               for r, d in zip(runs, rows["default"]))
-             for name, runs in rows.items() if name != "default"}
+             for name, runs in rows.items() if name.startswith("without ")}
     for name, seconds in saved.items():
         print(f"  {name:24s} saves {seconds:+.2f} s outside the epochs (median of paired differences; "
               f"wall medians {medians['without ' + name]['wall_s']:.2f} s without it, {med['wall_s']:.2f} s with)")
+    costs = {}
+    for override in args.with_:
+        runs = rows[f"with {override}"]
+        diffs = [d["wall_s"] - r["wall_s"] for r, d in zip(runs, rows["default"])]
+        costs[override] = {"default_minus_variant_s": statistics.median(diffs),
+                           "fraction_of_default_wall": statistics.median(diffs) / med["wall_s"]}
+        print(f"  the default costs {statistics.median(diffs):+.2f} s ({100 * costs[override]['fraction_of_default_wall']:+.1f}% of "
+              f"its wall time) more than with {override} (median of paired differences of the wall time)")
     return {"benchmark": "run", "overrides": args.overrides, "runs": rows["default"], "median": med, "variants": rows,
-            "variant_medians": medians, "speedup_saves_s": saved, "platform": platform.platform(), "cpu_count": os.cpu_count()}
+            "variant_medians": medians, "speedup_saves_s": saved, "costs_vs": costs, "platform": platform.platform(),
+            "cpu_count": os.cpu_count()}
 
 
 def track(result: dict, tracking_uri: str | None) -> None:
@@ -305,6 +318,8 @@ def main() -> None:
     r = sub.add_parser("run", help="whole default runs: time outside the epochs and peak memory")
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--speedups", action="store_true", help="also time the run with each shortcut of mnist_np.speedups off in turn")
+    r.add_argument("--with", dest="with_", action="append", default=[], metavar="KEY=VALUE",
+                   help="also time the run with this override, e.g. mlflow.log_system_metrics=false (repeatable)")
     r.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-run.json")
     r.add_argument("overrides", nargs="*", help="Hydra overrides for the runs (default: none, the default config)")
     for sp in (lp, p, q, r):

@@ -4,10 +4,16 @@
     python scripts/compare.py mnist-np-debug       # another experiment
     python scripts/compare.py <PARENT_RUN_ID>      # the members of one sweep
     python scripts/compare.py <PARENT_RUN_ID> --csv > sweep.csv
+    python scripts/compare.py <PARENT_RUN_ID> --by-config   # one row per config: mean ± std over its seeds
+    python scripts/compare.py mnist-np --filter "tags.baseline = 'true'"   # runs labelled baseline (tags=[baseline])
 
 Columns: name, status, the params that differ between the runs, best
 validation accuracy, test accuracy, epochs, training seconds. Sorted by
 validation accuracy (finished runs first); the test set never decides.
+With ``--by-config``, runs that differ only in ``seed`` are one row: n,
+mean ± standard deviation of best validation and test accuracy, mean
+training seconds, ranked on the mean validation accuracy (the parent run's
+``sweep_summary/by_config.csv``).
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ def main() -> int:
     parser.add_argument("target", nargs="?", default="mnist-np", help="an experiment name or a sweep's parent run id")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlflow.db)")
     parser.add_argument("--csv", action="store_true", help="CSV on stdout, for scripts")
+    parser.add_argument("--by-config", action="store_true", help="one row per config, aggregated over its seeds")
+    parser.add_argument("--filter", default="", help="an MLflow search filter, e.g. \"tags.`lr-study` = 'true'\" or \"metrics.test_accuracy > 0.98\"")
     args = parser.parse_args()
 
+    from mnist_np.experiment.seed_groups import by_config, shown
     from mnist_np.experiment.sweep_summary import summarize
     from mnist_np.experiment.tables import table_csv, table_text, varying_params
     from mnist_np.tracking.queries import runs_to_compare
@@ -31,16 +40,22 @@ def main() -> int:
     uri = tracking_uri_or_default(args.tracking_uri)
     try:
         check_server(uri)
-        title, runs = runs_to_compare(uri, args.target)
+        title, runs = runs_to_compare(uri, args.target, args.filter)
     except (TrackingUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = summarize(runs, varying_params(runs))
+    varying = varying_params(runs)
+    summary = summarize(runs, varying)
+    rows = summary.rows
+    if args.by_config:
+        groups = by_config(rows, varying)
+        rows = groups if args.csv else shown(groups)
     if args.csv:
-        sys.stdout.write(table_csv(summary.rows))
+        sys.stdout.write(table_csv(rows))
         return 0
-    print(f"{title}: {summary.total} runs, {summary.finished} finished, {summary.failed} failed or unfinished")
-    sys.stdout.write(table_text(summary.rows))
+    print(f"{title}: {summary.total} runs, {summary.finished} finished, {summary.failed} failed or unfinished"
+          + (f"; {len(rows)} configs" if args.by_config else ""))
+    sys.stdout.write(table_text(rows))
     return 0
 
 

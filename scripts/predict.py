@@ -2,9 +2,12 @@
 
     python scripts/predict.py RUN_ID digit.png photo.jpg t10k-images-idx3-ubyte.gz
     python scripts/predict.py outputs/runs/<date>/<time>/weights/final.npz digit.png --which best
+    python scripts/predict.py models:/digits@champion digit.png
 
-The first argument is a weights ``.npz`` or an MLflow run id (its
-``weights/final.npz``, or ``best.npz`` with ``--which best``). Images may be
+The first argument is a weights ``.npz``, an MLflow run id (its
+``weights/final.npz``, or ``best.npz`` with ``--which best``) or a
+registered model (``models:/<name>@<alias>`` or ``models:/<name>/<version>``:
+the weights it serves). Images may be
 any size and format Pillow reads -- dark ink on light paper or light on dark
 -- and are framed the MNIST way first; IDX image files give one line per
 image. Prints ``<name>  label <d>  p=<probability>`` per image. A file that
@@ -26,7 +29,7 @@ from mnist_np.inference import InferenceError, load_images, predict_proba
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("weights", help="a weights .npz or an MLflow run id")
+    parser.add_argument("weights", help="a weights .npz, an MLflow run id, or models:/<name>@<alias>")
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or IDX image files")
     parser.add_argument("--tracking-uri", default=None, help="store of the run (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     parser.add_argument("--which", choices=("final", "best"), default="final", help="which weights of a run (default: final)")
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         x, names = load_images(args.images)  # first: a bad image fails before MLflow is even imported
         with tempfile.TemporaryDirectory(prefix="mnist-np-predict-") as tmp:
             path = Path(args.weights)
-            if not path.is_file():  # a run id: only then pay for importing MLflow
+            if not path.is_file():  # a run id or a registered model: only then pay for importing MLflow
                 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
                 from mnist_np.tracking.logged_model import resolve_weights
 

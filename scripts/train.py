@@ -3,7 +3,7 @@
     python scripts/train.py model.hidden_size=256 optimizer.lr=0.05 trainer.batch_size=64 trainer.epochs=5
     python scripts/train.py --multirun model.hidden_size=64,128,256 optimizer.lr=0.01,0.1
     python scripts/train.py --multirun +sweep=optuna
-    python scripts/train.py --multirun resume=<sweep dir or parent run id>   # continue a killed search
+    python scripts/train.py --multirun resume=<sweep dir or parent run id>   # continue a killed sweep or search
     python scripts/train.py +experiment=seed_baseline
 
 A thin shell over :func:`mnist_np.experiment.run.run`: it checks the command
@@ -81,6 +81,9 @@ def cli() -> int:
 
     try:
         resumed = resume_command(sys.argv[1:])
+        if resumed is not None and resumed.done:
+            print(f"sweep {resumed.sweep_dir} already ran to its end; nothing to resume")
+            return 0
         if resumed is not None:  # `--multirun resume=...`: the sweep's own command line, in its own dir
             sys.argv[1:] = resumed.argv
             SESSION.resume_dir = resumed.sweep_dir

@@ -30,6 +30,9 @@ LONG = "x" * 251
 BAD: dict[str, list[tuple[list[str], str]]] = {
     "seed": [(["seed=-1"], "-1"), (["seed=abc"], "'abc'")],
     "resume": [(["resume=/no/such/run"], "'/no/such/run'"), (["resume=[1,2]"], "[1, 2]")],
+    "tags": [(["tags=[UPPER]"], "['UPPER']"), (["tags=[host]"], "'host' is one"), (["tags=[a,a]"], "['a', 'a']"),
+             ([f"tags=[{'x' * 41}]"], "x" * 41)],
+    "notes": [(["notes=''"], "''"), ([f"notes={'y' * 8001}"], "'" + "y" * 40 + "...'")],
     "data": [(["data=cifar10"], "'cifar10'"), (["~data"], "data is missing")],
     "data.name": [(["data.name=cifar10"], "'cifar10'")],
     "data.dir": [(["data.dir=/no/such/folder"], "'/no/such/folder'"), (["data.dir=[a,b]"], "['a', 'b']")],
@@ -91,6 +94,8 @@ BAD: dict[str, list[tuple[list[str], str]]] = {
     "mlflow.sweep_name": [(["mlflow.sweep_name=''"], "''")],
     "mlflow.log_plots": [(["mlflow.log_plots=3"], "3")],
     "mlflow.log_checkpoints": [(["mlflow.log_checkpoints=sometimes"], "'sometimes'")],
+    "mlflow.log_system_metrics": [(["mlflow.log_system_metrics=sometimes"], "'sometimes'")],
+    "mlflow.register_as": [(["mlflow.register_as='a b'"], "'a b'"), (["mlflow.register_as=''"], "''")],
 }
 KEYS = sorted(schema_keys() | set(GROUP_SCHEMAS))
 CASES = [pytest.param(key, overrides, shown, id=f"{key}:{' '.join(overrides)}"[:90])

@@ -4,7 +4,7 @@ One module-scoped setup serves every test here: a real ``mlflow server`` on
 loopback, a 3-member sweep logged to it by ``scripts/train.py --multirun``
 (a subprocess, as users run it), and one browser page. The tests then read
 the UI the way a user would -- the runs table, the compare page, a run's
-artifacts -- and save a screenshot of each, in the test's temp dir and in
+artifacts, the Model Registry's page of the sweep's champion -- and save a screenshot of each, in the test's temp dir and in
 ``outputs/browser-test/`` (git-ignored) for a human to look at.
 
 Skipped, with the reason, only when no Chromium binary can be found
@@ -29,6 +29,7 @@ from helpers.servers import start_mlflow_server
 
 pytestmark = pytest.mark.slow
 EXPERIMENT = "browser-test"
+MODEL = "browser-digits"
 HIDDEN_SIZES = ("16", "32", "64")
 SCREENSHOTS = PROJECT_ROOT / "outputs" / "browser-test"
 
@@ -65,7 +66,7 @@ def ui_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiSweep]:
         cmd = [
             PYTHON, str(TRAIN_SCRIPT), "--multirun", f"model.hidden_size={','.join(HIDDEN_SIZES)}",
             "data.train_limit=500", "data.val_size=500", "trainer.epochs=2", "trainer.progress=false",
-            f"mlflow.tracking_uri={server.url}", f"mlflow.experiment_name={EXPERIMENT}",
+            f"mlflow.tracking_uri={server.url}", f"mlflow.experiment_name={EXPERIMENT}", f"mlflow.register_as={MODEL}",
             f"hydra.sweep.dir={root / 'sweep'}",
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -115,3 +116,13 @@ def test_a_childs_artifacts_pane_lists_config_weights_and_plots(ui_sweep: UiSwee
     s.screenshot("artifacts.png")
     assert {"config", "weights", "plots"} <= set(entries), entries
     assert "train.log" in entries  # and the files logged beside the folders
+
+
+def test_the_model_registry_shows_the_champion_version(ui_sweep: UiSweep) -> None:
+    s = ui_sweep
+    client = MlflowClient(s.ui.base_url, registry_uri=s.ui.base_url)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.run_id == s.parent.data.tags["best_run_id"]
+    table = s.ui.registered_model(MODEL, champion.version)
+    s.screenshot("model-registry.png")
+    assert f"Version {champion.version}" in table and "champion" in table, table

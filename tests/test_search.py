@@ -105,7 +105,7 @@ def test_failing_trials_never_end_the_study(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.fault("training faults", "search resumed")
+@pytest.mark.fault("sweep killed", "search resumed")
 def test_a_killed_search_resumes_to_exactly_n_trials(tmp_path: Path, lost) -> None:
     args = command(tmp_path, n_trials=6, epochs=3)
     killed = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -315,15 +315,20 @@ def test_the_pareto_front_keeps_exactly_the_undominated() -> None:
     assert pareto(children, SweepInfo("p", "u", "e", "n", "/tmp", search={"objectives": ["val_accuracy"]})) is None
 
 
-def test_resuming_a_grid_sweep_is_refused_in_one_line(tmp_path: Path) -> None:
-    SweepInfo("parent", "sqlite:///x", "e", "sweep", str(tmp_path)).save()
+def test_resume_rewrites_the_command_into_the_sweeps_own(tmp_path: Path) -> None:
+    info = SweepInfo("parent", "sqlite:///x", "e", "sweep", str(tmp_path))
+    info.save()
     (tmp_path / "multirun.yaml").write_text("hydra:\n  sweeper:\n    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper\n"
-                                            "  overrides:\n    hydra: []\n    task: [seed=0,1]\n")
-    with pytest.raises(ConfigError, match="is a grid sweep, which cannot be resumed yet") as e:
-        resume_command(["--multirun", f"resume={tmp_path}"])
-    assert "\n" not in str(e.value)
-    with pytest.raises(ConfigError, match="holds no mlflow_sweep.json"):
+                                            "  overrides:\n    hydra: [hydra.sweep.dir=old, hydra/launcher=joblib]\n    task: ['seed=0,1']\n")
+    resumed = resume_command(["--multirun", f"resume={tmp_path}", "trainer.threads=1"])
+    assert resumed is not None and not resumed.done and resumed.sweep_dir == tmp_path.resolve()
+    assert resumed.argv == ["--multirun", "hydra/launcher=joblib", "seed=0,1", "trainer.threads=1", f"hydra.sweep.dir={tmp_path.resolve()}"]
+    info.completed = True
+    info.save()
+    assert resume_command(["--multirun", f"resume={tmp_path}"]).done  # a grid that ran to its end has nothing left
+    with pytest.raises(ConfigError, match="holds no mlflow_sweep.json") as e:
         resume_command(["--multirun", f"resume={tmp_path / 'multirun.yaml'}"])
+    assert "\n" not in str(e.value)
     assert resume_command([f"resume={tmp_path}"]) is None  # a single run's resume is not a sweep's
 
 

@@ -10,6 +10,7 @@ import csv
 import io
 import os
 import signal
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -97,6 +98,38 @@ def test_grid_2x2_basic_launcher(tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(subprocess.run([*compare, "--csv"], capture_output=True, text=True, timeout=120).stdout)))
     vals = [float(r["val_accuracy"]) for r in rows]
     assert len(rows) == 4 and vals == sorted(vals, reverse=True)
+
+
+def test_seed_groups_aggregate_each_config_over_its_seeds(tmp_path: Path) -> None:
+    """A 2x3 sweep over configs and seeds: by_config.csv has one row per config with the right means, best first."""
+    proc, uri = sweep(tmp_path, "model.hidden_size=16,32", "seed=0,1,2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, parent, children = parent_and_children(uri)
+    local = Path(client.download_artifacts(parent.info.run_id, "sweep_summary/by_config.csv"))
+    rows = list(csv.DictReader(io.StringIO(local.read_text())))
+    assert [r["model.hidden_size"] for r in rows] != [] and len(rows) == 2 and "seed" not in rows[0]
+    for row in rows:
+        group = [c for c in children if c.data.params["model.hidden_size"] == row["model.hidden_size"]]
+        assert row["n"] == "3" and row["failed"] == "0" and row["seeds"] == "0,1,2"
+        for key, metric in (("val_accuracy", "best_val_accuracy"), ("test_accuracy", "test_accuracy")):
+            values = [c.data.metrics[metric] for c in group]
+            assert float(row[f"{key}_mean"]) == pytest.approx(statistics.fmean(values), abs=1e-12)
+            assert float(row[f"{key}_std"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
+        assert float(row["train_seconds_mean"]) == pytest.approx(statistics.fmean(c.data.metrics["train_seconds"] for c in group))
+    assert float(rows[0]["val_accuracy_mean"]) >= float(rows[1]["val_accuracy_mean"])  # best group first
+    md = Path(client.download_artifacts(parent.info.run_id, "sweep_summary/by_config.md")).read_text()
+    assert f"{float(rows[0]['val_accuracy_mean']):.4f} ± {float(rows[0]['val_accuracy_std']):.4f}" in md
+
+    # The same table from a terminal.
+    compare = [PYTHON, str(TRAIN_SCRIPT.parent / "compare.py"), parent.info.run_id, "--tracking-uri", uri, "--by-config"]
+    text = subprocess.run(compare, capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0].endswith("6 runs, 6 finished, 0 failed or unfinished; 2 configs") and len(lines) == 4
+    assert lines[1].split()[:3] == ["model.hidden_size", "n", "failed"]
+    assert lines[2].split()[0] == rows[0]["model.hidden_size"] and "±" in lines[2]
+    by_csv = subprocess.run([*compare, "--csv"], capture_output=True, text=True, timeout=120).stdout
+    assert list(csv.DictReader(io.StringIO(by_csv))) == rows
 
 
 def test_grid_2x2_joblib_parallel(tmp_path: Path) -> None:

@@ -28,7 +28,10 @@ from mnist_np.experiment.search_trial import PRUNED
 from mnist_np.nn.metrics import score_logits
 from mnist_np.nn.model import MLP
 from mnist_np.nn.weights import save_weights, weights_sha256
+from mnist_np.common.errors import error_line
+from mnist_np.tracking.registry import register_run_model
 from mnist_np.tracking.sync import sync_output_dir
+from mnist_np.tracking.system_metrics import system_metrics
 from mnist_np.tracking.tracker import MlflowTracker
 from mnist_np.tracking.uris import server_reachable
 from mnist_np.train.checkpoint import Checkpointer, TrainingState, latest_checkpoint, restore_rngs
@@ -50,6 +53,7 @@ class Job:
     config_yaml: str  # the resolved config, as saved in config/ and inside every weights file
     threads: int
     stop_rule: StopRule | None = None  # a search member's report to its trial, which may prune it
+    register_as: str | None = None  # a registered model the finished run's model becomes a version of (not in sweeps)
 
 
 def execute(job: Job, state: TrainingState | None = None, resumed: bool = False) -> RunResult:
@@ -71,8 +75,9 @@ def execute(job: Job, state: TrainingState | None = None, resumed: bool = False)
             if not resumed:
                 tracker.log_dataset(job.raw.spec.name, job.raw.digest, source=str(job.cfg.data.dir or "pinned-sha256"),
                                     sizes=job.splits.sizes)
-            model, fitted = train(job, state)
-            result = record(job, model, fitted)
+            with system_metrics(tracker.tracking_uri, tracker.run_id or "", job.cfg.mlflow.log_system_metrics, resumed):
+                model, fitted = train(job, state)
+                result = record(job, model, fitted)
         except KeyboardInterrupt:
             interrupted = RunInterrupted(tracker.run_id or "", latest_checkpoint(output_dir / "checkpoints"))
             tracker.end("KILLED", f"interrupted by the user (KeyboardInterrupt); {interrupted.advice}")
@@ -85,7 +90,23 @@ def execute(job: Job, state: TrainingState | None = None, resumed: bool = False)
     result.run_id = tracker.run_id or ""
     tracker.end("FINISHED")
     _catch_up(tracker, output_dir)
+    if job.register_as:
+        _register(job, result)
     return result
+
+
+def _register(job: Job, result: RunResult) -> None:
+    """The finished run's model as a new version of ``job.register_as``; a failure is a warning, the run stays FINISHED."""
+    tracker = job.tracker
+    if tracker.offline is not None:
+        log.warning("MLflow was unreachable: the model is not registered as %r (register it later from the run)", job.register_as)
+        return
+    try:
+        tags = {"val_accuracy": result.metrics["best_val_accuracy"], "test_accuracy": result.metrics["test_accuracy"]}
+        version = register_run_model(tracker.tracking_uri, job.register_as or "", result.run_id, {k: f"{v:.4f}" for k, v in tags.items()})
+        log.info("model registered: models:/%s/%s", job.register_as, version)
+    except Exception as e:  # noqa: BLE001 -- the run and its model are safe; only the registry entry is missing
+        log.warning("could not register the model as %r: %s", job.register_as, error_line(e))
 
 
 def train(job: Job, state: TrainingState | None) -> tuple[MLP, FitResult]:

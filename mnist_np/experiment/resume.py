@@ -24,7 +24,7 @@ from mnist_np.train.checkpoint import TrainingState, latest_checkpoint, load_sta
 log = logging.getLogger(__name__)
 
 
-def resume(target: str, tracking_uri: str | None = None) -> RunResult:
+def resume(target: str, tracking_uri: str | None = None, sweep_member: bool = False) -> RunResult:
     """Continue an interrupted run, given its MLflow run id or its output dir.
 
     The run's own saved config is used (checked against the schema first:
@@ -33,7 +33,8 @@ def resume(target: str, tracking_uri: str | None = None) -> RunResult:
     the same output dir and the same MLflow run -- which ends FINISHED with
     one metric value per epoch. The final weights are bit-identical to an
     uninterrupted run's on the same machine. A run that already finished is
-    left alone.
+    left alone. ``sweep_member``: the run is a member of a continued sweep
+    (its model is registered by the sweep, if at all).
 
     Raises:
         ConfigError: one line, before the run is touched: no such run or dir,
@@ -62,7 +63,8 @@ def resume(target: str, tracking_uri: str | None = None) -> RunResult:
         _reconcile_epochs(tracker, history)
         EpochLogger.rewrite(output_dir / "metrics.jsonl", history)
         log.info("resuming run %s in %s after epoch %d", info["run_id"], output_dir, done)
-        job = Job(cfg, tracker, raw, splits, output_dir, config_file.read_text(), blas_threads(cfg, hydra_context()))
+        job = Job(cfg, tracker, raw, splits, output_dir, config_file.read_text(), blas_threads(cfg, hydra_context()),
+                  register_as=None if sweep_member else cfg.mlflow.register_as)
         return execute(job, state=state, resumed=True)
 
 

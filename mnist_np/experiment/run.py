@@ -27,8 +27,9 @@ from mnist_np.experiment.results import RunResult
 from mnist_np.experiment.resume import resume
 from mnist_np.experiment.search_trial import trial_stop_rule
 from mnist_np.experiment.sweep_info import SweepInfo, member_run_name
+from mnist_np.experiment.sweep_resume import continued_member
 from mnist_np.experiment.validation import validate
-from mnist_np.tracking.conventions import OUTPUT_DIR_TAG, PROCESS_TAG
+from mnist_np.tracking.conventions import OUTPUT_DIR_TAG, PROCESS_TAG, label_tags
 from mnist_np.tracking.journal import JOURNAL_FILE, write_run_file
 from mnist_np.tracking.runs import reap_dead_runs
 from mnist_np.tracking.tracker import MlflowTracker, flatten
@@ -61,9 +62,12 @@ def run(
     """
     if cfg.get("resume"):
         return resume(str(cfg.resume), cfg.mlflow.tracking_uri)
-    validate(cfg)
     ctx = hydra_context()
     output_dir = Path(output_dir or ctx.output_dir or OUTPUTS_DIR / "runs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f"))
+    sweep = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
+    if sweep is not None and sweep.resumes and (continued := continued_member(output_dir)) is not None:
+        return continued  # a continued sweep's member that had started: kept, or resumed from its checkpoint
+    validate(cfg)
     overrides = ctx.overrides if overrides is None else overrides
     output_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -79,13 +83,14 @@ def run(
     raw, splits = load_splits(cfg)
 
     threads = blas_threads(cfg, ctx)
-    sweep = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
     stop_rule = trial_stop_rule(sweep, ctx.job_num)  # a guided search's member reports to its trial
     run_name, tags = _name_and_tags(cfg, ctx, overrides, output_dir, sweep)
     run_id = tracker.start(run_name, flatten(resolved), {**tags, **(extra_tags or {})})
     write_run_file(output_dir, run_id, tracking_uri, cfg.mlflow.experiment_name)
     log.info("MLflow run %s (%s) in %s, %d BLAS thread(s)", run_name, run_id, tracking_uri, threads)
-    return execute(Job(cfg, tracker, raw, splits, output_dir, config_yaml, threads, stop_rule))
+    # In a sweep only the best member is registered, by the sweep (mnist_np.experiment.sweep_summary).
+    register_as = cfg.mlflow.register_as if sweep is None else None
+    return execute(Job(cfg, tracker, raw, splits, output_dir, config_yaml, threads, stop_rule, register_as))
 
 
 def _name_and_tags(
@@ -106,6 +111,7 @@ def _name_and_tags(
         "host": platform.node(),
         "pid": str(os.getpid()),
         PROCESS_TAG: process_identity(),
+        **label_tags(list(cfg.tags), cfg.notes),
         **sweep_tags,
         **git_tags(),
     }

@@ -102,6 +102,8 @@ class MlflowConfig:
     sweep_name: Optional[str] = None  # the parent run of a --multirun sweep; null: from the swept overrides
     log_plots: bool = True
     log_checkpoints: bool = False  # also upload every training-state checkpoint to the run
+    log_system_metrics: bool = True  # CPU, memory, disk use over the run (MLflow's monitor, psutil): system/* metrics
+    register_as: Optional[str] = None  # a registered model: a run's model becomes a version; a sweep's best member, alias champion
 
 
 @dataclass
@@ -113,6 +115,8 @@ class Config:
     trainer: TrainerConfig = MISSING
     mlflow: MlflowConfig = MISSING
     seed: int = 0
+    tags: list[str] = field(default_factory=list)  # labels: MLflow tags <label>=true on the run (and a sweep's parent)
+    notes: Optional[str] = None  # the run's description in MLflow's UI
     resume: Optional[str] = None  # a run id or output dir: continue that interrupted run instead
 
 

@@ -87,6 +87,9 @@ class SweepSession:
         info, self.open = self.open, None
         if info is None:
             return None
+        if crash is None:  # every member returned: a later `resume=` has nothing to do
+            info.completed = True
+            info.save()
         try:
             self.summary = close_sweep(info, crash, status, members_done=True)
         except Exception as e:  # noqa: BLE001 -- e.g. the server died between two of the closing calls

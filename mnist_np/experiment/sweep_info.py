@@ -34,6 +34,13 @@ class SweepInfo:
     # A guided search's settings (mnist_np.experiment.search_study.SearchSettings as a dict):
     # its members report to their trials through the study's storage.
     search: dict[str, Any] | None = None
+    # How often the sweep was continued (`--multirun resume=...`): a member of a
+    # continued sweep that already has a run in its dir resumes or keeps that run.
+    resumes: int = 0
+    # Every member returned (the sweep ran to its end, failures or not): nothing to resume.
+    completed: bool = False
+    # mlflow.register_as: the registered model whose alias "champion" the sweep points at its best member.
+    register_as: str | None = None
 
     def save(self) -> Path:
         """Write ``mlflow_sweep.json`` atomically: members in other processes read it at any time."""

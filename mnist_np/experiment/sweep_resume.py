@@ -4,22 +4,33 @@ The command is rewritten into the sweep's own: its saved overrides
 (``multirun.yaml``), its sweep dir, and whatever else the command line adds
 (``hydra.sweeper.n_trials=40`` extends a search). The sweep's callback then
 reopens the same parent run instead of making one (:data:`SESSION`), and
-the search sweeper continues the same study. Guided searches resume;
-grid sweeps cannot yet (they would train every member again).
+Hydra's launcher runs the sweep's jobs again, each in its own dir
+(``<sweep dir>/<job number>``): a member that had ended is kept as it was,
+one that was interrupted resumes from its checkpoint into its own MLflow
+run, one that never started runs now (:func:`continued_member`). A guided
+search continues the same study instead: its interrupted trials are marked
+FAIL and new ones asked until it holds ``n_trials``.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from mnist_np.experiment.overrides import command_line_overrides, parse_override
+from mnist_np.experiment.results import RunResult
+from mnist_np.experiment.resume import resume
 from mnist_np.experiment.schema import SEARCH_SWEEPER, ConfigError
 from mnist_np.experiment.sweep_info import SWEEP_FILE, SweepInfo
+from mnist_np.tracking.journal import JOURNAL_FILE, read_journal, read_run_file
 from mnist_np.tracking.queries import run_tags
 from mnist_np.tracking.uris import tracking_uri_or_default
+
+log = logging.getLogger(__name__)
 
 # Hydra overrides of the saved sweep that describe that one launch, not the sweep.
 NOT_REPEATED = ("hydra.sweep.dir", "hydra.mode", "hydra.run.dir", "hydra.job.name")
@@ -27,10 +38,11 @@ NOT_REPEATED = ("hydra.sweep.dir", "hydra.mode", "hydra.run.dir", "hydra.job.nam
 
 @dataclass
 class ResumedSweep:
-    """The command line that continues a sweep, and the sweep's dir."""
+    """The command line that continues a sweep, and the sweep's dir; ``done``: the sweep had ended, nothing to continue."""
 
     argv: list[str]
     sweep_dir: Path
+    done: bool = False
 
 
 def resume_command(args: list[str]) -> ResumedSweep | None:
@@ -47,11 +59,12 @@ def resume_command(args: list[str]) -> ResumedSweep | None:
     uris = [parse_override(o)[1] for o in extra if parse_override(o)[0] == "mlflow.tracking_uri"]
     sweep_dir = sweep_dir_of(targets[-1], tracking_uri_or_default(uris[-1] if uris else None))
     saved = OmegaConf.load(sweep_dir / "multirun.yaml")
-    if saved.hydra.sweeper.get("_target_") != SEARCH_SWEEPER:
-        raise ConfigError(f"resume={targets[-1]} is not allowed: {sweep_dir} is a grid sweep, which cannot be resumed yet "
-                          "(it would train every member again); expected a guided search's (+sweep=optuna) sweep dir or parent run id")
     hydra = [o for o in saved.hydra.overrides.hydra if not parse_override(o)[0].startswith(NOT_REPEATED)]
-    return ResumedSweep(["--multirun", *hydra, *saved.hydra.overrides.task, *extra, f"hydra.sweep.dir={sweep_dir}"], sweep_dir)
+    argv = ["--multirun", *hydra, *saved.hydra.overrides.task, *extra, f"hydra.sweep.dir={sweep_dir}"]
+    info = SweepInfo.load(sweep_dir)
+    # A search that ran to its end may still be extended (hydra.sweeper.n_trials=...); a grid is simply over.
+    done = bool(info and info.completed) and saved.hydra.sweeper.get("_target_") != SEARCH_SWEEPER
+    return ResumedSweep(argv, sweep_dir, done)
 
 
 def sweep_dir_of(target: str, tracking_uri: str) -> Path:
@@ -69,3 +82,26 @@ def sweep_dir_of(target: str, tracking_uri: str) -> Path:
     if not (path / "multirun.yaml").is_file():
         raise ConfigError(f"resume={target} is not allowed: {path} holds no multirun.yaml")
     return path.resolve()
+
+
+def continued_member(output_dir: Path) -> RunResult | None:
+    """Member ``output_dir`` of a continued sweep, if it had started: kept as it ended, or resumed.
+
+    Decided from the member's own dir (its journal says how its run ended;
+    MLflow may not have heard): FINISHED or FAILED by itself (diverged, an
+    error, an invalid config) is kept and not run again; KILLED (Ctrl-C) or
+    no ending at all (kill -9, node lost) resumes from its newest checkpoint
+    into the same MLflow run. None: the member never started; it runs now.
+    """
+    run = read_run_file(output_dir)
+    if not run:
+        return None
+    journal = output_dir / JOURNAL_FILE
+    end = read_journal(journal).end if journal.is_file() else None
+    if end is None or end.get("status") == "KILLED":
+        log.info("continuing sweep member %s (run %s) from its newest checkpoint", output_dir, run["run_id"])
+        return resume(str(output_dir), sweep_member=True)
+    log.info("sweep member %s (run %s) had ended %s; kept", output_dir, run["run_id"], end.get("status"))
+    summary = output_dir / "summary.json"
+    metrics = json.loads(summary.read_text())["metrics"] if end.get("status") == "FINISHED" and summary.is_file() else {}
+    return RunResult(run["run_id"], output_dir, metrics)

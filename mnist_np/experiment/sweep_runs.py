@@ -11,7 +11,8 @@ from mnist_np.common.procs import process_identity
 from mnist_np.experiment.context import hydra_context
 from mnist_np.experiment.provenance import git_tags
 from mnist_np.experiment.sweep_info import SweepInfo, member_run_name, parent_params, sweep_run_name, swept_parameters
-from mnist_np.tracking.conventions import PROCESS_TAG
+from mnist_np.tracking.conventions import PROCESS_TAG, label_tags
+from mnist_np.tracking.journal import JOURNAL_FILE, write_run_file
 from mnist_np.tracking.runs import reap_dead_runs
 from mnist_np.tracking.tracker import MlflowTracker, flatten
 from mnist_np.tracking.uris import default_tracking_uri
@@ -34,11 +35,13 @@ def open_sweep(config: DictConfig) -> SweepInfo:
         "sweeper": str(config.hydra.sweeper.get("_target_", "")).rsplit(".", 1)[-1],
         "launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1],
         "mlflow.source.name": "scripts/train.py --multirun",
+        **label_tags(list(config.get("tags") or []), config.get("notes")),
         **git_tags(),
     }
     reap_dead_runs(tracker.client, tracker.experiment_id)
     run_id = tracker.start(name, parent_params(task, swept), {**tags, PROCESS_TAG: process_identity()})
-    info = SweepInfo(run_id, uri, config.mlflow.experiment_name, name, str(sweep_dir), swept, parents={uri: run_id})
+    info = SweepInfo(run_id, uri, config.mlflow.experiment_name, name, str(sweep_dir), swept, parents={uri: run_id},
+                     register_as=config.mlflow.get("register_as"))
     info.save()
     log.info("MLflow parent run %r (%s) for the sweep in %s", name, run_id, sweep_dir)
     return info
@@ -48,10 +51,14 @@ def reopen_sweep(sweep_dir: Path) -> SweepInfo:
     """The killed sweep in ``sweep_dir`` continued: its parent run RUNNING again, owned by this process.
 
     Member runs its killed process left RUNNING are closed (FAILED, killed
-    from outside) first; the parent itself is kept.
+    from outside) first; the parent itself is kept. ``resumes`` goes up, so
+    that members which already have a run in their dir continue it
+    (:func:`mnist_np.experiment.run.run`).
     """
     info = SweepInfo.load(sweep_dir)
     assert info is not None, f"{sweep_dir} holds no sweep"  # checked by the command before Hydra started
+    info.resumes += 1
+    info.save()
     parent = MlflowTracker(info.tracking_uri, info.experiment_name, run_id=info.parent_run_id)
     reap_dead_runs(parent.client, parent.experiment_id, keep=info.parent_run_id)
     parent.reopen({PROCESS_TAG: process_identity(), "resumed": "true"})
@@ -69,9 +76,13 @@ def record_invalid_member(cfg: DictConfig, error: str) -> None:
     info = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
     if info is None:
         return
-    tracker = MlflowTracker(info.tracking_uri, info.experiment_name)
+    # Its dir gets a journal and a run file like any member's: a continued sweep keeps it rather than adding another.
+    output_dir = Path(ctx.output_dir or ".")
+    tracker = MlflowTracker(info.tracking_uri, info.experiment_name, journal=output_dir / JOURNAL_FILE if ctx.output_dir else None)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     name = member_run_name("invalid-config", ctx.overrides, info.swept, explicit_base=True)
-    tracker.start(name, flatten(resolved), {**info.member_tags(ctx.job_num), "overrides": " ".join(ctx.overrides)})
+    run_id = tracker.start(name, flatten(resolved), {**info.member_tags(ctx.job_num), "overrides": " ".join(ctx.overrides)})
+    if ctx.output_dir:
+        write_run_file(output_dir, run_id, info.tracking_uri, info.experiment_name)
     tracker.end("FAILED", f"invalid config: {error}")

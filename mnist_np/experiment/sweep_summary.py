@@ -1,4 +1,4 @@
-"""A sweep's outcome on its parent run: counts, the best member on validation, a sorted table, plots.
+"""A sweep's outcome on its parent run: counts, the best member on validation, a sorted table, seed groups, plots.
 
 The best member is chosen by validation accuracy, never by test accuracy,
 which is shown but never decides.
@@ -16,11 +16,13 @@ from mnist_np import plots
 from mnist_np.common.procs import is_dead
 from mnist_np.experiment.overrides import parse_override
 from mnist_np.experiment.search_study import OBJECTIVES
+from mnist_np.experiment.seed_groups import by_config, shown
 from mnist_np.experiment.sweep_info import SweepInfo
 from mnist_np.experiment.tables import table_csv, table_markdown
-from mnist_np.tracking.conventions import FAILURE_TAG, KILLED_REASON, OUTPUT_DIR_TAG, PROCESS_TAG
+from mnist_np.tracking.conventions import CHAMPION_TAG, FAILURE_TAG, KILLED_REASON, OUTPUT_DIR_TAG, PROCESS_TAG, REGISTERED_TAG
 from mnist_np.tracking.journal import JOURNAL_FILE, read_journal
 from mnist_np.tracking.queries import child_runs, latest_metrics
+from mnist_np.tracking.registry import CHAMPION, register_run_model, set_champion
 from mnist_np.tracking.runs import close_run
 from mnist_np.tracking.sync import sync_output_dir
 from mnist_np.tracking.tracker import MlflowTracker
@@ -115,6 +117,8 @@ def close_sweep(info: SweepInfo, crash: str | None = None, status: str = "FAILED
         _record(tracker, info, summary, pareto(children, info))
     except Exception as e:  # the members' runs are safe; only the summary is missing
         log.warning("could not record the sweep summary in MLflow: %s", e)
+    if info.register_as and summary.best:
+        _crown(tracker, info, summary.best)
     if crash:
         tracker.end(status, crash)
     elif summary.finished == 0:
@@ -127,6 +131,22 @@ def close_sweep(info: SweepInfo, crash: str | None = None, status: str = "FAILED
         f"; best {summary.best['name']} (val_accuracy {summary.best['val_accuracy']:.4f})" if summary.best else "",
     )
     return summary
+
+
+def _crown(tracker: MlflowTracker, info: SweepInfo, best: Mapping[str, Any]) -> None:
+    """Register the best member's model (once, also when the sweep is summarised again) and point ``champion`` at it."""
+    try:
+        registered = tracker.client.get_run(best["run_id"]).data.tags.get(REGISTERED_TAG, "")
+        name, _, version = registered.rpartition("/")
+        if name != info.register_as:
+            tags = {"sweep": info.parent_run_id, "sweep_name": info.name, "val_accuracy": f"{best['val_accuracy']:.4f}",
+                    "test_accuracy": f"{best['test_accuracy']:.4f}" if _finite(best.get("test_accuracy")) else ""}
+            version = register_run_model(info.tracking_uri, info.register_as or "", best["run_id"], tags)
+        set_champion(info.tracking_uri, info.register_as or "", version)
+        tracker.set_tags({CHAMPION_TAG: f"models:/{info.register_as}/{version}"})
+        log.info("best member %s registered: models:/%s@%s is version %s", best["name"], info.register_as, CHAMPION, version)
+    except Exception as e:  # noqa: BLE001 -- the sweep and its members are safe; only the registry entry is missing
+        log.warning("could not register the best member as %r: %s", info.register_as, e)
 
 
 def _settle_members(tracker: MlflowTracker, info: SweepInfo, members_done: bool) -> None:
@@ -173,6 +193,9 @@ def _record(tracker: MlflowTracker, info: SweepInfo, summary: SweepSummary, pare
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.csv").write_text(table_csv(summary.rows))
     (out / "summary.md").write_text(table_markdown(summary.rows))
+    groups = by_config(summary.rows, list(info.swept))
+    (out / "by_config.csv").write_text(table_csv(groups))
+    (out / "by_config.md").write_text(table_markdown(shown(groups)))
     if pareto is not None:
         (out / "pareto.csv").write_text(table_csv(pareto.front))
         tracker.set_tags({"pareto_run_ids": ",".join(r["run_id"] for r in pareto.front)})

@@ -7,7 +7,7 @@ import io
 from typing import Any, Mapping, Sequence
 
 # Params that say where a run was tracked or how it was shown, not what it computed.
-NOT_COMPARED = ("mlflow.", "resume", "data.dir", "data.cache_dir", "trainer.progress")
+NOT_COMPARED = ("mlflow.", "resume", "data.dir", "data.cache_dir", "trainer.progress", "tags", "notes")
 
 
 def table_csv(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -20,11 +21,13 @@ from mnist_np.data import DATASETS
 from mnist_np.experiment.overrides import missing_value
 from mnist_np.experiment.schema import TRAIN_IMAGES, ConfigError
 from mnist_np.nn import registry
-from mnist_np.tracking.conventions import MAX_NAME_CHARS
+from mnist_np.tracking.conventions import MAX_NAME_CHARS, MAX_TAG_CHARS, OWN_TAGS
 from mnist_np.train.loop import MONITORS
 
 # Stores a run may name. A bare path would make MLflow write a file store
 # wherever the process happens to run; the project's store is one absolute place.
+LABEL = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")  # a run's label: short, one word, safe in a search filter
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "postgresql+", "mysql://", "mysql+", "mssql://", "mssql+")
 
 Check = Iterator[str | None]  # each item: None, or the one line saying what is wrong
@@ -168,6 +171,19 @@ def _mlflow(cfg: DictConfig) -> Check:
         name = ml[key]
         if name is not None and not (str(name).strip() and len(str(name)) <= MAX_NAME_CHARS):
             yield _bad(f"mlflow.{key}", name, f"null or a non-empty name of at most {MAX_NAME_CHARS} characters")
+    if ml.register_as is not None and not (isinstance(ml.register_as, str) and MODEL_NAME.fullmatch(ml.register_as)):
+        yield _bad("mlflow.register_as", ml.register_as, "null or a model name of letters, digits, '_', '.', '-' (at most 100)")
+    labels = list(cfg.tags)
+    for label in labels:
+        if not (isinstance(label, str) and LABEL.fullmatch(label)):
+            yield _bad("tags", labels, "a list of short labels: lowercase letters, digits, '_' and '-', at most 40 characters each")
+        elif label in OWN_TAGS:
+            yield _bad("tags", labels, f"labels other than the project's own tag names ({label!r} is one)")
+    if len(set(labels)) != len(labels):
+        yield _bad("tags", labels, "each label once")
+    if cfg.notes is not None and not (isinstance(cfg.notes, str) and 0 < len(cfg.notes) <= MAX_TAG_CHARS):
+        shown = cfg.notes if not isinstance(cfg.notes, str) or len(cfg.notes) <= 40 else cfg.notes[:40] + "..."
+        yield _bad("notes", shown, f"null or a text of 1 to {MAX_TAG_CHARS} characters")
 
 
 def estimated_bytes(cfg: DictConfig) -> int:

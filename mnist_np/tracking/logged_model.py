@@ -14,6 +14,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from mnist_np.tracking.client import MlflowError
+from mnist_np.tracking.registry import registered_run_id
 from mnist_np.tracking.uris import require_store, tracking_uri_or_default
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,8 @@ def resolve_weights(run_id_or_path: str, tracking_uri: str | None, which: str = 
     """A local weights file: ``run_id_or_path`` itself if it is a file, else the run's ``weights/{which}.npz``.
 
     Args:
-        run_id_or_path: a ``.npz`` path or an MLflow run id.
+        run_id_or_path: a ``.npz`` path, an MLflow run id, or a registered model
+            (``models:/<name>@<alias>``, ``models:/<name>/<version>``: its run's weights the model serves).
         tracking_uri: the store for a run id; ``None``: ``$MLFLOW_TRACKING_URI``,
             else the project's default store.
         which: ``final`` or ``best``.
@@ -147,9 +149,15 @@ def resolve_weights(run_id_or_path: str, tracking_uri: str | None, which: str = 
     path = Path(run_id_or_path)
     if path.is_file():
         return path
-    if path.suffix == ".npz" or os.sep in run_id_or_path:
-        raise ValueError(f"{run_id_or_path}: no such file")
     uri = tracking_uri_or_default(tracking_uri)
+    if run_id_or_path.startswith("models:/"):
+        require_store(uri, f"model {run_id_or_path!r}")  # first: a client would create a missing SQLite store
+        run_id_or_path = registered_run_id(run_id_or_path, uri)
+        # The weights the registered model serves: those its run scored the test set with.
+        tags = MlflowClient(tracking_uri=uri).get_run(run_id_or_path).data.tags
+        which = "best" if tags.get("test_weights") == "best" else "final"
+    elif path.suffix == ".npz" or os.sep in run_id_or_path:
+        raise ValueError(f"{run_id_or_path}: no such file")
     require_store(uri, f"run {run_id_or_path!r}")
     client = MlflowClient(tracking_uri=uri)
     try:

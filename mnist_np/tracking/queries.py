@@ -33,20 +33,29 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
     return search_runs(client, [experiment_id], f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'")
 
 
-def runs_to_compare(tracking_uri: str, target: str) -> tuple[str, list[dict[str, Any]]]:
+def runs_to_compare(tracking_uri: str, target: str, filter_string: str = "") -> tuple[str, list[dict[str, Any]]]:
     """The runs ``scripts/compare.py`` shows: an experiment's trainings (sweep parents left out),
-    or a sweep parent's members. Returns a title and the runs."""
+    or a sweep parent's members, narrowed by an MLflow ``filter_string``. Returns a title and the runs.
+
+    Raises:
+        ValueError: one line -- ``target`` is neither an experiment nor a run, or MLflow refuses the filter.
+    """
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(target)
-    if exp is not None:
-        runs = [r for r in search_runs(client, [exp.experiment_id]) if "sweep_dir" not in r["tags"]]
-        return f"experiment {target!r}", runs
     try:
-        parent = client.get_run(target)
-    except MlflowError:
-        names = sorted(e.name for e in client.search_experiments())
-        raise ValueError(f"{target!r} is neither an experiment ({', '.join(names) or 'none'}) nor a run in {tracking_uri}") from None
-    return f"sweep {parent.info.run_name!r}", child_runs(client, parent.info.experiment_id, target)
+        if exp is not None:
+            runs = [r for r in search_runs(client, [exp.experiment_id], filter_string) if "sweep_dir" not in r["tags"]]
+            return f"experiment {target!r}", runs
+        try:
+            parent = client.get_run(target)
+        except MlflowError:
+            names = sorted(e.name for e in client.search_experiments())
+            raise ValueError(f"{target!r} is neither an experiment ({', '.join(names) or 'none'}) nor a run in {tracking_uri}") from None
+        members = f"tags.`{PARENT_RUN_TAG}` = '{target}'" + (f" and {filter_string}" if filter_string else "")
+        return f"sweep {parent.info.run_name!r}", search_runs(client, [parent.info.experiment_id], members)
+    except MlflowError as e:
+        first = str(e.message if hasattr(e, "message") else e).strip().splitlines()[0]
+        raise ValueError(f"--filter {filter_string!r} is not allowed: {first}") from None
 
 
 def run_output_dir(run_id: str, tracking_uri: str) -> Path:

@@ -113,6 +113,9 @@ class MlflowUI:
         query = urllib.parse.urlencode({"runs": json.dumps(list(run_ids)), "experiments": json.dumps([experiment_id])})
         return f"{self.base_url}/#/compare-runs?{query}&{WORKFLOW}"
 
+    def model_url(self, name: str) -> str:
+        return f"{self.base_url}/#/models/{urllib.parse.quote(name)}"
+
     def artifacts_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.base_url}/#/experiments/{experiment_id}/runs/{run_id}/artifacts?{WORKFLOW}"
 
@@ -157,7 +160,7 @@ class MlflowUI:
 
     def compare(self, experiment_id: str, run_ids: Sequence[str], metrics: Sequence[str]) -> CompareTable:
         """Open the compare page of ``run_ids`` and read its run names, every param and ``metrics`` per column."""
-        self.open(self.compare_url(experiment_id, run_ids), metrics[0])
+        self.open(self.compare_url(experiment_id, run_ids), "Run details")
         names = self._table(self.section("Run details"))["Run Name:"]
         params = self._table(self.section("Parameters"))
         return CompareTable(run_names=names, params=params, metrics={m: self._metric_row(m) for m in metrics})
@@ -175,7 +178,16 @@ class MlflowUI:
     def _metric_row(self, metric: str) -> list[str]:
         """A metric's values, left to right. The metrics table is a virtualised grid of
         absolutely placed cells: the name cell and its values share a ``top`` offset."""
-        name = self.section("Metrics").locator("a[title='Plot chart']").filter(has=self.page.get_by_text(metric, exact=True))
+        section = self.section("Metrics")
+        name = section.locator("a[title='Plot chart']").filter(has=self.page.get_by_text(metric, exact=True))
+        section.locator(".ReactVirtualized__Grid").first.wait_for()
+        # Only the rows in view are rendered: with many metrics (system/*) scroll down to it.
+        for _ in range(30):
+            if name.count():
+                break
+            section.locator(".ReactVirtualized__Grid").evaluate_all(
+                "grids => grids.forEach(g => { g.scrollTop += Math.max(g.clientHeight - 30, 30); })")
+            self.page.wait_for_timeout(200)
         name.first.wait_for()
         return name.first.evaluate(
             """(a) => {
@@ -205,6 +217,12 @@ class MlflowUI:
             self.page.get_by_text(file, exact=True).first.click()
             self.page.locator(f"img[alt='{folder}/{file}']").first.wait_for()
         return entries
+
+    def registered_model(self, name: str, version: str) -> str:
+        """Open a registered model's page in the Model Registry; returns the text of its versions table once ``Version <n>`` shows."""
+        self.open(self.model_url(name), name)
+        self.page.get_by_text(f"Version {version}", exact=True).first.wait_for()
+        return self.page.locator("table, [role=table]").first.inner_text()
 
     def select_metrics_in_plot(self, metrics: Sequence[str]) -> None:
         """Show ``metrics`` (and only them) in the compare page's parallel-coordinates plot."""

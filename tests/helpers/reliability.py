@@ -45,6 +45,10 @@ OUTCOMES: dict[str, dict[str, str]] = {
         "resumed": "the run resumed from its last checkpoint and ended FINISHED with every epoch once",
         "reaped": "killed from outside (kill -9): closed FAILED by the next run or the sweep, never left RUNNING",
         "search goes on": "failing trials of a guided search (diverged, invalid value): told FAILED, the study ran all n_trials, one error line",
+    },
+    "sweep killed": {
+        "resumed": "a grid sweep killed with kill -9 (basic and joblib launchers) mid-member, then --multirun resume=: the same parent, finished "
+                   "members kept untouched, the interrupted ones resumed into their own runs, every member FINISHED once, bit-identical to an uninterrupted sweep",
         "search resumed": "a guided search killed with kill -9, then resume=: the same study and parent, exactly n_trials trials, nothing left RUNNING",
     },
     "tracking faults": {
