@@ -71,8 +71,9 @@ class LiveServer:
     # neither, and without them it is up in a third of the time on a busy 2-core machine.
     ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, backend_store_uri: str | None = None) -> None:
         self.root = root
+        self.backend_store_uri = backend_store_uri  # None: SQLite in root
         self.port: int | None = None
         self.server: MlflowServer = self._start()
         self.url = self.server.url
@@ -82,7 +83,7 @@ class LiveServer:
         with pytest.MonkeyPatch.context() as env:
             for key, value in self.ENV.items():
                 env.setenv(key, value)
-            return start_mlflow_server(self.root, port=self.port, workers=1)
+            return start_mlflow_server(self.root, port=self.port, workers=1, backend_store_uri=self.backend_store_uri)
 
     def kill(self) -> None:
         os.killpg(self.server.process.pid, signal.SIGKILL)
@@ -142,3 +143,18 @@ def mlflow_gaps(client, run_id: str, output_dir: Path) -> dict[str, int]:
         "duplicates": sum(n - 1 for n in logged.values() if n > 1),
         "files": len(local - listing(None)),
     }
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator["PostgresCluster"]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 for the session (skipped, with the reason, where none can run)."""
+    from helpers.postgres import PostgresCluster, start_cluster, unavailable
+
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster: PostgresCluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

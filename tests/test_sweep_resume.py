@@ -63,7 +63,7 @@ def kill_mid_sweep(cmd: list[str], sweep_dir: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.fault("sweep killed", "resumed", cases=2)
+@pytest.mark.fault("sweep killed", "resumed")
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_killed_grid_sweep_resumes_without_training_anything_twice(tmp_path: Path, launcher: str, lost) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")

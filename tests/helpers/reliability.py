@@ -64,6 +64,7 @@ OUTCOMES: dict[str, dict[str, str]] = {
     "load": {
         "complete": "8 parallel members (on a fresh SQLite store, and against a real mlflow server): all FINISHED, every per-epoch metric present",
         "restarted": "server SIGKILLed and restarted mid-sweep, then scripts/sync.py: all 8 members FINISHED, nothing missing",
+        "postgresql": "a team server on PostgreSQL SIGKILLed and restarted mid-sweep (4 joblib members), then scripts/sync.py: all FINISHED, nothing missing",
     },
     "security": {
         "source": "source check: every np.load passes allow_pickle=False; no pickle, eval, exec, yaml.load or instantiate",

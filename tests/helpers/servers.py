@@ -70,13 +70,10 @@ class MlflowServer:
     """A running ``mlflow server``; use it as a context manager or call :meth:`stop`."""
 
     url: str
-    root: Path  # holds mlflow.db, artifacts/ and server.log
+    root: Path  # holds mlflow.db (unless the store is a database server), artifacts/ and server.log
     process: subprocess.Popen
     log_path: Path
-
-    @property
-    def backend_store_uri(self) -> str:
-        return f"sqlite:///{self.root / 'mlflow.db'}"
+    backend_store_uri: str
 
     def experiment_id(self, name: str) -> str:
         """The id of experiment ``name``, asked over the REST API (as the UI's URLs need it)."""
@@ -119,6 +116,7 @@ def start_mlflow_server(
     workers: int = 1,
     timeout: float = START_TIMEOUT_SECONDS,
     extra_args: tuple[str, ...] = (),
+    backend_store_uri: str | None = None,
 ) -> MlflowServer:
     """Start ``mlflow server`` over a store in ``root`` and wait until it is healthy.
 
@@ -131,6 +129,8 @@ def start_mlflow_server(
             spares the cores the trainings need.
         timeout: seconds to wait for ``/health``.
         extra_args: more ``mlflow server`` options.
+        backend_store_uri: where runs are kept; ``None``: ``sqlite:///<root>/mlflow.db``
+            (e.g. ``postgresql://...`` for a team's server).
 
     Raises:
         ServerError: the server exited or did not become healthy in time
@@ -138,12 +138,13 @@ def start_mlflow_server(
     """
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    backend_store_uri = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
     port = port or free_port(host)
     url = f"http://{host}:{port}"
     log_path = root / "server.log"
     cmd = [
         mlflow_executable(), "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--backend-store-uri", backend_store_uri,
         "--artifacts-destination", str(root / "artifacts"),
         "--host", host, "--port", str(port), "--workers", str(workers),
         *extra_args,
@@ -152,7 +153,7 @@ def start_mlflow_server(
         # Own process group: stop() ends the server's workers with it.
         process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    cwd=root, start_new_session=True)
-    server = MlflowServer(url=url, root=root, process=process, log_path=log_path)
+    server = MlflowServer(url=url, root=root, process=process, log_path=log_path, backend_store_uri=backend_store_uri)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
