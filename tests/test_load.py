@@ -46,21 +46,21 @@ def test_eight_parallel_members_against_the_server(mlflow_server: LiveServer, tm
     check_members(client, children, epochs=2, lost=lost)
 
 
-@pytest.mark.fault("load", "restarted")
-def test_server_killed_and_restarted_mid_sweep_then_sync(mlflow_server: LiveServer, tmp_path: Path, lost) -> None:
-    epochs = 12
-    proc, uri = sweep(tmp_path, "+sweep=parallel", f"hydra.launcher.n_jobs={MEMBERS}", f"seed=range({MEMBERS})",
-                      epochs=epochs, train_limit=3000, tracking_uri=mlflow_server.url, wait=False)
+def crash_mid_sweep_then_sync(server: LiveServer, tmp_path: Path, members: int, epochs: int) -> tuple[str, str]:
+    """A ``members``-member joblib sweep (all at once) to ``server``, killed with SIGKILL once every member is
+    training and started again on the same store, then ``scripts/sync.py``; returns (the sweep's store, sync's stdout)."""
+    proc, uri = sweep(tmp_path, "+sweep=parallel", f"hydra.launcher.n_jobs={members}", f"seed=range({members})",
+                      epochs=epochs, train_limit=3000, tracking_uri=server.url, wait=False)
     try:
         # Kill the server once every member is training (has written an epoch), then bring it back.
-        logs = [tmp_path / "sweep" / str(i) / "metrics.jsonl" for i in range(MEMBERS)]
+        logs = [tmp_path / "sweep" / str(i) / "metrics.jsonl" for i in range(members)]
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None and not all(p.exists() and p.stat().st_size for p in logs):
             time.sleep(0.2)
         assert all(p.exists() and p.stat().st_size for p in logs), "not every member got to its first epoch"
-        mlflow_server.kill()
+        server.kill()
         time.sleep(2)
-        mlflow_server.restart()
+        server.restart()
         output, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
@@ -72,8 +72,15 @@ def test_server_killed_and_restarted_mid_sweep_then_sync(mlflow_server: LiveServ
     sync = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "sync.py"), str(tmp_path / "sweep")],
                           capture_output=True, text=True, timeout=600)
     assert sync.returncode == 0, sync.stderr[-3000:]
-    lines = sync.stdout.splitlines()
-    assert len(lines) == MEMBERS + 1 and lines[-1].endswith(f"{MEMBERS} of {MEMBERS} members finished"), sync.stdout
+    return uri, sync.stdout
+
+
+@pytest.mark.fault("load", "restarted")
+def test_server_killed_and_restarted_mid_sweep_then_sync(mlflow_server: LiveServer, tmp_path: Path, lost) -> None:
+    epochs = 12
+    uri, synced = crash_mid_sweep_then_sync(mlflow_server, tmp_path, MEMBERS, epochs)
+    lines = synced.splitlines()
+    assert len(lines) == MEMBERS + 1 and lines[-1].endswith(f"{MEMBERS} of {MEMBERS} members finished"), synced
 
     client, parent, children = parent_and_children(uri)
     assert any(OFFLINE_TAG in c.data.tags for c in children), "no member ever lost the server: the fault did not happen"
