@@ -9,7 +9,7 @@ ARGS   ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: venv train test ui sweep bench clean
+.PHONY: venv train test test-lowest ui sweep bench clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,18 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# The oldest supported libraries: the fast tests in a second venv resolved to the lowest
+# versions pyproject.toml allows (uv's lowest-direct resolution), so its floors are tested ones.
+LOWEST := .venv-lowest
+$(LOWEST)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet uv
+	$(LOWEST)/bin/uv pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[test,sweeps]'
+	touch $@
+
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -m pytest -m "not slow" -p no:cacheprovider $(ARGS)
 
 # The UI reads the same store `make train` writes (mlflow.db at the project
 # root); it binds to loopback unless HOST is given.
@@ -43,4 +55,4 @@ bench: $(STAMP)
 	$(PY) scripts/bench.py run --speedups
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LOWEST) *.egg-info .pytest_cache
