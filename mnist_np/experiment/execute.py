@@ -30,6 +30,7 @@ from mnist_np.nn.model import MLP
 from mnist_np.nn.weights import save_weights, weights_sha256
 from mnist_np.common.errors import error_line
 from mnist_np.tracking.registry import register_run_model
+from mnist_np.tracking.conventions import PRUNED_TAG
 from mnist_np.tracking.sync import sync_output_dir
 from mnist_np.tracking.system_metrics import system_metrics
 from mnist_np.tracking.tracker import MlflowTracker
@@ -172,7 +173,7 @@ def record(job: Job, model: MLP, fitted: FitResult) -> RunResult:
     log.info("test loss %.4f accuracy %.4f (%s weights, epoch %d of %d)", test_loss, test_acc, cfg.trainer.test_weights,
              tested_epoch, len(fitted.history))
     hashes = {"weights_sha256": weights_sha256(final_params), "tested_weights_sha256": weights_sha256(model.params)}
-    pruned = {"pruned_at_epoch": len(fitted.history)} if fitted.stop_reason == PRUNED else {}
+    pruned = {PRUNED_TAG: len(fitted.history)} if fitted.stop_reason == PRUNED else {}
     (output_dir / "summary.json").write_text(json.dumps({"metrics": final, **hashes, **pruned}, indent=2))
     tracker.log_metrics(final, step=len(fitted.history))
     tracker.set_tags({**hashes, "stopped_early": str(fitted.stopped_early).lower(), **{k: str(v) for k, v in pruned.items()}})

@@ -37,6 +37,7 @@ from mnist_np.experiment.search_space import as_override, search_space
 from mnist_np.experiment.schema import SEARCH_SWEEPER, SearchSweeperConfig
 from mnist_np.experiment.search_study import OBJECTIVES, SearchSettings, load_study, settings_from
 from mnist_np.experiment.sweep import SESSION
+from mnist_np.tracking.conventions import PRUNED_TAG
 from mnist_np.tracking.tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -191,4 +192,4 @@ def trial_outcome(output_dir: Path, settings: SearchSettings) -> tuple[list[floa
         return None
     if not all(math.isfinite(v) for v in values):
         return None
-    return values, bool(summary.get("pruned_at_epoch"))
+    return values, bool(summary.get(PRUNED_TAG))

@@ -36,15 +36,15 @@ def by_config(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[di
         groups.setdefault(tuple(str(row.get(k, "")) for k in config_keys), []).append(row)
     out = []
     for config, members in groups.items():
-        done = [m for m in members if m["status"] == "FINISHED" and _finite(m.get("val_accuracy"))]
+        done = [m for m in members if m["status"] == "FINISHED" and finite_number(m.get("val_accuracy"))]
         row: dict[str, Any] = dict(zip(config_keys, config))
         row.update(n=len(done), failed=len(members) - len(done),
                    seeds=",".join(sorted((str(m.get(SEED_KEY, "")) for m in members), key=_seed_order)))
         for key in AGGREGATED:
-            values = [float(m[key]) for m in done if _finite(m.get(key))]
+            values = [float(m[key]) for m in done if finite_number(m.get(key))]
             row[f"{key}_mean"] = statistics.fmean(values) if values else None
             row[f"{key}_std"] = statistics.stdev(values) if len(values) >= 2 else None
-        seconds = [float(m["train_seconds"]) for m in done if _finite(m.get("train_seconds"))]
+        seconds = [float(m["train_seconds"]) for m in done if finite_number(m.get("train_seconds"))]
         row["train_seconds_mean"] = statistics.fmean(seconds) if seconds else None
         out.append(row)
     out.sort(key=lambda r: (r["val_accuracy_mean"] is None, -(r["val_accuracy_mean"] or 0.0)))
@@ -73,5 +73,6 @@ def _seed_order(seed: str) -> tuple[int, str]:
     return (int(seed), "") if seed.lstrip("-").isdigit() else (0, seed)
 
 
-def _finite(x: Any) -> bool:
+def finite_number(x: Any) -> bool:
+    """A metric value that can be ranked and averaged (not None, NaN or inf)."""
     return isinstance(x, (int, float)) and math.isfinite(x)

@@ -7,7 +7,6 @@ which is shown but never decides.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,10 +15,12 @@ from mnist_np import plots
 from mnist_np.common.procs import is_dead
 from mnist_np.experiment.overrides import parse_override
 from mnist_np.experiment.search_study import OBJECTIVES
-from mnist_np.experiment.seed_groups import by_config, shown
+from mnist_np.experiment.seed_groups import by_config, finite_number, shown
 from mnist_np.experiment.sweep_info import SweepInfo
 from mnist_np.experiment.tables import table_csv, table_markdown
-from mnist_np.tracking.conventions import CHAMPION_TAG, FAILURE_TAG, KILLED_REASON, OUTPUT_DIR_TAG, PROCESS_TAG, REGISTERED_TAG
+from mnist_np.tracking.conventions import (
+    CHAMPION_TAG, FAILURE_TAG, KILLED_REASON, OUTPUT_DIR_TAG, PROCESS_TAG, PRUNED_TAG, REGISTERED_TAG,
+)
 from mnist_np.tracking.journal import JOURNAL_FILE, read_journal
 from mnist_np.tracking.queries import child_runs, latest_metrics
 from mnist_np.tracking.registry import CHAMPION, register_run_model, set_champion
@@ -29,7 +30,6 @@ from mnist_np.tracking.tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
 SUMMARY_DIR = "sweep_summary"
-PRUNED_AT = "pruned_at_epoch"  # tag of a member a search's pruner stopped
 
 
 @dataclass
@@ -64,20 +64,20 @@ def summarize(children: Sequence[Mapping[str, Any]], swept_keys: Sequence[str]) 
                 "train_seconds": m.get("train_seconds"),
                 "run_id": c["run_id"],
                 "failure_reason": c["tags"].get(FAILURE_TAG, ""),
-                PRUNED_AT: c["tags"].get(PRUNED_AT, ""),
+                PRUNED_TAG: c["tags"].get(PRUNED_TAG, ""),
             }
         )
     # Finished members first, best validation accuracy first; test accuracy is shown, never used.
-    rows.sort(key=lambda r: (r["status"] != "FINISHED", -(r["val_accuracy"] if _finite(r["val_accuracy"]) else -1.0), r["name"]))
-    finished = [r for r in rows if r["status"] == "FINISHED" and _finite(r["val_accuracy"])]
+    rows.sort(key=lambda r: (r["status"] != "FINISHED", -(r["val_accuracy"] if finite_number(r["val_accuracy"]) else -1.0), r["name"]))
+    finished = [r for r in rows if r["status"] == "FINISHED" and finite_number(r["val_accuracy"])]
     return SweepSummary(
         total=len(rows),
         finished=sum(r["status"] == "FINISHED" for r in rows),
         failed=sum(r["status"] != "FINISHED" for r in rows),
         best=finished[0] if finished else None,
         # The column only where a pruner ran: a grid's table stays as it was.
-        rows=rows if any(r[PRUNED_AT] for r in rows) else [{k: v for k, v in r.items() if k != PRUNED_AT} for r in rows],
-        pruned=sum(bool(r[PRUNED_AT]) for r in rows),
+        rows=rows if any(r[PRUNED_TAG] for r in rows) else [{k: v for k, v in r.items() if k != PRUNED_TAG} for r in rows],
+        pruned=sum(bool(r[PRUNED_TAG]) for r in rows),
     )
 
 
@@ -88,10 +88,6 @@ def _choice(child: Mapping[str, Any], key: str) -> str:
         if k == key:
             return v
     return ""
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def close_sweep(info: SweepInfo, crash: str | None = None, status: str = "FAILED", members_done: bool = False) -> SweepSummary:
@@ -140,7 +136,7 @@ def _crown(tracker: MlflowTracker, info: SweepInfo, best: Mapping[str, Any]) -> 
         name, _, version = registered.rpartition("/")
         if name != info.register_as:
             tags = {"sweep": info.parent_run_id, "sweep_name": info.name, "val_accuracy": f"{best['val_accuracy']:.4f}",
-                    "test_accuracy": f"{best['test_accuracy']:.4f}" if _finite(best.get("test_accuracy")) else ""}
+                    "test_accuracy": f"{best['test_accuracy']:.4f}" if finite_number(best.get("test_accuracy")) else ""}
             version = register_run_model(info.tracking_uri, info.register_as or "", best["run_id"], tags)
         set_champion(info.tracking_uri, info.register_as or "", version)
         tracker.set_tags({CHAMPION_TAG: f"models:/{info.register_as}/{version}"})
@@ -177,7 +173,7 @@ def _record(tracker: MlflowTracker, info: SweepInfo, summary: SweepSummary, pare
     if summary.best:
         b = summary.best
         for key in ("val_accuracy", "test_accuracy", "epochs", "train_seconds"):
-            if _finite(b.get(key)):
+            if finite_number(b.get(key)):
                 metrics[f"best_{key}" if key != "val_accuracy" else "best_val_accuracy"] = float(b[key])
         tags.update({"best_run_id": b["run_id"], "best_run_name": b["name"]})
         for key in info.swept:
@@ -229,7 +225,7 @@ def pareto(children: Sequence[Mapping[str, Any]], info: SweepInfo) -> Pareto | N
         return None
     keys = [OBJECTIVES[o] for o in search["objectives"]]
     signs = [1.0 if d == "maximize" else -1.0 for d in search["directions"]]
-    done = [c for c in children if c["status"] == "FINISHED" and all(_finite(c["metrics"].get(k)) for k in keys)]
+    done = [c for c in children if c["status"] == "FINISHED" and all(finite_number(c["metrics"].get(k)) for k in keys)]
     points = [{"name": c["name"], "run_id": c["run_id"], **{k: c["metrics"][k] for k in keys}} for c in done]
     scores = [[sign * p[k] for k, sign in zip(keys, signs)] for p in points]
 

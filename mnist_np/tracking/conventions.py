@@ -18,13 +18,14 @@ OFFLINE_TAG = "tracking_interrupted"  # when and why MLflow stopped answering du
 # A run (or sweep member) whose process vanished never closed itself; whoever finds it closes it with this.
 KILLED_REASON = "the run's process ended without closing it (killed from outside: kill -9, out of memory, node lost)"
 
+PRUNED_TAG = "pruned_at_epoch"  # on a search member its pruner stopped (and in its summary.json)
 REGISTERED_TAG = "registered_model"  # on a run whose model was registered: <model name>/<version>
 CHAMPION_TAG = "champion"  # on a sweep's parent: models:/<name>/<version> of its best member
 # The bare tag names this project sets on runs and parents (dotted ones -- mlflow.*, optuna.*,
 # best.*, env.* -- are namespaces): a user's label (the config's ``tags``) may not take one.
 OWN_TAGS = frozenset({
     PROCESS_TAG, OUTPUT_DIR_TAG, FAILURE_TAG, OFFLINE_TAG, "overrides", "host", "pid", "test_weights", "sweep_job_num",
-    "sweep_dir", "sweeper", "launcher", "resumed", "resumed_from_epoch", "reproduces", "stopped_early", "pruned_at_epoch",
+    "sweep_dir", "sweeper", "launcher", "resumed", "resumed_from_epoch", "reproduces", "stopped_early", PRUNED_TAG,
     "warnings", "weights_sha256", "tested_weights_sha256", "members_failed", "members_finished", "best_run_id",
     "best_run_name", "pareto_run_ids", "numpy_version", "python_version", "platform", "blas", "blas_threads", "git_dirty",
     "train_shards", REGISTERED_TAG, CHAMPION_TAG,

@@ -28,9 +28,11 @@ def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: 
     ]
 
 
-def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[dict[str, Any]]:
-    """Runs whose ``mlflow.parentRunId`` is ``parent_run_id`` (a sweep's members), as :func:`search_runs` gives them."""
-    return search_runs(client, [experiment_id], f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'")
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, filter_string: str = "") -> list[dict[str, Any]]:
+    """Runs whose ``mlflow.parentRunId`` is ``parent_run_id`` (a sweep's members), as :func:`search_runs` gives them,
+    narrowed by ``filter_string`` if given."""
+    members = f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
+    return search_runs(client, [experiment_id], f"{members} and {filter_string}" if filter_string else members)
 
 
 def runs_to_compare(tracking_uri: str, target: str, filter_string: str = "") -> tuple[str, list[dict[str, Any]]]:
@@ -51,8 +53,7 @@ def runs_to_compare(tracking_uri: str, target: str, filter_string: str = "") -> 
         except MlflowError:
             names = sorted(e.name for e in client.search_experiments())
             raise ValueError(f"{target!r} is neither an experiment ({', '.join(names) or 'none'}) nor a run in {tracking_uri}") from None
-        members = f"tags.`{PARENT_RUN_TAG}` = '{target}'" + (f" and {filter_string}" if filter_string else "")
-        return f"sweep {parent.info.run_name!r}", search_runs(client, [parent.info.experiment_id], members)
+        return f"sweep {parent.info.run_name!r}", child_runs(client, parent.info.experiment_id, target, filter_string)
     except MlflowError as e:
         first = str(e.message if hasattr(e, "message") else e).strip().splitlines()[0]
         raise ValueError(f"--filter {filter_string!r} is not allowed: {first}") from None
