@@ -158,3 +158,19 @@ def postgres() -> Iterator["PostgresCluster"]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator["SlurmCluster"]:
+    """A throwaway one-node Slurm on 127.0.0.1 for the session, its clients reached through ``SLURM_CONF``
+    (Debian's packages installed first where root may; skipped, with the reason, where none can run)."""
+    from helpers.slurm import SlurmCluster, start_cluster, unavailable
+
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster: SlurmCluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -3,8 +3,8 @@
 Once the run exists, MLflow can no longer stop it: the tracker fails soft
 (see :mod:`mnist_np.tracking.tracker`), and if the server came back by the
 end the run uploads what it missed itself (:mod:`mnist_np.tracking.sync`).
-The run ends FINISHED, FAILED with its reason, or KILLED on Ctrl-C, never
-left RUNNING; everything it logs is also written to its output dir.
+The run ends FINISHED, FAILED with its reason, or KILLED on Ctrl-C or when
+Slurm requeues it (:mod:`mnist_np.experiment.preemption`), never left RUNNING; everything it logs is also written to its output dir.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from mnist_np import data, plots
 from mnist_np.experiment.builders import build_model, build_optimizer, build_schedule, rng_streams, train_settings
 from mnist_np.experiment.outputs import EpochLogger
+from mnist_np.experiment.preemption import PreemptionWatch
 from mnist_np.experiment.provenance import environment_tags
 from mnist_np.experiment.results import RunInterrupted, RunResult
 from mnist_np.experiment.search_trial import PRUNED
@@ -66,7 +67,7 @@ def execute(job: Job, state: TrainingState | None = None, resumed: bool = False)
     # From here on a tracking failure never stops the training (everything is in the journal).
     tracker.fail_soft = True
     # One BLAS thread count for the whole run: it is part of what makes two runs bit-identical.
-    with threadpool_limits(limits=job.threads, user_api="blas"):
+    with threadpool_limits(limits=job.threads, user_api="blas"), PreemptionWatch() as preemption:
         try:
             # The batch's split into shard processes decides the bits as much as the thread count does.
             batch = min(job.cfg.trainer.batch_size, len(job.splits.y_train))  # as the training loop caps it
@@ -85,6 +86,12 @@ def execute(job: Job, state: TrainingState | None = None, resumed: bool = False)
             _catch_up(tracker, output_dir, now=False)
             raise interrupted from None
         except BaseException as e:
+            if preemption.requeued_exit(e):
+                # Slurm took the node back and requeued the job: its next attempt continues this run.
+                tracker.end("KILLED", f"{preemption.signal_name} from Slurm (preempted or out of time): requeued; "
+                                      "it resumes from its newest checkpoint into this run")
+                _catch_up(tracker, output_dir, now=False)
+                raise
             tracker.end("FAILED", f"{type(e).__name__}: {e}")
             _catch_up(tracker, output_dir)
             raise

@@ -23,6 +23,7 @@ from mnist_np.experiment.context import HydraContext, blas_threads, hydra_contex
 from mnist_np.experiment.execute import Job, execute
 from mnist_np.experiment.outputs import write_config_files
 from mnist_np.experiment.provenance import git_tags
+from mnist_np.experiment.preemption import requeued
 from mnist_np.experiment.results import RunResult
 from mnist_np.experiment.resume import resume
 from mnist_np.experiment.search_trial import trial_stop_rule
@@ -65,8 +66,9 @@ def run(
     ctx = hydra_context()
     output_dir = Path(output_dir or ctx.output_dir or OUTPUTS_DIR / "runs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f"))
     sweep = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
-    if sweep is not None and sweep.resumes and (continued := continued_member(output_dir)) is not None:
-        return continued  # a continued sweep's member that had started: kept, or resumed from its checkpoint
+    # A continued sweep's member, or one Slurm started again, that had started before: kept, or resumed.
+    if sweep is not None and (sweep.resumes or requeued()) and (continued := continued_member(output_dir)) is not None:
+        return continued
     validate(cfg)
     overrides = ctx.overrides if overrides is None else overrides
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -203,7 +203,11 @@ class ShardedStepper:
         # The child: never return into the caller's stack, never run its exit handlers.
         code = 0
         try:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+            # Ctrl-C and a scheduler's signals are the parent's to handle: Slurm sends its preemption and
+            # time-limit warnings (SIGTERM, SIGUSR2) to every process of the job, and a worker that ran
+            # the parent's inherited handler would requeue the job a second time.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+                signal.signal(sig, signal.SIG_IGN)
             threadpool_limits(limits=1, user_api="blas")
             self._parent = parent
             self._serve(k)

@@ -48,8 +48,10 @@ OUTCOMES: dict[str, dict[str, str]] = {
     },
     "sweep killed": {
         "resumed": "a grid sweep killed with kill -9 (basic and joblib launchers) mid-member, then --multirun resume=: the same parent, finished "
-                   "members kept untouched, the interrupted ones resumed into their own runs, every member FINISHED once, bit-identical to an uninterrupted sweep",
+                   "members kept untouched, the interrupted ones resumed into their own runs, every member FINISHED once, bit-identical to the same config trained uninterrupted",
         "search resumed": "a guided search killed with kill -9, then resume=: the same study and parent, exactly n_trials trials, nothing left RUNNING",
+        "preempted": "a Slurm member preempted on a real one-node Slurm (SIGTERM, then SIGUSR2): submitit requeued it, it resumed from its "
+                     "checkpoint into its own MLflow run, FINISHED with every epoch once, bit-identical to an uninterrupted member",
     },
     "tracking faults": {
         "fail fast": "server down at the start: one line within seconds, before any data or run",

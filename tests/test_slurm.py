@@ -1,0 +1,100 @@
+"""The cluster recipe for real: a sweep sent to Slurm, a member preempted and requeued.
+
+A throwaway one-node Slurm (the ``slurm`` fixture: Debian's munge,
+slurmctld and slurmd on 127.0.0.1), the README's team server (an ``mlflow
+server`` on a throwaway PostgreSQL), and ``scripts/train.py --multirun
++sweep=slurm`` as the README writes it, the server reached through
+``MLFLOW_TRACKING_URI``. While member 0 trains, it gets what Slurm sends a
+job it preempts (SIGTERM, then submitit's SIGUSR2 -- as submitit's own
+``SlurmJob._interrupt`` does): submitit requeues it, and its next attempt
+resumes from its newest checkpoint into the same MLflow run, ending
+bit-identical to member 1, which ran the same config uninterrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, TRAIN_SCRIPT, LiveServer
+from mnist_np.tracking.journal import JOURNAL_FILE, RUN_FILE
+from mnist_np.train.stepper import shard_count
+from test_load import check_members
+from test_sweeps import parent_and_children
+
+pytestmark = pytest.mark.slow
+EPOCHS = 16
+CPUS = 2  # conf/sweep/slurm.yaml's cpus_per_task: each member trains with 2 BLAS threads (2 shard processes)
+
+
+def epochs_done(member_dir: Path) -> int:
+    metrics = member_dir / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+
+
+def journal_ops(member_dir: Path) -> list[str]:
+    """The member's journal, as its ops (``end`` with its status): how its run went, attempt after attempt."""
+    ops = [json.loads(line) for line in (member_dir / JOURNAL_FILE).read_text().splitlines()]
+    return [f"end {o['status']}" if o["op"] == "end" else o["op"] for o in ops if o["op"] in ("start", "reopen", "end")]
+
+
+@pytest.mark.fault("sweep killed", "preempted")
+def test_a_preempted_slurm_member_resumes_into_its_own_run(slurm, postgres, tmp_path: Path, lost) -> None:
+    server = LiveServer(tmp_path / "server", backend_store_uri=postgres.create_database("cluster"))
+    sweep_dir = tmp_path / "sweep"
+    # Two members of one config (notes only label them): whatever differs between them is the preemption's doing.
+    cmd = [PYTHON, str(TRAIN_SCRIPT), "--multirun", "+sweep=slurm", f"hydra.launcher.partition={slurm.partition}",
+           "hydra.launcher.mem_gb=1", "notes=preempted,uninterrupted", "mlflow.experiment_name=sweeps",
+           "data.train_limit=30000", "data.val_size=1000", f"trainer.epochs={EPOCHS}", "trainer.progress=false",
+           "mlflow.log_plots=false", f"hydra.sweep.dir={sweep_dir}"]
+    env = {**os.environ, **slurm.env, "MLFLOW_TRACKING_URI": server.url}  # as the README exports it
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while epochs_done(sweep_dir / "0") < 2:  # a checkpoint written, the training going on
+            assert proc.poll() is None and time.monotonic() < deadline, (proc.stdout.read() if proc.poll() is not None else "")[-3000:] + slurm.log_tail()
+            time.sleep(0.05)
+        (job,) = [j["id"] for j in slurm.jobs() if j["id"].endswith("_0")]
+        slurm.run("scancel", job, "--signal", "SIGTERM")
+        slurm.run("scancel", job, "--signal", "USR2")
+        preempted_at = epochs_done(sweep_dir / "0")
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server_url = server.url
+    try:
+        assert proc.returncode == 0, out[-3000:] + slurm.log_tail()
+        assert preempted_at < EPOCHS, "member 0 ended before the signal came: no preemption happened"
+        client, parent, children = parent_and_children(server_url)
+        assert parent.info.status == "FINISHED" and parent.data.metrics["members_finished"] == 2
+        # Both members complete (every per-epoch metric at steps 1..EPOCHS, once each), nothing missing.
+        check_members(client, children, epochs=EPOCHS, lost=lost, members=2)
+        by_note = {c.data.tags["mlflow.note.content"]: c for c in children}
+        preempted, uninterrupted = by_note["preempted"], by_note["uninterrupted"]
+
+        # Slurm requeued the job once; the member's run ended KILLED, was reopened by the second attempt, FINISHED.
+        restarts = slurm.run("scontrol", "show", "job", job).stdout
+        assert "Restarts=1" in restarts, restarts
+        member = sweep_dir / "0"
+        assert journal_ops(member) == ["start", "end KILLED", "reopen", "end FINISHED"], journal_ops(member)
+        assert json.loads((member / RUN_FILE).read_text())["run_id"] == preempted.info.run_id
+        assert 1 <= int(preempted.data.tags["resumed_from_epoch"]) < EPOCHS
+        assert "resumed_from_epoch" not in uninterrupted.data.tags and journal_ops(sweep_dir / "1") == ["start", "end FINISHED"]
+
+        # Bit-identical to the uninterrupted member: the weights and every epoch's validation score.
+        assert preempted.data.tags["weights_sha256"] == uninterrupted.data.tags["weights_sha256"]
+        history = {c: [m.value for m in sorted(client.get_metric_history(c.info.run_id, "val_loss"), key=lambda m: m.step)]
+                   for c in (preempted, uninterrupted)}
+        assert history[preempted] == history[uninterrupted]
+        # The preset's cores: the members trained in shard processes, which Slurm's signals reached too.
+        shards = str(shard_count(128, CPUS))
+        assert preempted.data.tags["train_shards"] == uninterrupted.data.tags["train_shards"] == shards
+    finally:
+        server.stop()
