@@ -3,7 +3,8 @@
 End to end as a user runs it: scripts/train.py as a subprocess in its own
 process group (killed whole, as a lost node or an OOM kill would), a real
 SQLite MLflow store in a temp dir, 20,000 training images so that an epoch
-lasts long enough to be killed in.
+lasts long enough to be killed in. No second, uninterrupted sweep is needed
+for comparison: the sweep holds its own reference (see ``SEEDS``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT
 
-SEEDS = (0, 1, 2, 3)
+# Member 4 repeats member 2's config and has not started when the sweep is killed (with either
+# launcher: joblib runs two members at a time), so it trains uninterrupted: the reference that the
+# resumed member 2 must equal bit for bit.
+SEEDS = (0, 1, 2, 3, 2)
 EPOCHS = 3
 
 
@@ -67,15 +71,12 @@ def kill_mid_sweep(cmd: list[str], sweep_dir: Path) -> None:
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_killed_grid_sweep_resumes_without_training_anything_twice(tmp_path: Path, launcher: str, lost) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
-    straight = subprocess.run(sweep_command(tmp_path, "straight", launcher), capture_output=True, text=True, timeout=900)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
     kill_mid_sweep(sweep_command(tmp_path, "killed", launcher), tmp_path / "killed")
     parent, before = runs_of(client, "killed")
     assert parent.info.status == "RUNNING" and before[2].info.status == "RUNNING"
     kept = {j: (before[j].info.start_time, before[j].info.end_time, client.get_metric_history(before[j].info.run_id, "val_accuracy"))
             for j in (0, 1)}
-    assert all(before[j].info.status == "FINISHED" for j in (0, 1))
+    assert all(before[j].info.status == "FINISHED" for j in (0, 1)) and 4 not in before
 
     # By the sweep dir with the basic launcher, by the parent run id with joblib (the store named on the command line).
     target = str(tmp_path / "killed") if launcher == "basic" else parent.info.run_id
@@ -97,11 +98,12 @@ def test_a_killed_grid_sweep_resumes_without_training_anything_twice(tmp_path: P
     assert interrupted.info.run_id == before[2].info.run_id and interrupted.data.tags["resumed_from_epoch"] in ("1", "2")
     for key in ("train_loss", "val_accuracy", "lr"):
         assert sorted(m.step for m in client.get_metric_history(interrupted.info.run_id, key)) == list(range(1, EPOCHS + 1))
-    for j in range(len(SEEDS)):  # bit-identical to the uninterrupted sweep's members
-        a = json.loads((tmp_path / "straight" / str(j) / "summary.json").read_text())
-        b = json.loads((tmp_path / "killed" / str(j) / "summary.json").read_text())
-        assert a["weights_sha256"] == b["weights_sha256"], j
+    # Bit-identical to the same config trained uninterrupted (member 4, which started after the kill).
+    sha = {j: json.loads((tmp_path / "killed" / str(j) / "summary.json").read_text())["weights_sha256"] for j in (2, 4)}
+    assert sha[2] == sha[4] and "resumed_from_epoch" not in members[4].data.tags
     assert (tmp_path / "killed" / "sweep_summary" / "summary.csv").read_text().count("FINISHED") == len(SEEDS)
+    if launcher == "joblib":
+        return  # a sweep that ran to its end is the same for any launcher: checked once, below
 
     again = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--multirun", f"resume={tmp_path / 'killed'}"],
                            capture_output=True, text=True, timeout=300)
