@@ -9,14 +9,14 @@ ARGS   ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: venv train test test-lowest ui sweep bench clean
+.PHONY: venv train test test-lowest ui docs sweep bench clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,sweeps,dashboard]'
+	$(PY) -m pip install --quiet -e '.[test,sweeps,dashboard,docs]'
 	touch $@
 
 train: $(STAMP)
@@ -42,6 +42,10 @@ test-lowest: $(LOWEST)/.installed
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host $(HOST) --port $(PORT)
 
+# The docs site (mkdocs.yml, docs/), rebuilt as you edit; loopback unless HOST is given.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve -a $(HOST):8000
+
 # A small example sweep: 2 x 2 grid in parallel, 5 epochs each, one MLflow parent run.
 sweep: $(STAMP)
 	$(PY) scripts/train.py --multirun +sweep=parallel model.hidden_size=64,128 optimizer.lr=0.05,0.1 trainer.epochs=5 $(ARGS)
@@ -55,4 +59,4 @@ bench: $(STAMP)
 	$(PY) scripts/bench.py run --speedups
 
 clean:
-	rm -rf $(VENV) $(LOWEST) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LOWEST) *.egg-info .pytest_cache site

@@ -4,8 +4,8 @@
 ``none``, a comma list of the ones to use (``fast_exit,warm_workers``), or
 of the ones to leave out (``-fast_exit``). ``scripts/bench.py run
 --speedups`` times default runs with each one off in turn, side by side;
-``scripts/bench.py sweep --speedups`` measures ``warm_workers``. The
-README's Performance section gives the figures; a shortcut stays only while
+``scripts/bench.py sweep --speedups`` measures ``warm_workers``.
+docs/performance.md gives the figures; a shortcut stays only while
 it saves at least 0.3 s (two that saved less -- loading the data in a
 thread while MLflow opened its store, and skipping MLflow's check of a
 logged model's requirements -- were measured and removed).

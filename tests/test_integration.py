@@ -128,7 +128,7 @@ def test_ctrl_c_ends_the_run_killed(tracking_uri: str, tmp_path: Path, monkeypat
 
 @pytest.mark.slow
 def test_cli_core_overrides_reach_params_and_weight_shapes(tracking_uri: str, tmp_path: Path) -> None:
-    """The README's command, as written, plus a private store and run dir."""
+    """The README's quickstart command, as written, plus a private store and run dir."""
     out = tmp_path / "run"
     proc = subprocess.run(
         [PYTHON, str(TRAIN_SCRIPT), "model.hidden_size=256", "optimizer.lr=0.05", "trainer.batch_size=64", "trainer.epochs=5",

@@ -116,9 +116,9 @@ def test_a_sweeps_best_member_is_the_champion_and_serves_over_http(tmp_path: Pat
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: no registered model models:/digits@nope in ")
     assert unknown.stderr.count("\n") == 1
 
-    # mlflow models serve, as the README shows it, answering one MNIST image with its label.
+    # mlflow models serve, as docs/predicting.md shows it, answering one MNIST image with its label.
     port = free_port()
-    # As in an activated venv (the README says so): `mlflow models serve` starts `uvicorn` from PATH.
+    # As in an activated venv (docs/predicting.md says so): `mlflow models serve` starts `uvicorn` from PATH.
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = tmp_path / "serve.log"
     with log.open("wb") as out:

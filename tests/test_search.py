@@ -216,7 +216,7 @@ def test_two_objectives_give_the_parent_a_pareto_front(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_optuna_dashboard_opens_the_stored_study(tmp_path: Path) -> None:
-    """The README's `optuna-dashboard <storage>`: a real dashboard on 127.0.0.1 serves the search's study."""
+    """docs/sweeps.md's `optuna-dashboard <storage>`: a real dashboard on 127.0.0.1 serves the search's study."""
     import shutil
     import sys
     import urllib.request
@@ -334,7 +334,7 @@ def test_resume_rewrites_the_command_into_the_sweeps_own(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_bench_search_pairs_each_pruner_with_the_unpruned_search(tmp_path: Path) -> None:
-    """``scripts/bench.py search`` (whose figures the README quotes) on a tiny search: every variant runs, pairs are compared."""
+    """``scripts/bench.py search`` (whose figures docs/sweeps.md quotes) on a tiny search: every variant runs, pairs are compared."""
     out = tmp_path / "bench-search.json"
     proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "bench.py"), "search", "--trials", "4", "--epochs", "3", "--repeats", "1",
                            "--json", str(out), "data.train_limit=1000", "data.val_size=500"],

@@ -7,7 +7,7 @@
   unknown keys and YAML tags that construct objects are refused (that
   ``conf/`` itself names no code is checked in test_config.py);
 - ``make ui`` and every server the project starts bind 127.0.0.1;
-- the README's basic-auth server, started from its own ``.ini``, turns away
+- the docs' basic-auth server (docs/clusters.md), started from its own ``.ini``, turns away
   a run without a login, and a user writing into someone else's experiment;
 - ``predict.py`` refuses files that are not images.
 """
@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
+from helpers.docs import page
 from mnist_np.common.paths import PROJECT_ROOT
 from mnist_np.experiment.compose import compose, load_run_config
 from mnist_np.experiment.run import run
@@ -37,7 +38,7 @@ from mnist_np.train.checkpoint import load_state
 
 SOURCES = sorted([*(PROJECT_ROOT / "mnist_np").rglob("*.py"), *(PROJECT_ROOT / "scripts").glob("*.py")])
 READERS = {"load_weights": load_weights, "load_state": load_state}
-README = (PROJECT_ROOT / "README.md").read_text()
+CLUSTERS = page("clusters.md")  # where the docs set up a shared server with logins
 
 
 class Payload:
@@ -182,6 +183,8 @@ def test_servers_bind_loopback() -> None:
     assert dry.returncode == 0 and "--host 127.0.0.1" in dry.stdout, dry.stdout
     custom = subprocess.run(["make", "-n", "ui", "HOST=0.0.0.0"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert "--host 0.0.0.0" in custom.stdout  # only when asked
+    docs = subprocess.run(["make", "-n", "docs"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert docs.returncode == 0 and "-a 127.0.0.1:8000" in docs.stdout, docs.stdout  # the docs site too
     assert servers.LOOPBACK == "127.0.0.1"
     import inspect
 
@@ -190,12 +193,12 @@ def test_servers_bind_loopback() -> None:
     assert [p.name for p in code if "0.0.0.0" in p.read_text()] == []
 
 
-# --- a shared server with logins, as the README sets it up --------------------------
+# --- a shared server with logins, as the docs set it up ----------------------------
 
 
 def _readme_ini(root: Path) -> Path:
-    """The README's basic_auth.ini, with its /srv/mlflow paths moved into ``root``."""
-    (block,) = re.findall(r"```ini\n(.*?)```", README, re.S)
+    """The docs' basic_auth.ini, with its /srv/mlflow paths moved into ``root``."""
+    (block,) = re.findall(r"```ini\n(.*?)```", CLUSTERS, re.S)
     assert "default_permission = READ" in block and "admin_username = admin" in block
     ini = root / "basic_auth.ini"
     ini.write_text(block.replace("/srv/mlflow", str(root)))
@@ -212,18 +215,18 @@ def test_the_readmes_basic_auth_server_lets_nobody_in_unasked(tmp_path: Path, mo
     from mnist_np.tracking.tracker import MlflowTracker
     from mnist_np.tracking.uris import TrackingUnavailable
 
-    assert "mlflow server --app-name basic-auth" in README and "MLFLOW_TRACKING_USERNAME" in README
+    assert "mlflow server --app-name basic-auth" in CLUSTERS and "MLFLOW_TRACKING_USERNAME" in CLUSTERS
     root = tmp_path / "srv"
     root.mkdir()
     admin_password = "admin-" + "x" * 20
-    with monkeypatch.context() as env:  # the server's environment, as the README exports it
+    with monkeypatch.context() as env:  # the server's environment, as the docs export it
         env.setenv("MLFLOW_AUTH_CONFIG_PATH", str(_readme_ini(root)))
         env.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", admin_password)
         env.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", "k" * 32)
         env.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         server = start_mlflow_server(root, extra_args=("--app-name", "basic-auth"))
     with server:
-        def create_user(name: str, password: str) -> None:  # the README's curl, in Python
+        def create_user(name: str, password: str) -> None:  # the docs' curl, in Python
             login = base64.b64encode(f"admin:{admin_password}".encode()).decode()
             req = urllib.request.Request(f"{server.url}/api/2.0/mlflow/users/create", method="POST",
                                          data=json.dumps({"username": name, "password": password}).encode(),

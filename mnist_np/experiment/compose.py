@@ -58,7 +58,7 @@ def composition_error(parsed: list[Any]) -> str | None:
     from hydra.errors import HydraException
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-    for lines in _variants(parsed)[:MAX_COMPOSITIONS]:
+    for lines in sweep_variants(parsed)[:MAX_COMPOSITIONS]:
         try:
             _compose(lines)
         except (HydraException, OmegaConfBaseException) as e:
@@ -79,7 +79,7 @@ def composition_error(parsed: list[Any]) -> str | None:
     return None
 
 
-def _variants(parsed: list[Any]) -> list[list[str]]:
+def sweep_variants(parsed: list[Any]) -> list[list[str]]:
     """The command lines worth composing: first values of every sweep, then each other option of a swept group."""
     from hydra.errors import HydraException
 

@@ -12,6 +12,7 @@ in :mod:`mnist_np.nn.registry`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -30,80 +31,101 @@ class ConfigError(ValueError):
     """An invalid config value; ``str()`` is the one line shown to the user."""
 
 
+def described(default: Any, text: str) -> Any:
+    """A field with its one-line description, the docs' configuration reference (docs/hooks/generated.py).
+
+    Each key is described once, here, beside its type and default; a key two
+    schemas share (``optimizer.lr``) is described in the first of them.
+    """
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
 @dataclass
 class DataConfig:
-    name: str = MISSING  # mnist | fashion_mnist: the group's option sets it
-    dir: Optional[str] = None  # a folder with the four IDX files (raw or .gz); tried first
-    cache_dir: Optional[str] = None  # null: $MNIST_NP_DATA_DIR, else ~/.cache/mnist-np
-    val_size: int = 5_000
-    split_seed: int = 0  # the validation split's own seed: one split for all runs of a sweep
-    train_limit: Optional[int] = None  # train on the first N training images (smoke runs)
+    name: str = described(MISSING, "`mnist`, `fashion_mnist` (set by the group option)")
+    dir: Optional[str] = described(None, "an existing folder with the four IDX files (raw or `.gz`), tried first")
+    cache_dir: Optional[str] = described(None, "a folder (made if missing); `null`: `$MNIST_NP_DATA_DIR`, else `~/.cache/mnist-np`")
+    val_size: int = described(5_000, "0 … 59,999 images taken from the training set for validation")
+    split_seed: int = described(0, "the validation split's own seed (one split for all runs of a sweep)")
+    train_limit: Optional[int] = described(None, "train on the first N training images (smoke runs)")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"
-    hidden_size: int = 128
-    num_hidden_layers: int = 1
-    activation: str = "relu"
-    negative_slope: float = DEFAULT_NEGATIVE_SLOPE  # leaky_relu only
-    init: str = "he"
-    init_scale: float = 0.01  # init=normal only: standard deviation
-    dropout: float = 0.0
+    name: str = described("mlp", "`mlp` (set by the group option)")
+    hidden_size: int = described(128, "units per hidden layer, ≥ 1")
+    num_hidden_layers: int = described(1, "≥ 0 (0 is softmax regression)")
+    activation: str = described("relu", "`relu`, `leaky_relu`, `tanh`, `sigmoid`")
+    negative_slope: float = described(DEFAULT_NEGATIVE_SLOPE, "`leaky_relu` slope, ≥ 0")
+    init: str = described("he", "`he` (N(0, 2/fan_in)), `xavier` (Glorot uniform), `normal` (N(0, init_scale²))")
+    init_scale: float = described(0.01, "standard deviation for `init=normal`, > 0")
+    dropout: float = described(0.0, "inverted-dropout rate on hidden layers, in [0, 1)")
 
 
 @dataclass
 class SGDConfig:
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 0.0005
+    name: str = described("sgd", "`sgd`, `adam`, `adamw` (set by the group option)")
+    lr: float = described(0.1, "> 0")
+    momentum: float = described(0.9, "sgd: in [0, 1)")
+    nesterov: bool = described(True, "sgd: Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = described(
+        0.0005, "≥ 0; on weight matrices only. sgd/adam: L2 added to the gradient; adamw: decoupled")
 
 
 @dataclass
 class AdamConfig:
-    name: str = MISSING  # adam | adamw
+    name: str = MISSING  # adam | adamw; described (like lr and weight_decay) in SGDConfig
     lr: float = 0.001
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    betas: list[float] = described([0.9, 0.999], "adam/adamw: two numbers in [0, 1)")
+    eps: float = described(1e-8, "adam/adamw: > 0")
     weight_decay: float = MISSING  # L2 for adam, decoupled for adamw: each option sets its own
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = MISSING  # constant | step | cosine
-    warmup_epochs: float = 0.0
-    step_size: int = 10  # step: epochs between decays
-    gamma: float = 0.1  # step: decay factor
-    min_lr: float = 0.0  # cosine: final learning rate
+    name: str = described(MISSING, "`constant`, `step`, `cosine` (set by the group option)")
+    warmup_epochs: float = described(0.0, "linear warm-up over this many epochs (fractions allowed), ≤ `trainer.epochs`")
+    step_size: int = described(10, "step: epochs between decays, ≥ 1")
+    gamma: float = described(0.1, "step: decay factor, in [0, 1]")
+    min_lr: float = described(0.0, "cosine: final learning rate, below `optimizer.lr`")
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 20
-    batch_size: int = 128
-    eval_batch_size: int = 10_000
-    dtype: str = "float32"
-    monitor: str = "val_loss"  # picks the best epoch and drives early stopping
-    early_stopping_patience: Optional[int] = None
-    test_weights: str = "last"  # score the test set with the last (final.npz) or best epoch's weights (best.npz)
-    progress: Optional[bool] = None  # null: a bar on a terminal, one line per epoch otherwise
-    threads: Optional[int] = None  # cores (shard processes or BLAS threads); null: all, shared out among parallel sweep workers
-    checkpoint_every: int = 1  # full training state (for resume) every N epochs, and after the last
-    keep_checkpoints: int = 2  # how many of them stay on disk
+    epochs: int = described(20, "≥ 1")
+    batch_size: int = described(128, "≥ 1 and at most the training split")
+    eval_batch_size: int = described(10_000, "evaluation chunk size")
+    dtype: str = described("float32", "`float32`, `float64`")
+    monitor: str = described("val_loss", "`val_loss`, `val_accuracy`: picks the best epoch and drives early stopping")
+    early_stopping_patience: Optional[int] = described(None, "stop after this many epochs without improvement")
+    test_weights: str = described("last", "`last` (scores `final.npz`), `best` (scores `best.npz`)")
+    progress: Optional[bool] = described(None, "`null`: a progress bar on a terminal, one line per epoch otherwise")
+    threads: Optional[int] = described(
+        None, "cores for the run; `null`: all cores, or `cores // n_jobs` in a parallel sweep, `cpus_per_task` under "
+        "submitit. With 2 or more, a batch of 32 rows or more is split into that many shard processes "
+        "(see [Performance](performance.md))")
+    checkpoint_every: int = described(1, "save the full training state every N epochs (and after the last)")
+    keep_checkpoints: int = described(2, "how many checkpoints stay on disk")
 
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: Optional[str] = "${oc.env:MLFLOW_TRACKING_URI,null}"  # null: sqlite mlflow.db at the project root
-    experiment_name: str = "mnist-np"
-    run_name: Optional[str] = None  # null: built from the config, e.g. mlp128-sgd-lr0.1-bs128
-    sweep_name: Optional[str] = None  # the parent run of a --multirun sweep; null: from the swept overrides
-    log_plots: bool = True
-    log_checkpoints: bool = False  # also upload every training-state checkpoint to the run
-    log_system_metrics: bool = True  # CPU, memory, disk use over the run (MLflow's monitor, psutil): system/* metrics
-    register_as: Optional[str] = None  # a registered model: a run's model becomes a version; a sweep's best member, alias champion
+    tracking_uri: Optional[str] = described(
+        "${oc.env:MLFLOW_TRACKING_URI,null}", "`null`: `sqlite:///<project root>/mlflow.db`, artifacts in "
+        "`<project root>/mlartifacts/`; or `http(s)://host:port` for a server, `sqlite:///<absolute path>`, a database "
+        "URI (`postgresql://`, `mysql://`, `mssql://`)")
+    experiment_name: str = described("mnist-np", "the MLflow experiment")
+    run_name: Optional[str] = described(None, "up to 250 characters; `null`: built from the config, e.g. `mlp128-sgd-lr0.1-bs128`")
+    sweep_name: Optional[str] = described(None, "name of a sweep's parent run; `null`: from the swept overrides")
+    log_plots: bool = described(True, "make and log the plots")
+    log_checkpoints: bool = described(False, "also upload each checkpoint to the run")
+    log_system_metrics: bool = described(
+        True, "CPU, memory, disk and network use every 5 s while the run trains (MLflow's own monitor, psutil): metrics `system/*`")
+    register_as: Optional[str] = described(
+        None, "a registered model name: a run's model becomes a new version of it; a sweep registers only its best member "
+        "and points the alias `champion` at it (see [the Model Registry](predicting.md#the-model-registry))")
 
 
 @dataclass
@@ -114,10 +136,13 @@ class Config:
     schedule: ScheduleConfig = MISSING
     trainer: TrainerConfig = MISSING
     mlflow: MlflowConfig = MISSING
-    seed: int = 0
-    tags: list[str] = field(default_factory=list)  # labels: MLflow tags <label>=true on the run (and a sweep's parent)
-    notes: Optional[str] = None  # the run's description in MLflow's UI
-    resume: Optional[str] = None  # a run id or output dir: continue that interrupted run instead
+    seed: int = described(0, "integer ≥ 0; seeds every random stream (init, shuffling, dropout)")
+    tags: list[str] = described(
+        [], "labels for the run (and a sweep's parent), e.g. `tags=[baseline,lr-study]`: MLflow tags `<label>=true`; "
+        "lowercase letters, digits, `_`, `-`, at most 40 characters, not one of the project's own tag names")
+    notes: Optional[str] = described(
+        None, "the run's description in the MLflow UI (tag `mlflow.note.content`), e.g. `notes=\"first try with dropout\"`")
+    resume: Optional[str] = described(None, "a run id or output dir: continue that interrupted run with its own config")
 
 
 SEARCH_SWEEPER = "hydra_plugins.mnist_np_optuna.optuna_sweeper.OptunaSweeper"
@@ -128,18 +153,26 @@ class SearchSweeperConfig:
     """``hydra.sweeper`` of a guided search (``+sweep=optuna``): Hydra's plugin config, so it names its class."""
 
     _target_: str = SEARCH_SWEEPER
-    n_trials: int = 20  # trials in the study, counting COMPLETE, PRUNED and FAIL ones
-    n_jobs: int = 1  # trials asked per batch (run them in parallel with +sweep=parallel)
-    objectives: list[str] = field(default_factory=lambda: ["val_accuracy"])  # val_accuracy, val_loss, train_seconds, epochs_trained
-    direction: Any = "maximize"  # maximize | minimize, or a list: one per objective
-    sampler: str = "tpe"  # tpe | random | nsgaii
-    seed: Optional[int] = None  # the sampler's seed (null: a random one)
-    pruner: Optional[str] = None  # null | median | hyperband | successive_halving
-    min_epochs: int = 1  # the pruner's least epochs before it may stop a member
-    reduction_factor: int = 3  # hyperband, successive_halving: 1/factor of the members go on at each rung
-    storage: Optional[str] = None  # null: sqlite optuna.db at the project root; a database URL; or a journal file (.log)
-    study_name: Optional[str] = None  # null: <experiment>-<sweep dir>, one study per sweep
-    params: dict[str, str] = field(default_factory=dict)  # the search space: key -> choice(...), interval(...), ...
+    n_trials: int = described(20, "trials in the study, counting COMPLETE, PRUNED and FAIL ones")
+    n_jobs: int = described(1, "trials asked per batch, run side by side by a parallel launcher (`+sweep=[optuna,parallel]`)")
+    objectives: list[str] = described(
+        ["val_accuracy"], "what a trial scores: `val_accuracy`, `val_loss` (the best epoch's), `train_seconds`, "
+        "`epochs_trained`; never a test figure")
+    direction: Any = described("maximize", "one per objective: `maximize` or `minimize`")
+    sampler: str = described("tpe", "`tpe`, `random`, `nsgaii`")
+    seed: Optional[int] = described(None, "the sampler's seed (`null`: a random one)")
+    pruner: Optional[str] = described(
+        None, "`median`, `hyperband`, `successive_halving` (one objective, `val_accuracy` or `val_loss`)")
+    min_epochs: int = described(1, "epochs before the pruner may stop a member")
+    reduction_factor: int = described(3, "hyperband, successive_halving: one in this many members goes on at each rung")
+    storage: Optional[str] = described(
+        None, "`null`: `sqlite:///<project>/optuna.db`, beside `mlflow.db`; any Optuna database URL (`postgresql://...`); "
+        "or a journal file (a path ending in `.log`) on a filesystem a cluster's nodes share")
+    study_name: Optional[str] = described(
+        None, "`null`: `<experiment>-<date>-<time>` of the sweep dir, one study per sweep; a name of your own continues that study")
+    params: dict[str, str] = described(
+        {}, "the search space: `choice(a, b)` or `a,b`; `range(lo, hi[, step])`; `interval(lo, hi)`; each may be wrapped "
+        "in `tag(log, ...)` (log scale) or `tag(int, ...)`; a swept key on the command line joins (and wins over) them")
 
 
 # Which schema each config group's options follow.

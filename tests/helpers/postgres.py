@@ -1,6 +1,6 @@
 """A throwaway PostgreSQL cluster for tests: ``initdb`` in a temp dir, its own port on 127.0.0.1.
 
-The team recipe in the README puts a shared ``mlflow server``'s runs in
+The team recipe in docs/clusters.md puts a shared ``mlflow server``'s runs in
 PostgreSQL; the tests run that recipe against a real server started here
 from the machine's own PostgreSQL binaries (Debian's ``postgresql``
 package). PostgreSQL refuses to run as root, so as root the cluster runs

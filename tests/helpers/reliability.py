@@ -72,7 +72,7 @@ OUTCOMES: dict[str, dict[str, str]] = {
         "source": "source check: every np.load passes allow_pickle=False; no pickle, eval, exec, yaml.load or instantiate",
         "refused": "a pickled or tampered file from a run refused in one line; its payload never ran",
         "loopback": "make ui and the project's servers bind 127.0.0.1 unless a host is passed; conf/ names no code",
-        "logins": "the README's basic-auth server: no login, a wrong password or another user's experiment refused in one line; a user's run FINISHED",
+        "logins": "the docs' basic-auth server: no login, a wrong password or another user's experiment refused in one line; a user's run FINISHED",
         "not an image": "predict: a file that is not an image refused in one line naming it and what is accepted",
     },
 }
