@@ -1,9 +1,9 @@
 """The cluster recipe for real: a sweep sent to Slurm, a member preempted and requeued.
 
 A throwaway one-node Slurm (the ``slurm`` fixture: Debian's munge,
-slurmctld and slurmd on 127.0.0.1), the README's team server (an ``mlflow
+slurmctld and slurmd on 127.0.0.1), the team server of docs/clusters.md (an ``mlflow
 server`` on a throwaway PostgreSQL), and ``scripts/train.py --multirun
-+sweep=slurm`` as the README writes it, the server reached through
++sweep=slurm`` as that page writes it, the server reached through
 ``MLFLOW_TRACKING_URI``. While member 0 trains, it gets what Slurm sends a
 job it preempts (SIGTERM, then submitit's SIGUSR2 -- as submitit's own
 ``SlurmJob._interrupt`` does): submitit requeues it, and its next attempt
@@ -52,7 +52,7 @@ def test_a_preempted_slurm_member_resumes_into_its_own_run(slurm, postgres, tmp_
            "hydra.launcher.mem_gb=1", "notes=preempted,uninterrupted", "mlflow.experiment_name=sweeps",
            "data.train_limit=30000", "data.val_size=1000", f"trainer.epochs={EPOCHS}", "trainer.progress=false",
            "mlflow.log_plots=false", f"hydra.sweep.dir={sweep_dir}"]
-    env = {**os.environ, **slurm.env, "MLFLOW_TRACKING_URI": server.url}  # as the README exports it
+    env = {**os.environ, **slurm.env, "MLFLOW_TRACKING_URI": server.url}  # as docs/clusters.md exports it
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300

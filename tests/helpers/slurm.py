@@ -1,6 +1,6 @@
 """A throwaway one-node Slurm cluster for tests: munge, slurmctld and slurmd on 127.0.0.1.
 
-The README's cluster recipe sends a sweep's members to Slurm as a job array
+The cluster recipe (docs/clusters.md) sends a sweep's members to Slurm as a job array
 (``+sweep=slurm``, Hydra's submitit launcher). The tests run it against a
 real Slurm started here from Debian's packages (``slurmctld``, ``slurmd``,
 ``slurm-client``, ``munge``; ``.ci/run`` installs them as root): every file
