@@ -95,6 +95,33 @@ class TrainerConfig:
 
 
 @dataclass
+class NoAugmentConfig:
+    name: str = "none"  # the training images as they are (no transform runs at all)
+
+
+@dataclass
+class ShiftConfig:
+    name: str = "shift"
+    max_shift: int = 2  # whole pixels each way, per axis
+
+
+@dataclass
+class AffineConfig:
+    name: str = "affine"
+    rotation: float = 10.0  # degrees each way
+    scale: float = 0.1  # zoom in [1 - scale, 1 + scale]
+    shear: float = 5.0  # degrees each way
+    translate: float = 2.0  # pixels each way, per axis
+
+
+@dataclass
+class ElasticConfig:
+    name: str = "elastic"
+    alpha: float = 34.0  # displacement scale (Simard et al. 2003: 34)
+    sigma: float = 4.0  # the Gaussian smoothing the random field, pixels (Simard et al.: 4)
+
+
+@dataclass
 class MlflowConfig:
     tracking_uri: Optional[str] = "${oc.env:MLFLOW_TRACKING_URI,null}"  # null: sqlite mlflow.db at the project root
     experiment_name: str = "mnist-np"
@@ -114,6 +141,7 @@ class Config:
     schedule: ScheduleConfig = MISSING
     trainer: TrainerConfig = MISSING
     mlflow: MlflowConfig = MISSING
+    augment: Any = MISSING  # one of the augment schemas, chosen by the augment group
     seed: int = 0
     tags: list[str] = field(default_factory=list)  # labels: MLflow tags <label>=true on the run (and a sweep's parent)
     notes: Optional[str] = None  # the run's description in MLflow's UI
@@ -150,13 +178,18 @@ GROUP_SCHEMAS: dict[str, tuple[type, ...]] = {
     "schedule": (ScheduleConfig,),
     "trainer": (TrainerConfig,),
     "mlflow": (MlflowConfig,),
+    "augment": (NoAugmentConfig, ShiftConfig, AffineConfig, ElasticConfig),
 }
 PRESET_GROUPS = ("experiment", "debug", "sweep")
 
 
-def optimizer_schema(name: str) -> type:
-    """The schema an ``optimizer.name`` follows (SGD, or the Adam family)."""
-    return AdamConfig if str(name).startswith("adam") else SGDConfig
+def option_schema(group: str, name: str) -> type:
+    """The schema the option ``name`` of ``group`` follows: the group's only one, or (optimizer,
+    augment) the one of that name -- SGD or the Adam family for an optimizer."""
+    if group == "optimizer":
+        return AdamConfig if str(name).startswith("adam") else SGDConfig
+    schemas = GROUP_SCHEMAS[group]
+    return next((s for s in schemas if getattr(s, "name", None) == name), schemas[0])
 
 
 def schema_keys() -> set[str]:
@@ -195,6 +228,7 @@ def register_configs() -> None:
         ("schedule", "schedule", ScheduleConfig),
         ("trainer", "trainer", TrainerConfig),
         ("mlflow", "mlflow", MlflowConfig),
+        *(("augment", schema.name, schema) for schema in GROUP_SCHEMAS["augment"]),  # type: ignore[attr-defined]
     ]:
         cs.store(group=f"schema/{group}", name=name, node=node, package=group)
     cs.store(group="hydra/sweeper", name="mnist_np_optuna", node=SearchSweeperConfig, provider="mnist_np")
