@@ -4,6 +4,7 @@ a resumed augmented run equals an uninterrupted one."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from mnist_np.nn.optim import SGD
 from mnist_np.nn.registry import ACTIVATIONS, INITIALIZERS
 from mnist_np.nn.schedules import Schedule
 from mnist_np.nn.weights import weights_sha256
-from mnist_np.train.augmented import CHUNK, AugmentedEpochs, augment_all, epoch_generator
+from mnist_np.train.augmented import CHUNK, AugmentedEpochs, EpochJob
 from mnist_np.train.checkpoint import Checkpointer, latest_checkpoint, load_state, restore_rngs
 from mnist_np.train.loop import FitResult, TrainSettings, fit
 
@@ -113,34 +114,56 @@ def test_elastic_fields_have_the_statistics_of_smoothed_uniform_noise() -> None:
 # --- randomness and the background preparation -----------------------------------------------
 
 
+def prepared(pixels: np.ndarray, name: str, stream: np.random.Generator, epoch: int) -> np.ndarray:
+    """Epoch ``epoch``'s images made by this thread alone."""
+    out = np.empty_like(pixels)
+    job = EpochJob(pixels, DEFAULTS[name], stream, epoch, out)
+    job.work()
+    job.wait()
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(AUGMENTATIONS))
 def test_a_fixed_seed_gives_the_same_augmented_images(name: str) -> None:
     images = digits(3 * CHUNK + 7)  # several chunks and a short one
     stream = rng_streams(5)["augment"]
     before = stream.bit_generator.state
-    first = [np.empty_like(images) for _ in range(2)]
-    for epoch, out in enumerate(first):
-        augment_all(images, DEFAULTS[name], epoch_generator(stream, epoch), out)
-    again = np.empty_like(images)
-    augment_all(images, DEFAULTS[name], epoch_generator(rng_streams(5)["augment"], 0), again)
-    assert np.array_equal(first[0], again)
+    first = [prepared(images, name, stream, epoch) for epoch in range(2)]
+    assert np.array_equal(first[0], prepared(images, name, rng_streams(5)["augment"], 0))
     assert not np.array_equal(first[0], first[1])  # every epoch draws anew
+    assert not np.array_equal(first[0], prepared(images, name, rng_streams(6)["augment"], 0))  # and every seed
     assert stream.bit_generator.state == before  # the stream itself never moves (so a checkpoint restores it as is)
 
 
-def test_epochs_prepared_in_the_background_equal_those_made_directly() -> None:
-    pixels = digits(1000)
+def test_epochs_prepared_by_two_threads_equal_those_made_by_one() -> None:
+    pixels = digits(40 * CHUNK)
     original = pixels.copy()
     stream = np.random.default_rng(3)
     with AugmentedEpochs(pixels, DEFAULTS["elastic"], stream, epochs=3) as epochs:
         for epoch in range(3):
+            if epoch == 2:
+                time.sleep(0.2)  # let the background thread get ahead: then it has done most chunks, not this thread
             epochs.load(epoch)
-            direct = np.empty_like(pixels)
-            augment_all(pixels, DEFAULTS["elastic"], epoch_generator(stream, epoch), direct)
-            assert np.array_equal(epochs.images, direct), epoch
+            assert np.array_equal(epochs.images, prepared(pixels, "elastic", stream, epoch)), epoch
     assert np.array_equal(pixels, original)  # the source pixels are never written
     with pytest.raises(ValueError, match="uint8"):
         AugmentedEpochs(pixels.astype(np.float32), DEFAULTS["shift"], stream, epochs=1)
+
+
+def test_a_transform_that_fails_in_the_background_fails_the_next_load() -> None:
+    calls = []
+
+    def breaks_after_one_epoch(images, rng, out):
+        calls.append(1)
+        if len(calls) > 4:  # epoch 0 is 4 chunks; epoch 1 is prepared in the background
+            raise RuntimeError("no pixels today")
+        out[:] = images
+
+    with AugmentedEpochs(digits(4 * CHUNK), breaks_after_one_epoch, np.random.default_rng(0), epochs=2) as epochs:
+        epochs.load(0)
+        time.sleep(0.2)
+        with pytest.raises(RuntimeError, match="no pixels today"):
+            epochs.load(1)
 
 
 def test_the_first_three_streams_are_those_of_runs_before_augmentation() -> None:

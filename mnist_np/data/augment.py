@@ -15,11 +15,11 @@ MNIST's background.
   displacement field, smoothed by a Gaussian of ``sigma`` pixels and scaled
   by ``alpha``, sampled with bilinear interpolation.
 
-NumPy only. SciPy's ``ndimage`` was measured against these and is slower
-here: ``map_coordinates`` over a batch (as a 3-D array) costs about 1.6x the
-vectorised bilinear gather below, a Python loop over single images about
-1.5x, and ``gaussian_filter`` more than the matrix products that smooth the
-fields. (Measured on 55,000 images; the figures belong to the docs.)
+NumPy only. SciPy's ``ndimage`` (in the environment through MLflow) was
+measured against these on 55,000 images and is slower here: ``map_coordinates``
+over the batch as one 3-D array, or in a Python loop over single images,
+against the vectorised bilinear gather below; ``gaussian_filter`` against
+the small matrix products that make the fields.
 
 The names the config uses are :data:`AUGMENTATIONS`; ``none`` is no entry
 at all: the training loop then never touches the pixels.
@@ -189,9 +189,10 @@ class Elastic:
     within the eye's and the network's reach. So a field is drawn as
     ``C Z C^T`` with ``C = A_r S_r`` and ``Z`` an ``r x r`` matrix of normals
     of variance 1/3, where ``r`` keeps :data:`FIELD_VARIANCE_KEPT` of the
-    field's variance (r = 9 for sigma 4 instead of 28): the same covariance,
-    and ~10x fewer random numbers and multiply-adds than drawing and
-    smoothing 784 uniforms per field.
+    field's variance (r = 7 for sigma 4, instead of 28): the same covariance
+    (tests/test_augment.py compares the two), with 49 random numbers per
+    field instead of 784 and far fewer multiply-adds. Below sigma 1 (which
+    validation refuses) a field averages too few uniforms to be Gaussian.
     """
 
     alpha: float
