@@ -1,6 +1,7 @@
 """Benchmarks, measured side by side in one run and reported as medians and ratios.
 
     python scripts/bench.py loop                  # our training loop vs the GEMM roofline and PyTorch
+    python scripts/bench.py loop --augment-only --augment shift   # only: the best preset with and without augment=shift
     python scripts/bench.py sweep                 # parallel vs basic launcher, 4 members x 10 epochs
     python scripts/bench.py sweep --repeats 5 --members 4 --epochs 10 --json bench-sweep.json
     python scripts/bench.py sweep trainer.threads=1  # ... with single-threaded members in both
@@ -18,6 +19,8 @@ runtime dependency); and times the tutorial's float64 formulation
 (``+experiment=seed_baseline``) for reference. The three are measured in
 rounds, side by side, and the ratios taken per round: the machine's speed
 drifts by a factor of two over minutes, and a ratio of neighbours does not.
+So is the best preset's epoch without and with augmentation (``--augment``,
+default elastic), the two alternating within every round.
 
 ``run`` runs the default training (``scripts/train.py``, the data already
 cached, one store that exists after a first untimed run, as for a user's
@@ -92,7 +95,7 @@ class Ours:
         import numpy as np
         from threadpoolctl import threadpool_limits
 
-        from mnist_np.experiment.builders import build_model, build_optimizer, build_schedule, rng_streams
+        from mnist_np.experiment.builders import build_augmentation, build_model, build_optimizer, build_schedule, rng_streams
         from mnist_np.train.loop import TrainSettings, fit
 
         cfg, sp = self.cfg, self.splits
@@ -102,7 +105,7 @@ class Ours:
                                  threads=self.threads)
         with threadpool_limits(limits=self.threads, user_api="blas"):
             result = fit(model, build_optimizer(cfg), build_schedule(cfg), sp.x_train, sp.y_train, sp.x_val, sp.y_val,
-                         settings, rngs["shuffle"], rngs["dropout"])
+                         settings, rngs["shuffle"], rngs["dropout"], augmentation=build_augmentation(cfg), augment_rng=rngs["augment"])
         return [h["epoch_seconds"] for h in result.history], model.sizes
 
 
@@ -166,6 +169,29 @@ def loop_case(name: str, overrides: list[str], compare: bool, args: argparse.Nam
     return row
 
 
+def augment_case(augment: str, args: argparse.Namespace) -> dict:
+    """The best preset's epoch without and with ``augment=<augment>``, side by side in every round.
+
+    Each round times one fit of each (three epochs, the mean of the last two:
+    an augmented epoch includes any wait for its images, which the first
+    epoch always has), alternating which goes first; the overhead is the
+    median over rounds of (augmented / plain - 1).
+    """
+    plain = Ours(["+experiment=best_mnist"], args.threads)
+    augmented = Ours(["+experiment=best_mnist", f"augment={augment}"], args.threads)
+    times: dict[str, list[float]] = {"plain": [], "augmented": []}
+    for i in range(args.repeats):
+        order = [("plain", plain), ("augmented", augmented)]
+        for name, loop in order if i % 2 == 0 else order[::-1]:
+            times[name].append(statistics.mean(loop.epochs(3)[0][1:]))
+    overhead = [a / p - 1 for p, a in zip(times["plain"], times["augmented"])]
+    row = {"name": f"best_mnist, augment={augment}", "augment": augment, "plain_s": statistics.median(times["plain"]),
+           "augmented_s": statistics.median(times["augmented"]), "overhead": statistics.median(overhead), "all": times}
+    print(f"  best_mnist: {row['plain_s']:.3f} s, with augment={augment} {row['augmented_s']:.3f} s "
+          f"({100 * row['overhead']:+.1f}%)", flush=True)
+    return row
+
+
 def bench_loop(args: argparse.Namespace) -> dict:
     """Per batch size, ``repeats`` rounds of: GEMM peak, our epoch, torch's epoch -- side by side.
 
@@ -183,8 +209,9 @@ def bench_loop(args: argparse.Namespace) -> dict:
     threads = args.threads
     cases = [(f"default, batch {bs}", [f"trainer.batch_size={bs}"], True) for bs in args.batch_sizes]
     cases.append(("seed_baseline (float64, batch 64)", ["+experiment=seed_baseline"], False))
-    rows = [loop_case(name, overrides, compare, args) for name, overrides, compare in cases]
-    peaks_all = [p for r in rows for p in r["peaks"]]
+    rows = [] if args.augment_only else [loop_case(name, overrides, compare, args) for name, overrides, compare in cases]
+    augment = augment_case(args.augment, args)
+    peaks_all = [p for r in rows for p in r["peaks"]] or [gemm_peak(threads)]
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     from mnist_np.train.stepper import shard_count
 
@@ -193,7 +220,7 @@ def bench_loop(args: argparse.Namespace) -> dict:
         "numpy": np.__version__,
         "blas": f"{blas[0].get('internal_api')} {blas[0].get('version')} ({blas[0].get('architecture')})" if blas else "?",
         "platform": platform.platform(), "cpu_count": os.cpu_count(), "rows": rows,
-        "shards": {bs: shard_count(bs, threads) for bs in args.batch_sizes},
+        "shards": {bs: shard_count(bs, threads) for bs in args.batch_sizes}, "augment": augment,
     }
     print()
     print(f"float32 GEMM peak: {result['gemm_peak_gflops']:.0f} GFLOP/s with {threads} thread(s) (median of {len(peaks_all)}); "
@@ -204,6 +231,8 @@ def bench_loop(args: argparse.Namespace) -> dict:
         f = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
         print(f"{r['name']:36s}{r['ours_s']:8.3f}{f(r['bound_s'], '9.3f'):>9s}{f(r['ours_over_bound'], '11.2f'):>11s}"
               f"{f(r['torch_s'], '9.3f'):>9s}{f(r['ours_over_torch'], '11.2f'):>11s}")
+    print(f"{'':36s}{'plain s':>8s}{'augmented s':>12s}{'overhead':>10s}")
+    print(f"{augment['name']:36s}{augment['plain_s']:8.3f}{augment['augmented_s']:12.3f}{100 * augment['overhead']:9.1f}%")
     return result
 
 
@@ -293,6 +322,10 @@ def track(result: dict, tracking_uri: str | None) -> None:
             for name in ("ours_s", "ours_over_bound", "ours_over_torch", "torch_s"):
                 if r.get(name) is not None:
                     metrics[f"{key}.{name}"] = r[name]
+        a = result["augment"]
+        params["augment"] = a["augment"]
+        metrics.update({"best_mnist.ours_s": a["plain_s"], "best_mnist_augmented.ours_s": a["augmented_s"],
+                        "best_mnist_augmented.overhead": a["overhead"]})
     elif result["benchmark"] == "run":
         metrics.update({f"median.{k}": v for k, v in result["median"].items()})
     else:
@@ -313,6 +346,8 @@ def main() -> None:
     lp.add_argument("--repeats", type=int, default=5, help="rounds per case, each timing two epochs after a warm-up epoch")
     lp.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     lp.add_argument("--no-torch", action="store_true")
+    lp.add_argument("--augment", default="elastic", help="the augmentation the best preset is timed with and without")
+    lp.add_argument("--augment-only", action="store_true", help="only that row (best preset with and without augmentation)")
     lp.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-loop.json")
     p, q = bench_sweeps.add_parsers(sub, ROOT / "outputs")
     r = sub.add_parser("run", help="whole default runs: time outside the epochs and peak memory")

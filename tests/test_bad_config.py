@@ -96,6 +96,17 @@ BAD: dict[str, list[tuple[list[str], str]]] = {
     "mlflow.log_checkpoints": [(["mlflow.log_checkpoints=sometimes"], "'sometimes'")],
     "mlflow.log_system_metrics": [(["mlflow.log_system_metrics=sometimes"], "'sometimes'")],
     "mlflow.register_as": [(["mlflow.register_as='a b'"], "'a b'"), (["mlflow.register_as=''"], "''")],
+    "augment": [(["augment=cutout"], "'cutout'"), (["~augment"], "augment is missing")],
+    "augment.name": [(["augment.name=cutout"], "'cutout'")],
+    "augment.max_shift": [(["augment=shift", "augment.max_shift=-1"], "-1"), (["augment=shift", "augment.max_shift=11"], "11"),
+                          (["augment=shift", "augment.max_shift=1.5"], "1.5"), (["augment=elastic", "augment.max_shift=2"], "augment=elastic")],
+    "augment.rotation": [(["augment=affine", "augment.rotation=-5"], "-5.0"), (["augment=affine", "augment.rotation=181"], "181.0")],
+    "augment.scale": [(["augment=affine", "augment.scale=1"], "1.0"), (["augment=affine", "augment.scale=-0.1"], "-0.1")],
+    "augment.shear": [(["augment=affine", "augment.shear=46"], "46.0"), (["augment=affine", "augment.shear=nan"], "nan")],
+    "augment.translate": [(["augment=affine", "augment.translate=-1"], "-1.0"), (["augment=affine", "augment.translate=11"], "11.0")],
+    "augment.alpha": [(["augment=elastic", "augment.alpha=-1"], "-1.0"), (["augment=elastic", "augment.alpha=101"], "101.0"),
+                      (["augment=shift", "augment.alpha=34"], "augment=shift")],
+    "augment.sigma": [(["augment=elastic", "augment.sigma=0.5"], "0.5"), (["augment=elastic", "augment.sigma=inf"], "inf")],
 }
 KEYS = sorted(schema_keys() | set(GROUP_SCHEMAS))
 CASES = [pytest.param(key, overrides, shown, id=f"{key}:{' '.join(overrides)}"[:90])

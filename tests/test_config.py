@@ -12,11 +12,11 @@ from omegaconf import MISSING, OmegaConf
 from conftest import PYTHON, TRAIN_SCRIPT
 from mnist_np.common.paths import CONF_DIR
 from mnist_np.experiment.compose import check_overrides, compose, load_run_config
-from mnist_np.experiment.schema import GROUP_SCHEMAS, ConfigError, group_options, optimizer_schema
+from mnist_np.experiment.schema import ConfigError, group_options, option_schema
 from mnist_np.experiment.validation import validate
 from mnist_np.nn.registry import OPTIMIZERS
 
-GROUPS = ["data", "model", "optimizer", "schedule", "trainer", "mlflow"]
+GROUPS = ["data", "model", "optimizer", "schedule", "trainer", "mlflow", "augment"]
 
 
 def test_default_config_is_the_documented_one() -> None:
@@ -31,7 +31,7 @@ def test_default_config_is_the_documented_one() -> None:
 def test_every_group_option_composes_and_validates(group: str, option: str) -> None:
     cfg = compose([f"{group}={option}"])
     validate(cfg)
-    if group in ("data", "optimizer", "schedule"):
+    if group in ("data", "optimizer", "schedule", "augment"):
         assert cfg[group].name == option
 
 
@@ -40,7 +40,7 @@ def test_schema_defaults_are_the_yaml_values_or_required(group: str, option: str
     """One source of every default: each schema field equals what the option's YAML holds, or is MISSING (set by every option)."""
     node = OmegaConf.to_container(compose([f"{group}={option}"])[group], resolve=False)
     assert isinstance(node, dict)
-    schema = optimizer_schema(node["name"]) if group == "optimizer" else GROUP_SCHEMAS[group][0]
+    schema = option_schema(group, node.get("name", option))
     fields = dataclasses.fields(schema)
     assert set(node) == {f.name for f in fields}
     for f in fields:

@@ -14,10 +14,12 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_np import data
+from mnist_np.data.augment import AUGMENTATIONS
 from mnist_np.nn import registry
 from mnist_np.nn.model import MLP
 from mnist_np.nn.optim import Optimizer
 from mnist_np.nn.schedules import Schedule
+from mnist_np.train.augmented import Augmentation
 from mnist_np.train.loop import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -25,12 +27,14 @@ INPUTS, CLASSES = 784, 10  # 28x28 pixels in, one score per class out
 
 
 def rng_streams(seed: int) -> dict[str, np.random.Generator]:
-    """Independent generators for init, shuffling and dropout, all from the run's seed.
+    """Independent generators for init, shuffling, dropout and augmentation, all from the run's seed.
 
-    Spawning (rather than seeding three generators with seed, seed+1, ...)
-    gives streams that are statistically independent by construction.
+    Spawning (rather than seeding four generators with seed, seed+1, ...)
+    gives streams that are statistically independent by construction. A
+    stream added later goes last: the n-th spawned child is the same however
+    many follow it, so the older streams (and runs) keep their bits.
     """
-    names = ("init", "shuffle", "dropout")
+    names = ("init", "shuffle", "dropout", "augment")
     children = np.random.SeedSequence(seed).spawn(len(names))
     return {n: np.random.default_rng(s) for n, s in zip(names, children)}
 
@@ -60,6 +64,14 @@ def build_schedule(cfg: DictConfig) -> Schedule:
                     step_size=s.step_size, gamma=s.gamma, min_lr=s.min_lr)
 
 
+def build_augmentation(cfg: DictConfig) -> Augmentation | None:
+    """The transform ``augment.name`` names, with the group's other keys as its strengths; None for ``none``."""
+    settings = OmegaConf.to_container(cfg.augment, resolve=True)
+    assert isinstance(settings, dict)
+    name = settings.pop("name")
+    return None if name == "none" else registry.lookup(AUGMENTATIONS, name, "augment.name")(**settings)
+
+
 def train_settings(cfg: DictConfig, threads: int) -> TrainSettings:
     """How the loop trains; the progress bar only on a terminal unless ``trainer.progress`` says."""
     t = cfg.trainer
@@ -85,8 +97,9 @@ def load_splits(cfg: DictConfig) -> tuple[data.RawDataset, data.Splits]:
 
 
 def default_run_name(cfg: DictConfig) -> str:
-    """Readable run name from the config, e.g. ``mlp128-sgd-lr0.1-bs128`` (``mlp256x2-...`` for 2 layers)."""
+    """Readable run name from the config, e.g. ``mlp128-sgd-lr0.1-bs128`` (``mlp256x2-...`` for 2 layers, ``...-elastic`` augmented)."""
     m, o, t = cfg.model, cfg.optimizer, cfg.trainer
     layers = f"x{m.num_hidden_layers}" if m.num_hidden_layers != 1 else ""
     data_prefix = "" if cfg.data.name == "mnist" else f"{cfg.data.name}-"
-    return f"{data_prefix}mlp{m.hidden_size}{layers}-{o.name}-lr{o.lr:g}-bs{t.batch_size}"
+    augment = "" if cfg.augment.name == "none" else f"-{cfg.augment.name}"
+    return f"{data_prefix}mlp{m.hidden_size}{layers}-{o.name}-lr{o.lr:g}-bs{t.batch_size}{augment}"

@@ -18,7 +18,7 @@ from mnist_np.common.paths import CONF_DIR
 from mnist_np.experiment.overrides import check_values, command_line_overrides, missing_value, parse_override, parse_overrides
 from mnist_np.experiment.schema import (
     GROUP_SCHEMAS, PRESET_GROUPS, Config, ConfigError, DataConfig, MlflowConfig, ModelConfig, ScheduleConfig, TrainerConfig,
-    optimizer_schema, register_configs,
+    option_schema, register_configs,
 )
 from mnist_np.experiment.validation import validate
 
@@ -160,10 +160,12 @@ def load_run_config(text: str, source: str = "config") -> DictConfig:
         raw = OmegaConf.create(text)
         if not isinstance(raw, DictConfig):
             raise ConfigError(f"{source}: not a mapping")
+        chosen = lambda group, default: option_schema(group, raw.get(group, {}).get("name", default))()  # noqa: E731
+        # A run saved before the augment group existed trained on its images as they are: augment=none.
         schema = OmegaConf.structured(
             Config(
-                data=DataConfig(), model=ModelConfig(), optimizer=optimizer_schema(raw.get("optimizer", {}).get("name", "sgd"))(),
-                schedule=ScheduleConfig(), trainer=TrainerConfig(), mlflow=MlflowConfig(),
+                data=DataConfig(), model=ModelConfig(), optimizer=chosen("optimizer", "sgd"), schedule=ScheduleConfig(),
+                trainer=TrainerConfig(), mlflow=MlflowConfig(), augment=chosen("augment", "none"),
             )
         )
         cfg = OmegaConf.merge(schema, raw)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from threadpoolctl import threadpool_limits
 
 from mnist_np import data, plots
-from mnist_np.experiment.builders import build_model, build_optimizer, build_schedule, rng_streams, train_settings
+from mnist_np.experiment.builders import build_augmentation, build_model, build_optimizer, build_schedule, rng_streams, train_settings
 from mnist_np.experiment.outputs import EpochLogger
 from mnist_np.experiment.preemption import PreemptionWatch
 from mnist_np.experiment.provenance import environment_tags
@@ -144,6 +144,7 @@ def train(job: Job, state: TrainingState | None) -> tuple[MLP, FitResult]:
         shuffle_rng=rngs["shuffle"], dropout_rng=rngs["dropout"],
         # The checkpoint is written before MLflow hears of the epoch: see experiment.resume.
         callbacks=[epochs, checkpointer, tracker], result=fit_state, stop_rule=job.stop_rule,
+        augmentation=build_augmentation(cfg), augment_rng=rngs["augment"],
     )
     return model, fitted
 

@@ -111,6 +111,34 @@ class TrainerConfig:
 
 
 @dataclass
+class NoAugmentConfig:
+    name: str = described("none", "`none` (the training images as they are; nothing runs), `shift`, `affine`, `elastic` "
+                              "(set by the group option); validation and test images are never augmented")
+
+
+@dataclass
+class ShiftConfig:
+    name: str = "shift"  # described in NoAugmentConfig
+    max_shift: int = described(2, "shift: whole pixels each way, per axis, 0 … 10")
+
+
+@dataclass
+class AffineConfig:
+    name: str = "affine"  # described in NoAugmentConfig
+    rotation: float = described(10.0, "affine: degrees each way, 0 … 180")
+    scale: float = described(0.1, "affine: zoom in [1 - scale, 1 + scale], 0 ≤ scale < 1")
+    shear: float = described(5.0, "affine: degrees each way, 0 … 45")
+    translate: float = described(2.0, "affine: pixels each way, per axis, 0 … 10")
+
+
+@dataclass
+class ElasticConfig:
+    name: str = "elastic"  # described in NoAugmentConfig
+    alpha: float = described(34.0, "elastic: displacement scale, 0 … 100 (Simard et al. 2003: 34)")
+    sigma: float = described(4.0, "elastic: pixels of the Gaussian smoothing the random field, 1 … 10 (Simard et al.: 4)")
+
+
+@dataclass
 class MlflowConfig:
     tracking_uri: Optional[str] = described(
         "${oc.env:MLFLOW_TRACKING_URI,null}", "`null`: `sqlite:///<project root>/mlflow.db`, artifacts in "
@@ -136,7 +164,8 @@ class Config:
     schedule: ScheduleConfig = MISSING
     trainer: TrainerConfig = MISSING
     mlflow: MlflowConfig = MISSING
-    seed: int = described(0, "integer ≥ 0; seeds every random stream (init, shuffling, dropout)")
+    augment: Any = MISSING  # one of the augment schemas, chosen by the augment group
+    seed: int = described(0, "integer ≥ 0; seeds every random stream (init, shuffling, dropout, augmentation)")
     tags: list[str] = described(
         [], "labels for the run (and a sweep's parent), e.g. `tags=[baseline,lr-study]`: MLflow tags `<label>=true`; "
         "lowercase letters, digits, `_`, `-`, at most 40 characters, not one of the project's own tag names")
@@ -183,13 +212,18 @@ GROUP_SCHEMAS: dict[str, tuple[type, ...]] = {
     "schedule": (ScheduleConfig,),
     "trainer": (TrainerConfig,),
     "mlflow": (MlflowConfig,),
+    "augment": (NoAugmentConfig, ShiftConfig, AffineConfig, ElasticConfig),
 }
 PRESET_GROUPS = ("experiment", "debug", "sweep")
 
 
-def optimizer_schema(name: str) -> type:
-    """The schema an ``optimizer.name`` follows (SGD, or the Adam family)."""
-    return AdamConfig if str(name).startswith("adam") else SGDConfig
+def option_schema(group: str, name: str) -> type:
+    """The schema the option ``name`` of ``group`` follows: the group's only one, or (optimizer,
+    augment) the one of that name -- SGD or the Adam family for an optimizer."""
+    if group == "optimizer":
+        return AdamConfig if str(name).startswith("adam") else SGDConfig
+    schemas = GROUP_SCHEMAS[group]
+    return next((s for s in schemas if getattr(s, "name", None) == name), schemas[0])
 
 
 def schema_keys() -> set[str]:
@@ -228,6 +262,7 @@ def register_configs() -> None:
         ("schedule", "schedule", ScheduleConfig),
         ("trainer", "trainer", TrainerConfig),
         ("mlflow", "mlflow", MlflowConfig),
+        *(("augment", schema.name, schema) for schema in GROUP_SCHEMAS["augment"]),  # type: ignore[attr-defined]
     ]:
         cs.store(group=f"schema/{group}", name=name, node=node, package=group)
     cs.store(group="hydra/sweeper", name="mnist_np_optuna", node=SearchSweeperConfig, provider="mnist_np")

@@ -12,9 +12,10 @@ from mnist_np.experiment.overrides import parse_override
 from mnist_np.tracking.conventions import MAX_NAME_CHARS, PARENT_RUN_TAG
 
 SWEEP_FILE = "mlflow_sweep.json"
-# Keys that default_run_name already spells out (mlp128x2-sgd-lr0.1-bs128).
+# Keys that default_run_name already spells out (mlp128x2-sgd-lr0.1-bs128, -elastic when augmented).
 NAME_KEYS = frozenset(
-    {"model.hidden_size", "model.num_hidden_layers", "optimizer", "optimizer.name", "optimizer.lr", "trainer.batch_size", "data", "data.name"}
+    {"model.hidden_size", "model.num_hidden_layers", "optimizer", "optimizer.name", "optimizer.lr", "trainer.batch_size", "data", "data.name",
+     "augment", "augment.name"}
 )
 
 

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mnist_np.data import DATASETS
+from mnist_np.data.augment import AUGMENTATIONS
 from mnist_np.experiment.overrides import missing_value
 from mnist_np.experiment.schema import TRAIN_IMAGES, ConfigError
 from mnist_np.nn import registry
@@ -38,7 +39,7 @@ def validate(cfg: DictConfig) -> None:
     from omegaconf.errors import MissingMandatoryValue
 
     try:
-        for checks in (_data, _model, _optimizer, _schedule, _trainer, _resources, _data_folders, _mlflow):
+        for checks in (_data, _model, _optimizer, _schedule, _trainer, _augment, _resources, _data_folders, _mlflow):
             for problem in checks(cfg):
                 if problem is not None:
                     raise ConfigError(problem)
@@ -158,6 +159,31 @@ def _trainer(cfg: DictConfig) -> Check:
         yield _at_least("trainer.threads", t.threads, 1)
     yield _at_least("trainer.checkpoint_every", t.checkpoint_every, 1)
     yield _at_least("trainer.keep_checkpoints", t.keep_checkpoints, 1)
+
+
+# Strengths past these leave little of a digit in a 28x28 field (or, for sigma, a field too
+# smooth to be more than a shift); below sigma 1 the smoothed field is pixel noise.
+MAX_SHIFT_PIXELS = 10
+MAX_ROTATION_DEGREES = 180
+MAX_SHEAR_DEGREES = 45
+MAX_ALPHA = 100
+SIGMA_RANGE = (1, 10)
+
+
+def _augment(cfg: DictConfig) -> Check:
+    a = cfg.augment
+    yield _choice("augment.name", a.name, ["none", *AUGMENTATIONS])
+    if a.name == "shift":
+        if not (isinstance(a.max_shift, int) and 0 <= a.max_shift <= MAX_SHIFT_PIXELS):
+            yield _bad("augment.max_shift", a.max_shift, f"an integer in [0, {MAX_SHIFT_PIXELS}] (pixels)")
+    elif a.name == "affine":
+        yield _within("augment.rotation", a.rotation, 0, MAX_ROTATION_DEGREES, high_open=False)
+        yield _within("augment.scale", a.scale, 0, 1)
+        yield _within("augment.shear", a.shear, 0, MAX_SHEAR_DEGREES, high_open=False)
+        yield _within("augment.translate", a.translate, 0, MAX_SHIFT_PIXELS, high_open=False)
+    elif a.name == "elastic":
+        yield _within("augment.alpha", a.alpha, 0, MAX_ALPHA, high_open=False)
+        yield _within("augment.sigma", a.sigma, *SIGMA_RANGE, high_open=False)
 
 
 def _mlflow(cfg: DictConfig) -> Check:

@@ -143,6 +143,11 @@ class Checkpointer(Callback):
 
 
 def restore_rngs(rngs: dict[str, np.random.Generator], states: dict[str, dict]) -> None:
-    """Put saved bit-generator states back into ``rngs`` (same names)."""
+    """Put saved bit-generator states back into ``rngs`` (same names).
+
+    A stream the checkpoint lacks is newer than the checkpoint (``augment``),
+    so the run that wrote it never drew from it: it stays as freshly seeded.
+    """
     for name, gen in rngs.items():
-        gen.bit_generator.state = states[name]
+        if name in states:
+            gen.bit_generator.state = states[name]

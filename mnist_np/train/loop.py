@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -24,7 +25,8 @@ from mnist_np.nn.metrics import evaluate
 from mnist_np.nn.model import MLP
 from mnist_np.nn.optim import Optimizer
 from mnist_np.nn.schedules import Schedule
-from mnist_np.train.sharded import ShardedStepper
+from mnist_np.train.augmented import Augmentation, AugmentedEpochs
+from mnist_np.train.sharded import ShardedStepper, shared_zeros
 from mnist_np.train.stepper import Stepper, shard_count
 
 MONITORS = {"val_loss": -1.0, "val_accuracy": 1.0}  # sign: +1 means higher is better
@@ -126,16 +128,14 @@ def fit(
     model: MLP,
     optimizer: Optimizer,
     schedule: Schedule,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
+    x_train: np.ndarray, y_train: np.ndarray,
+    x_val: np.ndarray, y_val: np.ndarray,
     settings: TrainSettings,
-    shuffle_rng: np.random.Generator,
-    dropout_rng: np.random.Generator,
+    shuffle_rng: np.random.Generator, dropout_rng: np.random.Generator,
     callbacks: Sequence[Callback] = (),
     result: FitResult | None = None,
     stop_rule: StopRule | None = None,
+    augmentation: Augmentation | None = None, augment_rng: np.random.Generator | None = None,
 ) -> FitResult:
     """Train ``model`` in place.
 
@@ -153,6 +153,8 @@ def fit(
             uninterrupted run.
         stop_rule: asked after every epoch, before the callbacks hear of it
             (a search's pruner, say); a reason it gives stops the training.
+        augmentation, augment_rng: transform the ``uint8`` training pixels anew every epoch
+            from that stream (see :mod:`mnist_np.train.augmented`); None: as they are.
 
     Raises:
         TrainingDiverged: a mini-batch loss was NaN or infinite.
@@ -162,15 +164,15 @@ def fit(
         cb.on_train_start(model, settings)
     # A run that stopped early has nothing left to do, even when resumed.
     first = settings.epochs if result.stopped_early else result.epochs_done
-    stepper = make_stepper(model, optimizer, x_train, y_train, settings.batch_size, settings.threads, dropout_rng)
+    augmented = AugmentedEpochs.of(x_train, augmentation, augment_rng, settings.epochs, alloc=shared_zeros)
+    stepper = make_stepper(model, optimizer, x_train if augmented is None else augmented.images, y_train, settings.batch_size,
+                           settings.threads, dropout_rng)
     # The evaluation between epochs runs with the stepper's BLAS threads too:
     # BLAS threads, once woken, spin for a while after every product and
-    # would take the shard workers' cores.
-    with threadpool_limits(limits=stepper.blas_threads, user_api="blas"), stepper:
+    # would take the shard workers' cores. The augmentation thread starts after the fork.
+    with threadpool_limits(limits=stepper.blas_threads, user_api="blas"), stepper, augmented or nullcontext():
         for epoch in range(first, settings.epochs):
-            train_loss, train_acc, lr, seconds = train_epoch(stepper, schedule, epoch, shuffle_rng.permutation(len(y_train)), settings)
-            val_loss, val_acc = evaluate(model, x_val, y_val, settings.eval_batch_size)
-            metrics = epoch_metrics(train_loss, train_acc, val_loss, val_acc, lr, seconds, len(y_train))
+            metrics = epoch_and_evaluation(stepper, augmented, schedule, epoch, shuffle_rng.permutation(len(y_train)), x_val, y_val, settings)
             is_best = result.add_epoch(metrics, model, settings, has_val=len(y_val) > 0)
             reason = stop_rule(epoch + 1, metrics) if stop_rule is not None and not result.stopped_early else None
             if reason is not None and epoch + 1 < settings.epochs:
@@ -182,6 +184,16 @@ def fit(
     for cb in callbacks:
         cb.on_train_end(result)
     return result
+
+
+def epoch_and_evaluation(stepper: Stepper | ShardedStepper, augmented: AugmentedEpochs | None, schedule: Schedule, epoch: int,
+                         order: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, settings: TrainSettings) -> dict[str, float]:
+    """Epoch ``epoch`` (0-based) trained on the rows in ``order``, its augmented images loaded first if any, then
+    the validation split scored: the epoch's metrics (its ``epoch_seconds`` include any wait for the images)."""
+    waited = augmented.load(epoch) if augmented is not None else 0.0
+    train_loss, train_acc, lr, seconds = train_epoch(stepper, schedule, epoch, order, settings)
+    val_loss, val_acc = evaluate(stepper.model, x_val, y_val, settings.eval_batch_size)
+    return epoch_metrics(train_loss, train_acc, val_loss, val_acc, lr, waited + seconds, len(order))
 
 
 def epoch_metrics(train_loss: float, train_acc: float, val_loss: float, val_acc: float, lr: float, seconds: float,
