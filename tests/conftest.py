@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
 from helpers.servers import MlflowServer, start_mlflow_server
 from mnist_np.common.paths import PROJECT_ROOT
 from mnist_np.experiment.compose import compose
+
+if TYPE_CHECKING:
+    from helpers.postgres import PostgresCluster
+    from helpers.slurm import SlurmCluster
 
 TRAIN_SCRIPT = PROJECT_ROOT / "scripts" / "train.py"
 PYTHON = sys.executable
@@ -145,32 +150,30 @@ def mlflow_gaps(client, run_id: str, output_dir: Path) -> dict[str, int]:
     }
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator["PostgresCluster"]:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 for the session (skipped, with the reason, where none can run)."""
-    from helpers.postgres import PostgresCluster, start_cluster, unavailable
+def throwaway_cluster(helper: str) -> Iterator[Any]:
+    """Start the cluster ``tests/helpers/<helper>.py`` makes, for as long as the caller yields it; stop it after.
 
-    reason = unavailable()
+    Skipped, with the helper's reason, where none can run here (``unavailable()``).
+    """
+    module = importlib.import_module(f"helpers.{helper}")
+    reason = module.unavailable()
     if reason is not None:
         pytest.skip(reason)
-    cluster: PostgresCluster = start_cluster()
+    cluster = module.start_cluster()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator["PostgresCluster"]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 for the session (skipped, with the reason, where none can run)."""
+    yield from throwaway_cluster("postgres")
 
 
 @pytest.fixture(scope="session")
 def slurm() -> Iterator["SlurmCluster"]:
     """A throwaway one-node Slurm on 127.0.0.1 for the session, its clients reached through ``SLURM_CONF``
     (Debian's packages installed first where root may; skipped, with the reason, where none can run)."""
-    from helpers.slurm import SlurmCluster, start_cluster, unavailable
-
-    reason = unavailable()
-    if reason is not None:
-        pytest.skip(reason)
-    cluster: SlurmCluster = start_cluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from throwaway_cluster("slurm")
