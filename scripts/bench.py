@@ -20,7 +20,7 @@ runtime dependency); and times the tutorial's float64 formulation
 rounds, side by side, and the ratios taken per round: the machine's speed
 drifts by a factor of two over minutes, and a ratio of neighbours does not.
 So is the best preset's epoch without and with augmentation (``--augment``,
-default elastic), the two alternating within every round.
+default: the preset's own), the two alternating within every round.
 
 ``run`` runs the default training (``scripts/train.py``, the data already
 cached, one store that exists after a first untimed run, as for a user's
@@ -169,7 +169,7 @@ def loop_case(name: str, overrides: list[str], compare: bool, args: argparse.Nam
     return row
 
 
-def augment_case(augment: str, args: argparse.Namespace) -> dict:
+def augment_case(augment: str | None, args: argparse.Namespace) -> dict:
     """The best preset's epoch without and with ``augment=<augment>``, side by side in every round.
 
     Each round times one fit of each (three epochs, the mean of the last two:
@@ -177,7 +177,11 @@ def augment_case(augment: str, args: argparse.Namespace) -> dict:
     epoch always has), alternating which goes first; the overhead is the
     median over rounds of (augmented / plain - 1).
     """
-    plain = Ours(["+experiment=best_mnist"], args.threads)
+    if augment is None:  # the preset's own
+        from mnist_np.experiment.compose import compose
+
+        augment = str(compose(["+experiment=best_mnist"]).augment.name)
+    plain = Ours(["+experiment=best_mnist", "augment=none"], args.threads)  # the preset itself augments
     augmented = Ours(["+experiment=best_mnist", f"augment={augment}"], args.threads)
     times: dict[str, list[float]] = {"plain": [], "augmented": []}
     for i in range(args.repeats):
@@ -346,7 +350,7 @@ def main() -> None:
     lp.add_argument("--repeats", type=int, default=5, help="rounds per case, each timing two epochs after a warm-up epoch")
     lp.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     lp.add_argument("--no-torch", action="store_true")
-    lp.add_argument("--augment", default="elastic", help="the augmentation the best preset is timed with and without")
+    lp.add_argument("--augment", default=None, help="the augmentation the best preset is timed with and without (default: its own)")
     lp.add_argument("--augment-only", action="store_true", help="only that row (best preset with and without augmentation)")
     lp.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-loop.json")
     p, q = bench_sweeps.add_parsers(sub, ROOT / "outputs")
