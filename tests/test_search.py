@@ -336,16 +336,16 @@ def test_resume_rewrites_the_command_into_the_sweeps_own(tmp_path: Path) -> None
 def test_bench_search_pairs_each_pruner_with_the_unpruned_search(tmp_path: Path) -> None:
     """``scripts/bench.py search`` (whose figures docs/sweeps.md quotes) on a tiny search: every variant runs, pairs are compared."""
     out = tmp_path / "bench-search.json"
-    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "bench.py"), "search", "--trials", "4", "--epochs", "3", "--repeats", "1",
+    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "bench.py"), "search", "--trials", "3", "--epochs", "2", "--repeats", "1",
                            "--json", str(out), "data.train_limit=1000", "data.val_size=500"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["runs"]) == {"unpruned", "hyperband", "successive_halving"}
     unpruned = result["runs"]["unpruned"][0]
-    assert unpruned["epochs"] == 12 and unpruned["pruned"] == 0 and unpruned["finished"] == 4
+    assert unpruned["epochs"] == 6 and unpruned["pruned"] == 0 and unpruned["finished"] == 3
     for pruner in ("hyperband", "successive_halving"):
         row = result["runs"][pruner][0]
-        assert row["finished"] == 4 and row["epochs"] <= 12
-        assert result["paired"][pruner]["median_epoch_fraction"] == row["epochs"] / 12
+        assert row["finished"] == 3 and row["epochs"] <= 6
+        assert result["paired"][pruner]["median_epoch_fraction"] == row["epochs"] / 6
     assert "points below the unpruned search's" in proc.stdout
