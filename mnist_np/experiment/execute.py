@@ -4,7 +4,8 @@ Once the run exists, MLflow can no longer stop it: the tracker fails soft
 (see :mod:`mnist_np.tracking.tracker`), and if the server came back by the
 end the run uploads what it missed itself (:mod:`mnist_np.tracking.sync`).
 The run ends FINISHED, FAILED with its reason, or KILLED on Ctrl-C or when
-Slurm requeues it (:mod:`mnist_np.experiment.preemption`), never left RUNNING; everything it logs is also written to its output dir.
+Slurm requeues it (:mod:`mnist_np.experiment.preemption`), never left
+RUNNING; everything it logs is also written to its output dir.
 """
 
 from __future__ import annotations
