@@ -4,6 +4,7 @@ a resumed augmented run equals an uninterrupted one."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from mnist_np.nn.optim import SGD
 from mnist_np.nn.registry import ACTIVATIONS, INITIALIZERS
 from mnist_np.nn.schedules import Schedule
 from mnist_np.nn.weights import weights_sha256
-from mnist_np.train.augmented import CHUNK, AugmentedEpochs, EpochJob
+from mnist_np.train.augmented import CHUNK, AugmentationFailed, AugmentedEpochs, EpochJob
 from mnist_np.train.checkpoint import Checkpointer, latest_checkpoint, load_state, restore_rngs
 from mnist_np.train.loop import FitResult, TrainSettings, fit
 
@@ -115,11 +116,9 @@ def test_elastic_fields_have_the_statistics_of_smoothed_uniform_noise() -> None:
 
 
 def prepared(pixels: np.ndarray, name: str, stream: np.random.Generator, epoch: int) -> np.ndarray:
-    """Epoch ``epoch``'s images made by this thread alone."""
+    """Epoch ``epoch``'s images made by this process alone."""
     out = np.empty_like(pixels)
-    job = EpochJob(pixels, DEFAULTS[name], stream, epoch, out)
-    job.work()
-    job.wait()
+    EpochJob(pixels, DEFAULTS[name], stream, epoch, out).run()
     return out
 
 
@@ -135,34 +134,65 @@ def test_a_fixed_seed_gives_the_same_augmented_images(name: str) -> None:
     assert stream.bit_generator.state == before  # the stream itself never moves (so a checkpoint restores it as is)
 
 
-def test_epochs_prepared_by_two_threads_equal_those_made_by_one() -> None:
+def test_epochs_prepared_by_two_processes_equal_those_made_by_one() -> None:
     pixels = digits(40 * CHUNK)
     original = pixels.copy()
     stream = np.random.default_rng(3)
-    with AugmentedEpochs(pixels, DEFAULTS["elastic"], stream, epochs=3) as epochs:
-        for epoch in range(3):
-            if epoch == 2:
-                time.sleep(0.2)  # let the background thread get ahead: then it has done most chunks, not this thread
+    with AugmentedEpochs(pixels, DEFAULTS["elastic"], stream, epochs=4) as epochs:
+        for epoch in range(4):
+            if epoch >= 2:
+                time.sleep(0.3 * (epoch - 2))  # the worker ahead: none of it done, then most or all of it
             epochs.load(epoch)
             assert np.array_equal(epochs.images, prepared(pixels, "elastic", stream, epoch)), epoch
+        epochs.load(1)  # out of order (a fit never does it): the epoch under way is stopped first
+        assert np.array_equal(epochs.images, prepared(pixels, "elastic", stream, 1))
     assert np.array_equal(pixels, original)  # the source pixels are never written
     with pytest.raises(ValueError, match="uint8"):
         AugmentedEpochs(pixels.astype(np.float32), DEFAULTS["shift"], stream, epochs=1)
 
 
-def test_a_transform_that_fails_in_the_background_fails_the_next_load() -> None:
-    calls = []
+def test_both_processes_take_chunks_of_one_epoch() -> None:
+    """Who made which chunk, seen through a transform that marks its images with its process."""
+    me = os.getpid()
 
-    def breaks_after_one_epoch(images, rng, out):
-        calls.append(1)
-        if len(calls) > 4:  # epoch 0 is 4 chunks; epoch 1 is prepared in the background
+    def mark(images, rng, out):
+        time.sleep(0.002)  # slow enough that neither process runs through all the chunks alone
+        out[:] = 1 if os.getpid() == me else 2
+
+    with AugmentedEpochs(digits(100 * CHUNK), mark, np.random.default_rng(0), epochs=1) as epochs:
+        epochs.load(0)
+        marks = set(np.unique(epochs.images[:, 0]))
+    assert marks == {1, 2}, marks
+
+
+def test_a_transform_that_fails_in_the_worker_fails_the_next_load(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+
+    def breaks_when_told(images, rng, out):
+        if broken.exists():
             raise RuntimeError("no pixels today")
         out[:] = images
 
-    with AugmentedEpochs(digits(4 * CHUNK), breaks_after_one_epoch, np.random.default_rng(0), epochs=2) as epochs:
+    with AugmentedEpochs(digits(4 * CHUNK), breaks_when_told, np.random.default_rng(0), epochs=3) as epochs:
         epochs.load(0)
+        broken.touch()  # epoch 1 is made by the worker now; epoch 2 is the worker's only
+        time.sleep(0.3)
+        with pytest.raises(AugmentationFailed, match="augmentation worker: RuntimeError: no pixels today"):
+            epochs.load(1)
+
+
+def test_a_worker_that_dies_fails_the_load_instead_of_hanging_it() -> None:
+    me = os.getpid()
+
+    def dies_in_the_worker(images, rng, out):
+        if os.getpid() != me:
+            os._exit(3)
+        out[:] = images
+
+    with AugmentedEpochs(digits(40 * CHUNK), dies_in_the_worker, np.random.default_rng(0), epochs=2) as epochs:
         time.sleep(0.2)
-        with pytest.raises(RuntimeError, match="no pixels today"):
+        with pytest.raises(AugmentationFailed, match=r"ended unexpectedly \(exit status 3\)"):
+            epochs.load(0)
             epochs.load(1)
 
 

@@ -26,7 +26,8 @@ from mnist_np.nn.model import MLP
 from mnist_np.nn.optim import Optimizer
 from mnist_np.nn.schedules import Schedule
 from mnist_np.train.augmented import Augmentation, AugmentedEpochs
-from mnist_np.train.sharded import ShardedStepper, shared_zeros
+from mnist_np.train.forked import shared_zeros
+from mnist_np.train.sharded import ShardedStepper
 from mnist_np.train.stepper import Stepper, shard_count
 
 MONITORS = {"val_loss": -1.0, "val_accuracy": 1.0}  # sign: +1 means higher is better

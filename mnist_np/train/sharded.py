@@ -29,17 +29,15 @@ generator before it is split. Same config and thread count, same bits.
 from __future__ import annotations
 
 import math
-import mmap
 import os
-import signal
 import time
 from typing import Callable
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from mnist_np.nn.model import MLP, Workspace
 from mnist_np.nn.optim import Optimizer
+from mnist_np.train.forked import Reports, exited, fork_worker, reap, shared_zeros
 from mnist_np.train.stepper import BatchDropout, gather, shard_count
 # Poll this long before napping: within a step the other side is at most a
 # shard's work away; a wait this long means the caller is between epochs
@@ -49,21 +47,12 @@ SPIN_SECONDS = 0.05
 NAP_SECONDS = 0.001
 
 
-def shared_zeros(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
-    """Zeros in memory that processes forked afterwards share (an anonymous shared mapping)."""
-    dtype = np.dtype(dtype)
-    count = math.prod(shape)
-    buffer = mmap.mmap(-1, max(count * dtype.itemsize, 1))
-    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
-
-
 class ShardFailed(RuntimeError):
     """A shard's worker process raised an error or died."""
 
 
 # Slots of the shared control counters.
 _GO, _STOP, _ROWS = 0, 1, 2  # step number published by the caller; stop; rows in the batch
-_MESSAGE_BYTES = 1000
 
 
 class ShardedStepper:
@@ -100,8 +89,7 @@ class ShardedStepper:
         s = self.shards
         self._ctl = alloc((3,), np.int64)
         self._done = alloc((2, s), np.int64)  # per shard: step whose gradients are in; step whose update part is done
-        self._failed = alloc((s,), np.int64)
-        self._messages = alloc((s, _MESSAGE_BYTES), np.uint8)
+        self._reports = Reports(s)
         self._idx = alloc((self.batch_size,), np.int64)  # the batch's rows
         self._lr = alloc((1,), np.float64)
         self._results = alloc((s, 2), np.float64)  # per shard: loss sum, correct count
@@ -124,17 +112,7 @@ class ShardedStepper:
     def __exit__(self, *exc: object) -> None:
         """Stop the workers (they see the flag within a poll) and reap them; kill any that hang."""
         self._ctl[_STOP] = 1
-        deadline = time.monotonic() + 10
-        for pid in self._workers.values():
-            try:
-                while os.waitpid(pid, os.WNOHANG) == (0, 0):
-                    if time.monotonic() > deadline:
-                        os.kill(pid, signal.SIGKILL)
-                        os.waitpid(pid, 0)
-                        break
-                    time.sleep(0.001)
-            except ChildProcessError:  # already reaped
-                pass
+        reap(list(self._workers.values()))
         self._workers = {}
 
     # ------------------------------------------------------------------ caller
@@ -161,13 +139,11 @@ class ShardedStepper:
     def _check_workers(self) -> None:
         """Raise :class:`ShardFailed` if a worker reported an error or is gone."""
         for k, pid in list(self._workers.items()):
-            if self._failed[k]:
-                message = bytes(self._messages[k]).rstrip(b"\0").decode(errors="replace")
+            if (message := self._reports.message(k)) is not None:
                 raise ShardFailed(f"shard {k} of {self.shards}: {message}")
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
+            if (ended := exited(pid)) is not None:
                 del self._workers[k]
-                raise ShardFailed(f"shard {k} of {self.shards}: its process ended unexpectedly ({_describe(status)})")
+                raise ShardFailed(f"shard {k} of {self.shards}: its process ended unexpectedly ({ended})")
 
     # ------------------------------------------------------------------ both sides
 
@@ -196,28 +172,8 @@ class ShardedStepper:
     # ------------------------------------------------------------------ workers
 
     def _fork(self, k: int) -> int:
-        parent = os.getpid()
-        pid = os.fork()
-        if pid:
-            return pid
-        # The child: never return into the caller's stack, never run its exit handlers.
-        code = 0
-        try:
-            # Ctrl-C and a scheduler's signals are the parent's to handle: Slurm sends its preemption and
-            # time-limit warnings (SIGTERM, SIGUSR2) to every process of the job, and a worker that ran
-            # the parent's inherited handler would requeue the job a second time.
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-                signal.signal(sig, signal.SIG_IGN)
-            threadpool_limits(limits=1, user_api="blas")
-            self._parent = parent
-            self._serve(k)
-        except BaseException as e:  # noqa: BLE001 -- reported to the parent, which raises it
-            message = f"{type(e).__name__}: {e}".encode(errors="replace")[: _MESSAGE_BYTES - 1]
-            self._messages[k, : len(message)] = np.frombuffer(message, dtype=np.uint8)
-            self._failed[k] = 1
-            code = 1
-        finally:
-            os._exit(code)
+        self._parent = os.getpid()
+        return fork_worker(lambda: self._serve(k), self._reports, k)
 
     def _serve(self, k: int) -> None:
         ws = self.model.workspace(self._rows)
@@ -233,12 +189,6 @@ class ShardedStepper:
     def _check_parent(self) -> None:
         if os.getppid() != self._parent or self._ctl[_STOP]:
             os._exit(0)  # the parent is gone (killed, or done): nobody waits for this process
-
-
-def _describe(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit status {os.WEXITSTATUS(status)}"
 
 
 def _poll(ready: Callable[[], bool], check: Callable[[], None]) -> None:
