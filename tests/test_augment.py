@@ -5,6 +5,9 @@ a resumed augmented run equals an uninterrupted one."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -194,6 +197,48 @@ def test_a_worker_that_dies_fails_the_load_instead_of_hanging_it() -> None:
         with pytest.raises(AugmentationFailed, match=r"ended unexpectedly \(exit status 3\)"):
             epochs.load(0)
             epochs.load(1)
+
+
+ORPHANED = """
+import os, signal, sys, time
+import numpy as np
+from mnist_np.data.augment import Shift
+from mnist_np.train.augmented import AugmentedEpochs
+pixels = np.zeros((1024, 784), dtype=np.uint8)
+with AugmentedEpochs(pixels, Shift(2), np.random.default_rng(0), epochs=3) as epochs:
+    epochs.load(0)
+    sleeper = os.fork()
+    if sleeper == 0:  # a child forked later holds the worker's pipe open: only the worker's own check can end it
+        time.sleep(20)
+        os._exit(0)
+    print(epochs._worker, sleeper, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, left unreaped by whoever adopted it, does not)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_worker_ends_when_the_training_process_is_killed() -> None:
+    # Not run(): the worker and the sleeper inherit the output pipe, and run() would wait for them to close it.
+    proc = subprocess.Popen([sys.executable, "-c", ORPHANED], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert proc.wait(timeout=60) == -signal.SIGKILL and len(line.split()) == 2, line
+    worker, sleeper = map(int, line.split())
+    try:
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker), "the augmentation worker outlived its training process"
+    finally:
+        for pid in (sleeper, worker):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_the_first_three_streams_are_those_of_runs_before_augmentation() -> None:

@@ -46,6 +46,7 @@ each epoch's images are made at its start, by the training process alone.
 from __future__ import annotations
 
 import os
+import select
 import time
 from typing import Callable, Protocol
 
@@ -61,6 +62,7 @@ from mnist_np.train.stepper import can_shard
 CHUNK = 128
 LOWEST_PRIORITY = 19  # nice value of the worker process
 NAP_SECONDS = 0.001  # between looks at a worker finishing its last chunk
+PARENT_CHECK_SECONDS = 1.0  # how often an idle worker checks that the training process is there
 
 # Slots of the shared control counters: the epoch handed over, the first chunk the
 # worker must not start, chunks it has finished, 1 + the epoch it has stopped work on, stop.
@@ -217,7 +219,14 @@ class AugmentedEpochs:
         """The worker: at the lowest priority, each epoch handed over, chunk by chunk from the first, until told to stop."""
         os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
         ctl = self._ctl
-        while os.read(wait, 1):  # empty: the training process closed the pipe, or is gone
+        while True:
+            # A look at the parent every second: a process it forked later may hold the pipe open after it died.
+            if not select.select([wait], [], [], PARENT_CHECK_SECONDS)[0]:
+                if os.getppid() != parent:
+                    return
+                continue
+            if not os.read(wait, 1):  # the training process closed the pipe, or is gone
+                return
             job = EpochJob(self.pixels, self.augmentation, self.stream, int(ctl[_EPOCH]), self._next)
             k = 0
             while k < ctl[_LIMIT] and not ctl[_STOP] and os.getppid() == parent:
