@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"common", "nn"},
     "plots": {"common", "nn", "speedups"},
     "inference": {"common", "nn", "data", "preprocess"},
-    "tracking": {"common", "nn", "train"},
+    "tracking": {"common", "speedups", "nn", "train"},
     "experiment": {"common", "speedups", "nn", "data", "train", "plots", "tracking"},
 }
 # Third-party packages only one layer may import.

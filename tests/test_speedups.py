@@ -24,7 +24,7 @@ from mnist_np.experiment.run import run
     ("none", set()),
     ("fast_exit,warm_workers", {"fast_exit", "warm_workers"}),
     ("-fast_exit", set(speedups.NAMES) - {"fast_exit"}),
-    ("-fast_exit,-warm_workers", {"figures_in_background"}),
+    ("-fast_exit,-warm_workers", {"figures_in_background", "skip_requirements_check"}),
 ])
 def test_the_switch(value: str, on: set[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(speedups.ENV, value)
@@ -74,3 +74,20 @@ def test_bench_run_times_each_shortcut_off(tmp_path: Path) -> None:
     assert set(result["speedup_saves_s"]) == set(speedups.NAMES) - {"warm_workers"}  # that one is bench.py sweep's
     assert [len(runs) for runs in result["variants"].values()] == [1] * len(speedups.NAMES)
     assert all(r["epochs"] == 1 and r["wall_s"] > r["epochs_s"] > 0 for runs in result["variants"].values() for r in runs)
+
+
+def test_mlflows_requirements_check_is_where_the_shortcut_skips_it(monkeypatch) -> None:
+    """``skip_requirements_check`` replaces a function MLflow imports by name: if MLflow moves it, this fails."""
+    import mlflow.utils.environment as environment
+
+    from mnist_np.tracking.logged_model import REQUIREMENTS_CHECK
+
+    original = getattr(environment, REQUIREMENTS_CHECK)
+    assert callable(original) and REQUIREMENTS_CHECK in environment._process_pip_requirements.__code__.co_names
+    monkeypatch.setenv(speedups.ENV, "all")
+    with speedups.requirements_check_skipped(environment, REQUIREMENTS_CHECK):
+        assert getattr(environment, REQUIREMENTS_CHECK) is not original
+    assert getattr(environment, REQUIREMENTS_CHECK) is original
+    monkeypatch.setenv(speedups.ENV, "-skip_requirements_check")
+    with speedups.requirements_check_skipped(environment, REQUIREMENTS_CHECK):
+        assert getattr(environment, REQUIREMENTS_CHECK) is original

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from mnist_np import speedups
 from mnist_np.tracking.client import MlflowError
 from mnist_np.tracking.registry import registered_run_id
 from mnist_np.tracking.uris import require_store, tracking_uri_or_default
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 PYFUNC_MODEL_NAME = "model"  # runs:/<run id>/model
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # logged as the model's code
+# MLflow's check that this environment meets a saved model's requirements (mlflow.utils.environment).
+REQUIREMENTS_CHECK = "warn_dependency_requirement_mismatches"
 
 
 def pyfunc_requirements() -> list[str]:
@@ -109,11 +112,13 @@ def _signature(weights_path: Path, example: np.ndarray) -> Any:
 def _save_model_files(client: MlflowClient, run_id: str, model: Any, weights_path: Path, example: np.ndarray, signature: Any) -> None:
     """Write the pyfunc model's folder (code, weights, MLmodel, requirements) and upload it as the logged model's files."""
     import mlflow.pyfunc
+    import mlflow.utils.environment
     from mlflow.models import Model
 
     from mnist_np.tracking.pyfunc_model import WEIGHTS_ARTIFACT
 
-    with tempfile.TemporaryDirectory(prefix="mnist-np-model-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mnist-np-model-") as tmp, \
+            speedups.requirements_check_skipped(mlflow.utils.environment, REQUIREMENTS_CHECK):
         local = Path(tmp) / PYFUNC_MODEL_NAME
         mlflow.pyfunc.save_model(
             path=str(local),
