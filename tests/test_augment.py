@@ -154,6 +154,18 @@ def test_epochs_prepared_by_two_processes_equal_those_made_by_one() -> None:
         AugmentedEpochs(pixels.astype(np.float32), DEFAULTS["shift"], stream, epochs=1)
 
 
+def test_where_processes_are_not_forked_the_training_process_makes_each_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mnist_np.train.augmented as augmented
+
+    monkeypatch.setattr(augmented, "can_shard", lambda: False)  # as on macOS or Windows
+    pixels, stream = digits(5 * CHUNK), np.random.default_rng(4)
+    with AugmentedEpochs(pixels, DEFAULTS["affine"], stream, epochs=2) as epochs:
+        assert epochs._worker is None
+        for epoch in range(2):
+            epochs.load(epoch)
+            assert np.array_equal(epochs.images, prepared(pixels, "affine", stream, epoch)), epoch
+
+
 def test_both_processes_take_chunks_of_one_epoch() -> None:
     """Who made which chunk, seen through a transform that marks its images with its process."""
     me = os.getpid()
