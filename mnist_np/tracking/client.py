@@ -1,13 +1,17 @@
-"""A client for one store: connecting, experiments, batched calls, and a server's refusals in one line."""
+"""A client for one store: connecting, experiments, batched calls, and what an error means (a refusal, a lost race)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+import re
+import sqlite3
+from typing import Any, Callable, Iterator, Sequence
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import RestException
 from mlflow.tracking import MlflowClient
+from sqlalchemy.exc import IntegrityError
 
 from mnist_np.tracking.conventions import MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH
 from mnist_np.tracking.uris import HOST_REFUSED, TrackingUnavailable, artifact_location_for, check_server, is_server
@@ -22,6 +26,21 @@ HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 MlflowError = mlflow.exceptions.MlflowException
+
+# A unique violation, as each database's driver types it: PostgreSQL's SQLSTATE (psycopg 3 ``sqlstate``,
+# psycopg2 ``pgcode``) and SQLite's extended result codes (a composite primary key, like MLflow's
+# ``dataset_pk``, fails as PRIMARYKEY, a unique index as UNIQUE).
+UNIQUE_SQLSTATE = "23505"
+SQLITE_UNIQUE_CODES = frozenset({sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY})
+# What MLflow's SQL store makes of every SQLAlchemy error but a lost connection (mlflow/store/db/utils.py).
+STORE_ERROR_CODE = "BAD_REQUEST"
+# SQLAlchemy opens a database error's message with the driver's exception class, "(<module>.<class>) ...".
+DBAPI_CLASS = re.compile(r"\((?P<name>[A-Za-z_][\w.]*)\) ")
+# Driver classes that mean a unique violation. psycopg and psycopg2 give each SQLSTATE its own class (23505 is
+# UniqueViolation). SQLite's driver has one class for every constraint, and its extended code is not in the
+# message: a NOT NULL or foreign-key failure reads the same there, so a caller that retries tries those twice more.
+UNIQUE_DBAPI_CLASSES = frozenset({"psycopg.errors.UniqueViolation", "psycopg2.errors.UniqueViolation",
+                                  "sqlite3.IntegrityError"})
 
 
 def connect(tracking_uri: str) -> MlflowClient:
@@ -46,6 +65,38 @@ def refusal(error: Exception) -> str | None:
         user = os.environ.get("MLFLOW_TRACKING_USERNAME", "(none)")
         return f"refused the request (403: user {user} lacks permission); ask its admin for EDIT on the experiment"
     return None
+
+
+def unique_violation(error: BaseException) -> bool:
+    """Whether ``error`` is the store refusing a row that another writer inserted first (a unique violation).
+
+    Such a race is lost, not an error: the row now exists, and the same call again links it. Recognised by
+    type, never by a database's wording (SQLite says "UNIQUE constraint failed", PostgreSQL "duplicate key
+    value violates unique constraint"). Against a local store (``sqlite:///``, ``postgresql://``) MLflow raises
+    its own exception *from* SQLAlchemy's ``IntegrityError``, whose ``orig`` is the driver's error with its
+    code. Through an ``mlflow server`` only JSON survives: error code BAD_REQUEST and SQLAlchemy's message, which
+    names the driver's exception class; its ``sqlstate`` field is MLflow's own classification, not the database's.
+    """
+    integrity = next((e for e in _chain(error) if isinstance(e, IntegrityError)), None)
+    if integrity is not None:
+        driver_error = integrity.orig
+        sqlstate = getattr(driver_error, "sqlstate", None) or getattr(driver_error, "pgcode", None)
+        return sqlstate == UNIQUE_SQLSTATE or getattr(driver_error, "sqlite_errorcode", None) in SQLITE_UNIQUE_CODES
+    if not isinstance(error, MlflowError) or error.error_code != STORE_ERROR_CODE:
+        return False
+    json = error.json if isinstance(error, RestException) and isinstance(error.json, dict) else {}
+    driver_class = DBAPI_CLASS.match(str(json.get("message", error.message)))
+    return driver_class is not None and driver_class["name"] in UNIQUE_DBAPI_CLASSES
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling, innermost last."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def guarded(tracking_uri: str, call: Callable[[], Any]) -> Any:

@@ -27,7 +27,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NAME
 
 from mnist_np.common.errors import error_line
 from mnist_np.nn.model import MLP
-from mnist_np.tracking.client import MlflowError, connect, experiment_id, guarded, log_batches
+from mnist_np.tracking.client import MlflowError, connect, experiment_id, guarded, log_batches, unique_violation
 from mnist_np.tracking.conventions import FAILURE_TAG, OFFLINE_TAG, cap_tag, finite
 from mnist_np.tracking.journal import Journal
 from mnist_np.tracking.logged_model import log_pyfunc_model
@@ -154,9 +154,9 @@ class MlflowTracker(Callback):
                 return
             except MlflowError as e:
                 # Parallel sweep members insert the same dataset row at once; the
-                # store checks, then inserts, so the loser sees a UNIQUE violation.
-                # Retrying links the row the winner created.
-                if "UNIQUE" not in str(e) or attempt == 2:
+                # store checks, then inserts, so the losers get a unique violation
+                # (whatever the database). Retrying links the row the winner created.
+                if not unique_violation(e) or attempt == 2:
                     raise
                 time.sleep(0.1 * (attempt + 1))
 
