@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mnist_np import speedups
+from mnist_np.common.files import atomic_write
 from mnist_np.nn.metrics import confusion_matrix
 
 
@@ -196,7 +197,8 @@ def _mosaic(tiles: np.ndarray, cols: int, pad: int, fill: float) -> np.ndarray:
 def _save(fig, path: Path) -> Path:  # type: ignore[no-untyped-def]
     import matplotlib.pyplot as plt
 
-    fig.savefig(path)
+    # Atomic like every file a later command reads (scripts/sync.py uploads what a run left).
+    atomic_write(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png"))
     plt.close(fig)
     return path
 

@@ -20,7 +20,6 @@ from mnist_np import speedups
 speedups.arm_fast_exit()  # first: the last exit handler to run (see mnist_np.speedups)
 
 import logging  # noqa: E402
-import math  # noqa: E402
 import sys  # noqa: E402
 
 import hydra  # noqa: E402
@@ -40,57 +39,58 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from mnist_np.common.locks import LockHeld, LockUnsupported
     from mnist_np.data import DataError
     from mnist_np.experiment.run import run
     from mnist_np.tracking.uris import TrackingUnavailable
     from mnist_np.train.loop import TrainingDiverged
 
-    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        from mnist_np.experiment.sweep_members import run_member
+
+        return run_member(cfg)  # whatever stops a member, it leaves a record; the sweep goes on
     try:
         return run(cfg).val_accuracy
     except ConfigError as e:
-        if in_sweep:
-            from mnist_np.experiment.sweep_runs import record_invalid_member
-
-            log.error("invalid config: %s", e)
-            record_invalid_member(cfg, str(e))
-            return math.nan
         print(f"error: invalid config: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (LockHeld, LockUnsupported) as e:  # another process writes that run: nothing was touched
+        print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except (DataError, TrainingDiverged, TrackingUnavailable) as e:
         log.error("%s", e)
-        if in_sweep:
-            return math.nan
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    except Exception:
-        if not in_sweep:
-            raise
-        # The member's run is already FAILED with its reason; the sweep goes on.
-        log.exception("sweep member failed")
-        return math.nan
 
 
 def cli() -> int:
     """The command: check the command line, run Hydra, and turn the outcome into an exit status."""
+    from mnist_np.common.locks import LockHeld, LockUnsupported
     from mnist_np.experiment.compose import compose_sweep
     from mnist_np.experiment.results import RunInterrupted
     from mnist_np.experiment.search_sweeper import check_search
     from mnist_np.experiment.sweep import SESSION
-    from mnist_np.experiment.sweep_resume import resume_command
+    from mnist_np.experiment.sweep_resume import resume_command, sweep_dir_given
 
     try:
         resumed = resume_command(sys.argv[1:])
+        if resumed is not None:
+            SESSION.hold(resumed.sweep_dir)  # before anything: a sweep whose driver still runs is refused
         if resumed is not None and resumed.done:
             print(f"sweep {resumed.sweep_dir} already ran to its end; nothing to resume")
             return 0
         if resumed is not None:  # `--multirun resume=...`: the sweep's own command line, in its own dir
             sys.argv[1:] = resumed.argv
             SESSION.resume_dir = resumed.sweep_dir
+        elif (given := sweep_dir_given(sys.argv[1:])) is not None:
+            SESSION.hold(given)  # a new sweep into a dir another sweep is writing
         check_overrides(sys.argv[1:])
         check_search(compose_sweep(sys.argv[1:]))
     except ConfigError as e:
         print(f"error: invalid config: {e}", file=sys.stderr)
+        return 2
+    except (LockHeld, LockUnsupported) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
     try:
@@ -106,6 +106,7 @@ def cli() -> int:
     finally:
         # Only does something when the sweep stopped before Hydra's on_multirun_end.
         SESSION.finish("the sweep stopped early (see its log)")
+        SESSION.release()
     error = SESSION.error()
     if error is not None:
         print(f"error: {error}", file=sys.stderr)

@@ -84,7 +84,7 @@ def test_grid_2x2_basic_launcher(tmp_path: Path) -> None:
     assert {c.info.run_name for c in children} == {"mlp16-sgd-lr0.05-bs128", "mlp16-sgd-lr0.1-bs128", "mlp32-sgd-lr0.05-bs128", "mlp32-sgd-lr0.1-bs128"}
     check_summary(client, parent, children, ["model.hidden_size", "optimizer.lr"], finished=4, failed=0)
     outputs = sorted(p.name for p in (tmp_path / "sweep").iterdir())
-    assert outputs == ["0", "1", "2", "3", "mlflow_sweep.json", "multirun.yaml", "sweep_summary"]
+    assert outputs == ["0", "1", "2", "3", "mlflow_sweep.json", "multirun.yaml", "sweep.lock", "sweep_summary"]
 
     # The same sweep compared from a terminal: a sorted table, and CSV for scripts.
     compare = [PYTHON, str(TRAIN_SCRIPT.parent / "compare.py"), parent.info.run_id, "--tracking-uri", uri]

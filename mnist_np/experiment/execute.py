@@ -31,12 +31,13 @@ from mnist_np.nn.metrics import score_logits
 from mnist_np.nn.model import MLP
 from mnist_np.nn.weights import save_weights, weights_sha256
 from mnist_np.common.errors import error_line
+from mnist_np.common.files import atomic_write_text
 from mnist_np.tracking.registry import register_run_model
 from mnist_np.tracking.conventions import PRUNED_TAG
 from mnist_np.tracking.sync import sync_output_dir
 from mnist_np.tracking.system_metrics import system_metrics
 from mnist_np.tracking.tracker import MlflowTracker
-from mnist_np.tracking.uris import server_reachable
+from mnist_np.tracking.uris import how_to_see, server_reachable
 from mnist_np.train.checkpoint import Checkpointer, TrainingState, latest_checkpoint, restore_rngs
 from mnist_np.train.loop import FitResult, StopRule, fit
 from mnist_np.train.stepper import shard_count
@@ -59,12 +60,15 @@ class Job:
     register_as: str | None = None  # a registered model the finished run's model becomes a version of (not in sweeps)
 
 
-def execute(job: Job, state: TrainingState | None = None, resumed: bool = False) -> RunResult:
+def execute(job: Job, state: TrainingState | None = None, resumed: bool = False, log_dataset: bool | None = None) -> RunResult:
     """Train (from scratch, or on from ``state``) inside the job's open MLflow run and always close it.
 
-    ``resumed``: the run existed before (its dataset input is logged already).
+    ``resumed``: the run existed before (its system metrics go on from their last step);
+    ``log_dataset``: whether the run's dataset input still has to be logged (default: unless ``resumed``).
+    The run's ``train.log`` is uploaded last, after its last line (:func:`_last_words`).
     """
     tracker, output_dir = job.tracker, job.output_dir
+    log_dataset = not resumed if log_dataset is None else log_dataset
     # From here on a tracking failure never stops the training (everything is in the journal).
     tracker.fail_soft = True
     # One BLAS thread count for the whole run: it is part of what makes two runs bit-identical.
@@ -73,9 +77,9 @@ def execute(job: Job, state: TrainingState | None = None, resumed: bool = False)
             # The batch's split into shard processes decides the bits as much as the thread count does.
             batch = min(job.cfg.trainer.batch_size, len(job.splits.y_train))  # as the training loop caps it
             env = {**environment_tags(), "train_shards": str(shard_count(batch, job.threads))}
-            (output_dir / "environment.json").write_text(json.dumps(env, indent=2))
+            atomic_write_text(output_dir / "environment.json", json.dumps(env, indent=2))
             tracker.set_tags(env)
-            if not resumed:
+            if log_dataset:
                 tracker.log_dataset(job.raw.spec.name, job.raw.digest, source=str(job.cfg.data.dir or "pinned-sha256"),
                                     sizes=job.splits.sizes)
             with system_metrics(tracker.tracking_uri, tracker.run_id or "", job.cfg.mlflow.log_system_metrics, resumed):
@@ -83,25 +87,47 @@ def execute(job: Job, state: TrainingState | None = None, resumed: bool = False)
                 result = record(job, model, fitted)
         except KeyboardInterrupt:
             interrupted = RunInterrupted(tracker.run_id or "", latest_checkpoint(output_dir / "checkpoints"))
-            tracker.end("KILLED", f"interrupted by the user (KeyboardInterrupt); {interrupted.advice}")
-            _catch_up(tracker, output_dir, now=False)
+            _close(tracker, output_dir, "KILLED", f"interrupted by the user (KeyboardInterrupt); {interrupted.advice}", now=False)
             raise interrupted from None
         except BaseException as e:
             if preemption.requeued_exit(e):
                 # Slurm took the node back and requeued the job: its next attempt continues this run.
-                tracker.end("KILLED", f"{preemption.signal_name} from Slurm (preempted or out of time): requeued; "
-                                      "it resumes from its newest checkpoint into this run")
-                _catch_up(tracker, output_dir, now=False)
+                _close(tracker, output_dir, "KILLED", f"{preemption.signal_name} from Slurm (preempted or out of time): "
+                                                      "requeued; it resumes from its newest checkpoint into this run", now=False)
                 raise
-            tracker.end("FAILED", f"{type(e).__name__}: {e}")
-            _catch_up(tracker, output_dir)
+            _close(tracker, output_dir, "FAILED", f"{type(e).__name__}: {e}")
             raise
     result.run_id = tracker.run_id or ""
     tracker.end("FINISHED")
     _catch_up(tracker, output_dir)
     if job.register_as:
         _register(job, result)
+    _last_words(tracker, output_dir, result_line(job, result))
     return result
+
+
+def result_line(job: Job, result: RunResult) -> str:
+    """The one line a finished run ends with: its name and id, test accuracy, where its files are, how to see it."""
+    tracker = job.tracker
+    m = result.metrics
+    return (f"run {tracker.run_name} ({result.run_id}) FINISHED: test accuracy {m['test_accuracy']:.4f} "
+            f"(validation {m['best_val_accuracy']:.4f}); files in {job.output_dir}; "
+            f"{how_to_see(tracker.tracking_uri, tracker.experiment_id, result.run_id)}")
+
+
+def _close(tracker: MlflowTracker, output_dir: Path, status: str, reason: str, now: bool = True) -> None:
+    """End the run ``status`` with ``reason``, catch MLflow up if it was lost, and say so last in the run's log."""
+    tracker.end(status, reason)
+    _catch_up(tracker, output_dir, now=now)
+    _last_words(tracker, output_dir, f"run {tracker.run_name} ({tracker.run_id}) {status}: {reason.splitlines()[0]}")
+
+
+def _last_words(tracker: MlflowTracker, output_dir: Path, line: str) -> None:
+    """Log the run's last line, then upload its ``train.log``: the artifact ends where the run did."""
+    log.info("%s", line)
+    train_log = output_dir / "train.log"
+    if train_log.is_file():
+        tracker.log_artifact(train_log)
 
 
 def _register(job: Job, result: RunResult) -> None:
@@ -183,7 +209,7 @@ def record(job: Job, model: MLP, fitted: FitResult) -> RunResult:
              tested_epoch, len(fitted.history))
     hashes = {"weights_sha256": weights_sha256(final_params), "tested_weights_sha256": weights_sha256(model.params)}
     pruned = {PRUNED_TAG: len(fitted.history)} if fitted.stop_reason == PRUNED else {}
-    (output_dir / "summary.json").write_text(json.dumps({"metrics": final, **hashes, **pruned}, indent=2))
+    atomic_write_text(output_dir / "summary.json", json.dumps({"metrics": final, **hashes, **pruned}, indent=2))
     tracker.log_metrics(final, step=len(fitted.history))
     tracker.set_tags({**hashes, "stopped_early": str(fitted.stopped_early).lower(), **{k: str(v) for k, v in pruned.items()}})
     _upload(job, wait_for_plots)
@@ -206,7 +232,7 @@ def _upload(job: Job, wait_for_plots: Callable[[], str | None]) -> None:
         warnings.append(f"plots: {plot_error}")
     if (output_dir / "plots").is_dir():
         tracker.log_artifacts(output_dir / "plots", "plots")
-    for name in ("metrics.jsonl", "summary.json", "train.log"):
+    for name in ("metrics.jsonl", "summary.json"):  # train.log goes last (_last_words)
         if (output_dir / name).exists():
             tracker.log_artifact(output_dir / name)
     warnings += tracker.failures

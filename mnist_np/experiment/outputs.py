@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Iterator
 
 from omegaconf import OmegaConf
+
+from mnist_np.common.files import atomic_write_bytes, atomic_write_text
 
 from mnist_np.nn.model import MLP
 from mnist_np.train.loop import Callback, TrainSettings
@@ -31,12 +32,12 @@ class EpochLogger(Callback):
         self.epochs = epochs
         path.parent.mkdir(parents=True, exist_ok=True)
         if not append:
-            path.write_text("")
+            atomic_write_text(path, "")
 
     @staticmethod
     def rewrite(path: Path, history: list[dict[str, float]]) -> None:
-        """``metrics.jsonl`` holding exactly ``history`` (one line per epoch, from epoch 1)."""
-        path.write_text("".join(json.dumps({"epoch": i, **m}) + "\n" for i, m in enumerate(history, start=1)))
+        """``metrics.jsonl`` holding exactly ``history`` (one line per epoch, from epoch 1), replaced atomically."""
+        atomic_write_text(path, "".join(json.dumps({"epoch": i, **m}) + "\n" for i, m in enumerate(history, start=1)))
 
     def on_train_start(self, model: MLP, settings: TrainSettings) -> None:
         log.info("training %s for %d epochs, batch %d", "-".join(map(str, model.sizes)), self.epochs, settings.batch_size)
@@ -56,11 +57,12 @@ def write_config_files(output_dir: Path, config_yaml: str, overrides: list[str])
     """``config/``: the resolved config, the overrides and Hydra's own config (if Hydra ran us)."""
     cfg_dir = output_dir / "config"
     cfg_dir.mkdir(parents=True, exist_ok=True)
-    (cfg_dir / "config.yaml").write_text(config_yaml)
-    (cfg_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    # resume= and reproduce read them back: atomic, like every file a later command reads.
+    atomic_write_text(cfg_dir / "config.yaml", config_yaml)
+    atomic_write_text(cfg_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
     hydra_yaml = output_dir / ".hydra" / "hydra.yaml"
     if hydra_yaml.exists():
-        shutil.copyfile(hydra_yaml, cfg_dir / "hydra.yaml")
+        atomic_write_bytes(cfg_dir / "hydra.yaml", hydra_yaml.read_bytes())
 
 
 @contextlib.contextmanager

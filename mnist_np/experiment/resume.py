@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+from mnist_np.common.locks import locked
 from mnist_np.common.procs import process_identity
 from mnist_np.experiment.builders import load_splits
 from mnist_np.experiment.compose import load_run_config
@@ -15,7 +16,7 @@ from mnist_np.experiment.execute import Job, RunResult, execute
 from mnist_np.experiment.outputs import EpochLogger, log_also_to
 from mnist_np.experiment.schema import ConfigError
 from mnist_np.tracking.conventions import PROCESS_TAG
-from mnist_np.tracking.journal import JOURNAL_FILE, RUN_FILE, read_run_file
+from mnist_np.tracking.journal import JOURNAL_FILE, RUN_FILE, JournalState, read_journal, read_run_file
 from mnist_np.tracking.queries import logged_steps, run_output_dir, run_status
 from mnist_np.tracking.tracker import MlflowTracker
 from mnist_np.tracking.uris import default_tracking_uri
@@ -39,14 +40,27 @@ def resume(target: str, tracking_uri: str | None = None, sweep_member: bool = Fa
     Raises:
         ConfigError: one line, before the run is touched: no such run or dir,
         no saved config, an invalid config, an unreadable checkpoint.
+        LockHeld: another live process trains the run (named in the one line); nothing is touched.
     """
     output_dir = _output_dir(target, tracking_uri)
     config_file = output_dir / "config" / "config.yaml"
     info = read_run_file(output_dir)
     if not info or not config_file.exists():
         raise ConfigError(f"resume={target}: {output_dir} holds no run to resume (expected {RUN_FILE} and config/config.yaml)")
+    # First, before anything is read for real or written: one writer per run (a second resume,
+    # a requeue, or the run's own process, still alive). The lock is held until the run is closed.
+    with locked(output_dir, f"run {info['run_id']} ({output_dir})"):
+        return _resume(target, output_dir, info, sweep_member)
+
+
+def _resume(target: str, output_dir: Path, info: dict[str, str], sweep_member: bool) -> RunResult:
+    """The resumption itself, with the run's output dir locked by this process."""
+    config_file = output_dir / "config" / "config.yaml"
     cfg = load_run_config(config_file.read_text(), source=str(config_file))
-    tracker = MlflowTracker(info["tracking_uri"], info["experiment_name"], run_id=info["run_id"], journal=output_dir / JOURNAL_FILE)
+    journal = output_dir / JOURNAL_FILE
+    sent = read_journal(journal) if journal.is_file() else JournalState()
+    tracker = MlflowTracker(info["tracking_uri"], info["experiment_name"], run_id=info["run_id"], journal=journal,
+                            run_name=str((sent.start or {}).get("run_name", "")))
     summary = output_dir / "summary.json"
     if run_status(tracker.client, info["run_id"]) == "FINISHED" and summary.exists():
         log.info("run %s already finished; nothing to resume", info["run_id"])
@@ -65,7 +79,8 @@ def resume(target: str, tracking_uri: str | None = None, sweep_member: bool = Fa
         log.info("resuming run %s in %s after epoch %d", info["run_id"], output_dir, done)
         job = Job(cfg, tracker, raw, splits, output_dir, config_file.read_text(), blas_threads(cfg, hydra_context()),
                   register_as=None if sweep_member else cfg.mlflow.register_as)
-        return execute(job, state=state, resumed=True)
+        # A member recorded FAILED before it could train (its data or store missing) has no dataset input yet.
+        return execute(job, state=state, resumed=True, log_dataset=not sent.datasets)
 
 
 def _output_dir(target: str, tracking_uri: str | None) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_np.common.locks import locked
 from mnist_np.common.paths import OUTPUTS_DIR
 from mnist_np.common.procs import process_identity
 from mnist_np.experiment.builders import default_run_name, load_splits
@@ -71,7 +72,14 @@ def run(
         return continued
     validate(cfg)
     overrides = ctx.overrides if overrides is None else overrides
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # One writer per run: held until the run is closed (see mnist_np.common.locks).
+    with locked(output_dir, f"run {output_dir}"):
+        return _new_run(cfg, ctx, output_dir, sweep, overrides, extra_tags)
+
+
+def _new_run(cfg: DictConfig, ctx: HydraContext, output_dir: Path, sweep: SweepInfo | None, overrides: list[str],
+             extra_tags: dict[str, str] | None) -> RunResult:
+    """The run itself, once its config is valid and its output dir is this process's."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     config_yaml = OmegaConf.to_yaml(OmegaConf.create(resolved))

@@ -175,6 +175,16 @@ class Config:
 
 
 SEARCH_SWEEPER = "hydra_plugins.mnist_np_optuna.optuna_sweeper.OptunaSweeper"
+GRID_SWEEPER = "hydra_plugins.mnist_np_grid.grid_sweeper.GridSweeper"
+
+
+@dataclass
+class GridSweeperConfig:
+    """``hydra.sweeper`` of a grid sweep (the default): Hydra's ``basic`` sweeper's keys, the project's class."""
+
+    _target_: str = GRID_SWEEPER
+    max_batch_size: Optional[int] = None
+    params: Optional[dict[str, str]] = None
 
 
 @dataclass
@@ -266,6 +276,14 @@ def register_configs() -> None:
     ]:
         cs.store(group=f"schema/{group}", name=name, node=node, package=group)
     cs.store(group="hydra/sweeper", name="mnist_np_optuna", node=SearchSweeperConfig, provider="mnist_np")
+    cs.store(group="hydra/sweeper", name="mnist_np_grid", node=GridSweeperConfig, provider="mnist_np")
+    try:  # the submitit launchers that wait for every job (the `sweeps` extra brings Hydra's)
+        from mnist_np.experiment.sweep_submitit import WaitingLocalConf, WaitingSlurmConf
+    except ImportError:
+        pass
+    else:
+        cs.store(group="hydra/launcher", name="mnist_np_submitit_slurm", node=WaitingSlurmConf, provider="mnist_np")
+        cs.store(group="hydra/launcher", name="mnist_np_submitit_local", node=WaitingLocalConf, provider="mnist_np")
     # Hydra instantiates callbacks from _target_ strings; keeping that string
     # here, in code, leaves conf/ free of import paths.
     cs.store(

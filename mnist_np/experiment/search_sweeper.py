@@ -32,11 +32,12 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_np.common.errors import error_line
+from mnist_np.common.files import atomic_write_text
 from mnist_np.experiment.search_space import as_override, search_space
 from mnist_np.experiment.schema import SEARCH_SWEEPER, SearchSweeperConfig
 from mnist_np.experiment.search_study import OBJECTIVES, SearchSettings, load_study, settings_from
 from mnist_np.experiment.sweep import SESSION
+from mnist_np.experiment.sweep_members import job_composer, launch_members
 from mnist_np.tracking.conventions import PRUNED_TAG
 from mnist_np.tracking.tracker import MlflowTracker
 
@@ -66,7 +67,7 @@ class SearchSweeperImpl(Sweeper):
         distributions, fixed = search_space(self.params, arguments)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))  # resume= reads it
         study = load_study(settings, create=True)
         self._announce(settings)
         interrupted = fail_interrupted(study)
@@ -77,13 +78,11 @@ class SearchSweeperImpl(Sweeper):
             batch = [study.ask(distributions) for _ in range(min(settings.n_jobs, settings.n_trials - done))]
             overrides = [fixed + [as_override(k, v) for k, v in trial.params.items()] for trial in batch]
             log.info("search: trials %d-%d of %d", batch[0].number, batch[-1].number, settings.n_trials)
-            try:
-                results = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
-            except Exception as e:  # noqa: BLE001 -- e.g. a joblib worker killed: its trials fail, the study goes on
-                log.warning("search: the launcher failed for trials %d-%d (%s)", batch[0].number, batch[-1].number, error_line(e))
-                results = []
-            returns.append(results)
-            for trial, result in zip(batch, [*results, *[None] * (len(batch) - len(results))]):
+            # A launch that fails (a joblib worker killed) loses no trial: each is settled from its dir, told FAIL if it failed.
+            results = launch_members(self.launcher, overrides, batch[0].number, sweep_dir,
+                                     job_composer(self.hydra_context, self.config))
+            returns.append([r for r in results if r is not None])
+            for trial, result in zip(batch, results):
                 tell(study, settings, trial, self._output_dir(trial.number, result))
         write_results(study, settings, sweep_dir / "optimization_results.yaml")
         return returns
@@ -146,7 +145,7 @@ def write_results(study: Any, settings: SearchSettings, path: Path) -> None:
     else:
         results = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values, "trial": t.number}
                                                    for t in study.best_trials]}
-    OmegaConf.save(OmegaConf.create(results), path)
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(results)))
 
 
 def finished(study: Any) -> int:

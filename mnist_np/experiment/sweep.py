@@ -26,7 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_np import speedups
 from mnist_np.common.errors import error_line
+from mnist_np.common.locks import SWEEP_LOCK, acquire, release
 from mnist_np.experiment.sweep_info import SweepInfo
+from mnist_np.experiment.sweep_members import resumable
 from mnist_np.experiment.sweep_runs import open_sweep, reopen_sweep
 from mnist_np.experiment.sweep_summary import SweepSummary, close_sweep
 from mnist_np.tracking.uris import TrackingUnavailable
@@ -77,6 +79,20 @@ class SweepSession:
         self.summary: SweepSummary | None = None
         self.unsynced: str | None = None
         self.resume_dir: Path | None = None  # set by the command for `--multirun resume=...`: continue that sweep
+        self._locks: list[Path] = []
+
+    def hold(self, sweep_dir: Path) -> None:
+        """Lock ``sweep_dir`` for this process until the sweep is over: one driver per sweep.
+
+        Raises:
+            LockHeld: another live process drives that sweep (named in the one line).
+        """
+        self._locks.append(acquire(Path(sweep_dir), f"sweep {Path(sweep_dir)}", SWEEP_LOCK))
+
+    def release(self) -> None:
+        """Give back the sweep's lock (at the end of the command)."""
+        while self._locks:
+            release(self._locks.pop())
 
     def finish(self, crash: str | None = None, status: str = "FAILED") -> SweepSummary | None:
         """Summarise and close the sweep this process opened, if it is still open.
@@ -87,7 +103,9 @@ class SweepSession:
         info, self.open = self.open, None
         if info is None:
             return None
-        if crash is None:  # every member returned: a later `resume=` has nothing to do
+        sweep_dir = Path(info.sweep_dir)
+        if crash is None and not any(resumable(d) for d in sweep_dir.iterdir() if d.is_dir() and d.name.isdigit()):
+            # Every member returned and none was killed or lacked its data or store: `resume=` has nothing to do.
             info.completed = True
             info.save()
         try:
@@ -120,6 +138,7 @@ class MlflowSweepCallback(Callback):
         launcher = OmegaConf.to_container(config.hydra.launcher, resolve=True)
         # First, so the workers' imports overlap everything below.
         warm_joblib_workers(launcher if isinstance(launcher, dict) else {})
+        SESSION.hold(Path(str(config.hydra.sweep.dir)).resolve())  # already held when the command took it first
         SESSION.open = open_sweep(config) if SESSION.resume_dir is None else reopen_sweep(SESSION.resume_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

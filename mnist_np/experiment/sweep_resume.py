@@ -67,6 +67,16 @@ def resume_command(args: list[str]) -> ResumedSweep | None:
     return ResumedSweep(argv, sweep_dir, done)
 
 
+def sweep_dir_given(args: list[str]) -> Path | None:
+    """The sweep dir a ``--multirun`` command line names with ``hydra.sweep.dir=`` (None: Hydra picks a new one)."""
+    if not ({"-m", "--multirun"} & set(args)):
+        return None
+    given = [parse_override(o)[1] for o in command_line_overrides(args) or [] if parse_override(o)[0] == "hydra.sweep.dir"]
+    if not given or "${" in given[-1]:  # an interpolation: Hydra's to resolve (the sweep's callback locks it then)
+        return None
+    return Path(given[-1]).expanduser().resolve()
+
+
 def sweep_dir_of(target: str, tracking_uri: str) -> Path:
     """The sweep dir ``target`` names: the dir itself, or the one its parent run records (tag ``sweep_dir``)."""
     path = Path(target).expanduser()
@@ -89,16 +99,19 @@ def continued_member(output_dir: Path) -> RunResult | None:
 
     Decided from the member's own dir (its journal says how its run ended;
     MLflow may not have heard): FINISHED or FAILED by itself (diverged, an
-    error, an invalid config) is kept and not run again; KILLED (Ctrl-C) or
-    no ending at all (kill -9, node lost) resumes from its newest checkpoint
-    into the same MLflow run. None: the member never started; it runs now.
+    invalid config) is kept and not run again; KILLED (Ctrl-C), no ending
+    at all (kill -9, node lost) or a failure marked ``retry`` (its data or
+    store was missing: :mod:`mnist_np.experiment.sweep_members`) resumes
+    from its newest checkpoint, if any, into the same MLflow run. None: the
+    member never started; it runs now.
     """
     run = read_run_file(output_dir)
     if not run:
         return None
     journal = output_dir / JOURNAL_FILE
     end = read_journal(journal).end if journal.is_file() else None
-    if end is None or end.get("status") == "KILLED":
+    if end is None or end.get("status") == "KILLED" or end.get("retry"):
+        # Killed, interrupted, or failed for want of something outside it (its data, its store): trained on, into its run.
         log.info("continuing sweep member %s (run %s) from its newest checkpoint", output_dir, run["run_id"])
         return resume(str(output_dir), sweep_member=True)
     log.info("sweep member %s (run %s) had ended %s; kept", output_dir, run["run_id"], end.get("status"))

@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mnist_np import plots
+from mnist_np.common.files import atomic_write_text
+from mnist_np.common.locks import holder
 from mnist_np.common.procs import is_dead
 from mnist_np.experiment.overrides import parse_override
 from mnist_np.experiment.search_study import OBJECTIVES
 from mnist_np.experiment.seed_groups import by_config, finite_number, shown
 from mnist_np.experiment.sweep_info import SweepInfo
+from mnist_np.experiment.sweep_members import send_record, unrecorded_members
 from mnist_np.experiment.tables import table_csv, table_markdown
 from mnist_np.tracking.conventions import (
     CHAMPION_TAG, FAILURE_TAG, KILLED_REASON, OUTPUT_DIR_TAG, PROCESS_TAG, PRUNED_TAG, REGISTERED_TAG,
@@ -63,7 +66,7 @@ def summarize(children: Sequence[Mapping[str, Any]], swept_keys: Sequence[str]) 
                 "epochs": m.get("epochs_trained"),
                 "train_seconds": m.get("train_seconds"),
                 "run_id": c["run_id"],
-                "failure_reason": c["tags"].get(FAILURE_TAG, ""),
+                "failure_reason": (c["tags"].get(FAILURE_TAG, "").strip().splitlines() or [""])[0],  # one line per row
                 PRUNED_TAG: c["tags"].get(PRUNED_TAG, ""),
             }
         )
@@ -106,6 +109,9 @@ def close_sweep(info: SweepInfo, crash: str | None = None, status: str = "FAILED
         ValueError: members are still running (only without ``members_done``).
     """
     tracker = MlflowTracker(info.tracking_uri, info.experiment_name, run_id=info.parent_run_id)
+    # Members recorded only in their dirs (MLflow was down for them) become children first.
+    for output_dir in unrecorded_members(Path(info.sweep_dir)):
+        send_record(info, output_dir)
     _settle_members(tracker, info, members_done)
     children = child_runs(tracker.client, tracker.experiment_id, info.parent_run_id)
     summary = summarize(children, list(info.swept))
@@ -146,12 +152,25 @@ def _crown(tracker: MlflowTracker, info: SweepInfo, best: Mapping[str, Any]) -> 
 
 
 def _settle_members(tracker: MlflowTracker, info: SweepInfo, members_done: bool) -> None:
-    """Members left RUNNING: synced from their dir if they ended, closed if they are dead, else an error."""
+    """Members left RUNNING: synced from their dir if they ended, closed if they are dead, else an error.
+
+    A member whose dir a live process has locked is never closed, whatever
+    ``members_done`` says: a launcher that gave up (submitit, at its first
+    failed job) leaves its other jobs running on the cluster.
+    """
     for c in child_runs(tracker.client, tracker.experiment_id, info.parent_run_id):
         if c["status"] != "RUNNING":
             continue
-        journal = Path(c["tags"].get(OUTPUT_DIR_TAG, "")) / JOURNAL_FILE
-        if journal.is_file() and read_journal(journal).end is not None:
+        output_dir = Path(c["tags"].get(OUTPUT_DIR_TAG, ""))
+        journal = output_dir / JOURNAL_FILE
+        alive = holder(output_dir) if output_dir.is_dir() else None
+        if alive is not None:
+            if not members_done:
+                raise ValueError(f"member run {c['run_id']} of sweep {info.name!r} is still running ({alive.line()}); "
+                                 "sync the sweep when it is over")
+            log.warning("sweep member %s is still running (%s): summarised without it; "
+                        "summarise again with: python scripts/sync.py %s", c["name"], alive.line(), info.sweep_dir)
+        elif journal.is_file() and read_journal(journal).end is not None:
             log.info("%s", sync_output_dir(journal.parent).line())
         elif members_done or is_dead(c["tags"].get(PROCESS_TAG, "")):
             # Every member has returned (or this one's process is gone): nobody will close this run.
@@ -187,13 +206,13 @@ def _record(tracker: MlflowTracker, info: SweepInfo, summary: SweepSummary, pare
 
     out = Path(info.sweep_dir) / SUMMARY_DIR
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.csv").write_text(table_csv(summary.rows))
-    (out / "summary.md").write_text(table_markdown(summary.rows))
+    atomic_write_text(out / "summary.csv", table_csv(summary.rows))
+    atomic_write_text(out / "summary.md", table_markdown(summary.rows))
     groups = by_config(summary.rows, list(info.swept))
-    (out / "by_config.csv").write_text(table_csv(groups))
-    (out / "by_config.md").write_text(table_markdown(shown(groups)))
+    atomic_write_text(out / "by_config.csv", table_csv(groups))
+    atomic_write_text(out / "by_config.md", table_markdown(shown(groups)))
     if pareto is not None:
-        (out / "pareto.csv").write_text(table_csv(pareto.front))
+        atomic_write_text(out / "pareto.csv", table_csv(pareto.front))
         tracker.set_tags({"pareto_run_ids": ",".join(r["run_id"] for r in pareto.front)})
     try:
         plots.sweep_plots(out, summary.rows, list(info.swept))

@@ -10,12 +10,15 @@ not; :func:`read_journal` folds it back into the run's final state for
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from mnist_np.common.files import atomic_write_text
-from mnist_np.tracking.conventions import FAILURE_TAG
+from mnist_np.tracking.conventions import FAILURE_TAG, cap_tag
 
 JOURNAL_FILE = "mlflow_journal.jsonl"  # in the output dir: every call the tracker made, in order
 RUN_FILE = "mlflow_run.json"  # in the output dir: which MLflow run its files belong to
@@ -37,6 +40,21 @@ class Journal:
             return
         with self.path.open("a") as f:
             f.write(json.dumps({"op": op, **fields}) + "\n")
+
+    def note_start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], experiment_name: str,
+                   tracking_uri: str, start_time: int | None = None) -> dict[str, str]:
+        """Journal a run's start; returns its tags as MLflow gets them (with the run name, capped)."""
+        tags = {MLFLOW_RUN_NAME: run_name, **{k: cap_tag(str(v)) for k, v in tags.items()}}
+        self.note("start", run_name=run_name, params=dict(params), tags=tags, experiment_name=experiment_name,
+                  tracking_uri=tracking_uri, start_time=start_time or int(time.time() * 1000))
+        return tags
+
+    def note_end(self, status: str, reason: str | None, end_time: int | None = None, retry: bool = False) -> int:
+        """Journal how the run ended; returns the end time. ``retry``: it failed for want of something outside it
+        (its data, its store, its process), so a continued sweep runs it again (see ``continued_member``)."""
+        end_time = end_time or int(time.time() * 1000)
+        self.note("end", status=status, reason=reason, end_time=end_time, **({"retry": True} if retry else {}))
+        return end_time
 
     def local(self, path: Path) -> str:
         """A path as the journal stores it: relative to the output dir when inside it (dirs get moved)."""

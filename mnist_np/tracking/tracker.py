@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from mnist_np.common.errors import error_line
 from mnist_np.nn.model import MLP
@@ -62,14 +62,17 @@ class MlflowTracker(Callback):
         experiment_name: created if missing.
         run_id: write to this existing run instead of starting one.
         journal: the run's ``mlflow_journal.jsonl``; every call is appended there first.
+        run_name: the existing run's name (what a started run names itself).
     """
 
-    def __init__(self, tracking_uri: str, experiment_name: str, run_id: str | None = None, journal: Path | None = None) -> None:
+    def __init__(self, tracking_uri: str, experiment_name: str, run_id: str | None = None, journal: Path | None = None,
+                 run_name: str = "") -> None:
         self.tracking_uri = tracking_uri
         self.client = connect(tracking_uri)
         self.experiment_name = experiment_name
         self.experiment_id = experiment_id(self.client, tracking_uri, experiment_name)
         self.run_id = run_id
+        self.run_name = run_name
         self.journal = Journal(journal)
         self.fail_soft = False
         self.offline: str | None = None  # why MLflow was given up on, once it was
@@ -111,12 +114,10 @@ class MlflowTracker(Callback):
     # -- the run -------------------------------------------------------------
     def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], start_time: int | None = None) -> str:
         """Create the run with its params and tags; returns the run id."""
-        tags = {MLFLOW_RUN_NAME: run_name, **{k: cap_tag(str(v)) for k, v in tags.items()}}
-        self.journal.note("start", run_name=run_name, params=dict(params), tags=dict(tags), experiment_name=self.experiment_name,
-                          tracking_uri=self.tracking_uri, start_time=start_time or int(time.time() * 1000))
+        tags = self.journal.note_start(run_name, params, tags, self.experiment_name, self.tracking_uri, start_time)
         run = guarded(self.tracking_uri,
                       lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags, start_time=start_time))
-        self.run_id = run.info.run_id
+        self.run_id, self.run_name = run.info.run_id, run_name
         self.log_params(params)
         return self.run_id
 
@@ -211,8 +212,7 @@ class MlflowTracker(Callback):
             return False
         reason = cap_tag(reason) if reason else None
         self.flush_metrics()
-        now = int(time.time() * 1000)
-        self.journal.note("end", status=status, reason=reason, end_time=now)
+        now = self.journal.note_end(status, reason)
 
         def send() -> None:
             if reason:

@@ -91,3 +91,12 @@ def server_reachable(tracking_uri: str, timeout: float = 2.0) -> bool:
         return True
     except TrackingUnavailable:
         return False
+
+
+def how_to_see(tracking_uri: str, experiment_id: str, run_id: str, project_root: Path = PROJECT_ROOT) -> str:
+    """How a user opens a run: its URL on a server, ``make ui`` for the project's store, else ``mlflow ui`` on the store."""
+    if is_server(tracking_uri):
+        return f"see it at {tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    if tracking_uri == default_tracking_uri(project_root):
+        return "see it with: make ui"
+    return f"see it with: mlflow ui --backend-store-uri {tracking_uri}"

@@ -45,11 +45,23 @@ OUTCOMES: dict[str, dict[str, str]] = {
         "resumed": "the run resumed from its last checkpoint and ended FINISHED with every epoch once",
         "reaped": "killed from outside (kill -9): closed FAILED by the next run or the sweep, never left RUNNING",
         "search goes on": "failing trials of a guided search (diverged, invalid value): told FAILED, the study ran all n_trials, one error line",
+        "refused": "a second command on a run that is still training (resume=<run>): refused in one line naming the live process "
+                   "(host, pid), exit 2, nothing touched; the live run ended FINISHED with one metric point per epoch",
+        "one winner": "two resume= commands racing for the same killed run: exactly one trained it to FINISHED, every epoch once; "
+                      "the other was refused in one line naming the winner, exit 2",
+        "atomic": "every file a later command reads (config, summary, environment, checkpoints, weights, run and sweep files) "
+                  "written to a temporary file and renamed, never opened in place; the train.log artifact ends with the run's last line",
+    },
+    "sweep members": {
+        "recorded": "a member stopped before its run existed (data not obtainable, its store unreachable) or by its worker process "
+                    "SIGKILLed: a FAILED child with its reason, counted in the summary, `error: N of M sweep members failed`, exit 1",
     },
     "sweep killed": {
         "resumed": "a grid sweep killed with kill -9 (basic and joblib launchers) mid-member, then --multirun resume=: the same parent, finished "
                    "members kept untouched, the interrupted ones resumed into their own runs, every member FINISHED once, bit-identical to the same config trained uninterrupted",
         "search resumed": "a guided search killed with kill -9, then resume=: the same study and parent, exactly n_trials trials, nothing left RUNNING",
+        "refused": "--multirun resume= of a sweep whose process still runs: refused in one line naming it (host, pid), exit 2; "
+                   "the sweep finished untouched",
         "preempted": "a Slurm member preempted on a real one-node Slurm (SIGTERM, then SIGUSR2): submitit requeued it, it resumed from its "
                      "checkpoint into its own MLflow run, FINISHED with every epoch once, bit-identical to an uninterrupted member",
     },

@@ -1,0 +1,45 @@
+"""A grid sweep (``a=1,2 b=x,y``) as Hydra's basic sweeper runs it, except that a failed launch never loses a member.
+
+Hydra's :class:`BasicSweeper` makes the grid's jobs and hands them, batch by
+batch, to the launcher; when a launch raises -- joblib's pool broken by a
+worker the OOM killer took, submitit giving up at its first failed job --
+the sweep ends there, the other members' results lost with it. This
+sweeper makes the same jobs, numbered the same way, but launches each batch
+through :func:`mnist_np.experiment.sweep_members.launch_members`: members
+the broken launch never started are launched again, and every member ends
+with a record (a FAILED child with its reason if it could not make one).
+It is the project's default sweeper (``conf/config.yaml``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from mnist_np.common.files import atomic_write_text
+from mnist_np.experiment.sweep_members import job_composer, launch_members
+
+
+class GridSweeperImpl(BasicSweeper):
+    """``hydra/sweeper=mnist_np_grid``: Hydra's ``basic`` sweeper (same keys: ``max_batch_size``, ``params``)."""
+
+    def sweep(self, arguments: list[str]) -> list[Sequence[Any]]:
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        self.overrides = self.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]), self.max_batch_size)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))  # resume= reads it
+        returns: list[Sequence[Any]] = []
+        first = 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            self.validate_batch_is_legal(batch)
+            results = launch_members(self.launcher, batch, first, sweep_dir, job_composer(self.hydra_context, self.config))
+            returns.append([r for r in results if r is not None])
+            first += len(batch)
+        return returns

@@ -1,0 +1,92 @@
+"""Hydra's submitit launchers, except that a failed job never makes the sweep abandon the others.
+
+Hydra's ``BaseSubmititLauncher.launch`` submits a batch as a job array and
+collects the results in order; the first job that failed -- killed by the
+OOM killer, its node lost, out of time for good -- raises there, and the
+sweep ends while the array's other jobs go on running on the cluster,
+unwatched, their results never summarised. These launchers submit the
+same array with the same settings (the code below is Hydra's, MIT
+licensed, but for its last line), then wait for *every* job and hand back
+a failed ``JobReturn`` for one that failed, so that the sweep settles that
+member (:func:`mnist_np.experiment.sweep_members.launch_members`) and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Sequence
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQueueConf, SlurmQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+SLURM_LAUNCHER = "hydra_plugins.mnist_np_submitit.submitit_launcher.SlurmLauncher"
+LOCAL_LAUNCHER = "hydra_plugins.mnist_np_submitit.submitit_launcher.LocalLauncher"
+
+
+class WaitingLauncher(BaseSubmititLauncher):
+    """Submits like Hydra's submitit launcher; waits for every job, a failed one becoming a failed ``JobReturn``."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import submitit
+
+        assert self.config is not None
+        params = self.params
+        init_params = {"folder": self.params["submitit_folder"]}
+        specific_init_keys = {"max_num_timeout"}
+        init_params.update(**{f"{self._EXECUTOR}_{x}": y for x, y in params.items() if x in specific_init_keys})
+        init_keys = specific_init_keys | {"submitit_folder"}
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init_params)
+        baseparams = set(OmegaConf.structured(BaseQueueConf).keys())
+        params = {x if x in baseparams else f"{self._EXECUTOR}_{x}": y for x, y in params.items() if x not in init_keys}
+        executor.update_parameters(**params)
+        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {self.config.hydra.sweep.dir}")
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        job_params: List[Any] = []
+        for idx, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + idx
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+        jobs = executor.map_array(self, *zip(*job_params))
+        return [_result(job, overrides) for job, overrides in zip(jobs, job_overrides)]  # every job, in order
+
+
+def _result(job: Any, overrides: Sequence[str]) -> JobReturn:
+    """The job's own ``JobReturn``; for a job that failed outside the member's code, a failed one saying why."""
+    try:
+        return job.results()[0]
+    except Exception as e:  # noqa: BLE001 -- e.g. UncompletedJobError: killed (OOM), node lost, time out for good
+        failed = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+        failed.return_value = e
+        return failed
+
+
+class WaitingSlurmLauncher(WaitingLauncher):
+    _EXECUTOR = "slurm"
+
+
+class WaitingLocalLauncher(WaitingLauncher):
+    _EXECUTOR = "local"
+
+
+@dataclass
+class WaitingSlurmConf(SlurmQueueConf):
+    """``hydra/launcher=mnist_np_submitit_slurm``: Hydra's ``submitit_slurm`` keys, the waiting launcher."""
+
+    _target_: str = SLURM_LAUNCHER
+
+
+@dataclass
+class WaitingLocalConf(LocalQueueConf):
+    """``hydra/launcher=mnist_np_submitit_local``: Hydra's ``submitit_local`` keys, the waiting launcher."""
+
+    _target_: str = LOCAL_LAUNCHER
