@@ -10,7 +10,8 @@ it saves at least 0.3 s (one that saved less -- loading the data in a
 thread while MLflow opened its store -- was measured and removed).
 
 - ``figures_in_background``: the figures are drawn in forked processes while
-  the run logs its model and uploads its artifacts.
+  the run logs its model and uploads its artifacts (forked with the other
+  threads paused: :mod:`mnist_np.common.forking`).
 - ``fast_exit``: the process ends without the interpreter's teardown of
   thousands of modules, once every exit handler has run.
 - ``warm_workers``: a parallel sweep's joblib workers fork from a server that
@@ -33,6 +34,7 @@ import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator, NoReturn, Sequence
 
+from mnist_np.common.forking import fork, paused
 from mnist_np.common.procs import forks_safely
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,8 @@ def in_children(groups: Sequence[Sequence[Callable[[], object]]]) -> Callable[[]
         except Exception as e:  # noqa: BLE001 -- reported like the children's errors
             error = f"{type(e).__name__}: {e}"
         return lambda: error
-    children = [_fork(group) for group in groups]
+    with paused():  # the process's own threads (system metrics) stop once for all the children, not once each
+        children = [_fork(group) for group in groups]
 
     def wait() -> str | None:
         errors = [e for e in (child() for child in children) if e]
@@ -85,9 +88,12 @@ def in_children(groups: Sequence[Sequence[Callable[[], object]]]) -> Callable[[]
 
 
 def _fork(calls: Sequence[Callable[[], object]]) -> Callable[[], str | None]:
-    """Fork a process that makes ``calls``; returns a function that waits for it and gives its error, if any."""
+    """Fork a process that makes ``calls``; returns a function that waits for it and gives its error, if any.
+
+    Forked by :func:`mnist_np.common.forking.fork`: with no other thread running.
+    """
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: work, report, and leave without running the caller's exit handlers
         os.close(read_end)
         code = 0

@@ -6,6 +6,13 @@ the rest every few seconds while the run trains, as MLflow's
 ``start_run(log_system_metrics=True)`` would -- but for a run this project
 opened with its own client, and stopped without waiting on a server that
 went away: a dead tracking server must not hold up the end of a run.
+
+The monitor is a thread, and the run forks processes while it runs (shard
+processes, the augmentation worker, the figure children): it is registered
+with :func:`mnist_np.common.forking.pausable`, so that every fork stops it
+first and starts it again afterwards, in the parent. Its steps go on where
+they were; a pause costs the thread's check of the run's status (one store
+call) and restarts its sampling interval.
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ import logging
 from contextlib import contextmanager
 from typing import Iterator
 
+from mnist_np.common.forking import pausable
+
 log = logging.getLogger(__name__)
 
 SAMPLING_SECONDS = 5.0  # one sample logged per interval (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it)
 STOP_SECONDS = 5.0  # how long the end of a run waits for the monitor's last upload
+PAUSE_SECONDS = 5.0  # how long a fork waits for the monitor to stop (it may be in a call to a slow server)
 
 
 @contextmanager
@@ -42,9 +52,31 @@ def system_metrics(tracking_uri: str, run_id: str, enabled: bool, resumed: bool 
         yield
         return
     try:
-        yield
+        with pausable("MLflow's system-metrics monitor", lambda: _pause(monitor), lambda: _resume(monitor)):
+            yield
     finally:
         _stop(monitor)
+
+
+def _pause(monitor: object) -> None:
+    """End the monitor's thread for a fork; its samples and step stay in ``monitor``, for :func:`_resume`.
+
+    The event cuts its wait for the next sample short; it then asks the store for the run's status (one call)
+    and ends; busy sampling or uploading, it ends after that. One that takes longer than :data:`PAUSE_SECONDS`
+    (a server that does not answer) is left running, and the fork names it.
+    """
+    monitor._shutdown_event.set()  # type: ignore[attr-defined]
+    thread = monitor._process  # type: ignore[attr-defined]
+    if thread is not None:
+        thread.join(PAUSE_SECONDS)
+
+
+def _resume(monitor: object) -> None:
+    """A new thread for the monitor (same samples and step), unless the old one never ended: it then goes on."""
+    monitor._shutdown_event.clear()  # type: ignore[attr-defined]
+    thread = monitor._process  # type: ignore[attr-defined]
+    if thread is None or not thread.is_alive():
+        monitor.start()  # type: ignore[attr-defined]
 
 
 def _stop(monitor: object) -> None:

@@ -6,6 +6,9 @@ worker of :mod:`mnist_np.train.augmented`. Both meet their parent through
 arrays in an anonymous shared mapping (:func:`shared_zeros`), never through
 pickled messages, and both follow the same rules, kept here:
 
+- it is forked by :func:`mnist_np.common.forking.fork`, with the parent's
+  other threads paused (a child of ``fork`` has only the forking thread, but
+  every lock as the others held it);
 - a worker ignores Ctrl-C and a scheduler's signals: they are the parent's
   to handle (Slurm sends its preemption and time-limit warnings, SIGTERM and
   SIGUSR2, to every process of the job, and a worker that ran the parent's
@@ -28,6 +31,8 @@ from typing import Callable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+from mnist_np.common.forking import fork
 
 MESSAGE_BYTES = 1000  #: the longest error line a worker reports
 JOB_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -66,7 +71,7 @@ def fork_worker(serve: Callable[[], None], reports: Reports, slot: int, before: 
 
     ``before()`` runs first in the child (closing the parent's ends of pipes, say).
     """
-    pid = os.fork()
+    pid = fork()
     if pid:
         return pid
     # The child: never return into the caller's stack, never run its exit handlers.

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+import tqdm
 from threadpoolctl import threadpool_limits
 
 from mnist_np.nn.metrics import evaluate
@@ -29,6 +30,13 @@ from mnist_np.train.augmented import Augmentation, AugmentedEpochs
 from mnist_np.train.forked import shared_zeros
 from mnist_np.train.sharded import ShardedStepper
 from mnist_np.train.stepper import Stepper, shard_count
+
+# tqdm's monitor thread (it lowers a stalled bar's `miniters`) starts with a process's first bar -- ours, a
+# download's, MLflow's -- and outlives every bar; the shard processes, augmentation worker and figure children
+# forked afterwards, in this run or the next member of a sweep, would be forked with it alive (see
+# mnist_np.common.forking). Off for every bar of the process, as tqdm documents: a bar whose steps suddenly
+# slow down then redraws late, nothing more.
+tqdm.tqdm.monitor_interval = 0
 
 MONITORS = {"val_loss": -1.0, "val_accuracy": 1.0}  # sign: +1 means higher is better
 PATIENCE = "patience"  # FitResult.stop_reason of early stopping
