@@ -11,7 +11,7 @@
     python scripts/bench.py loop --track          # ... and record the results as a run in the MLflow experiment `benchmarks`
 
 ``loop`` times the project's own training loop (``mnist_np.train.loop.fit``,
-built from the config by a run's own builders, ``mnist_np.experiment.builders``) per epoch for each
+built from the config by a run's own builders, ``mnist_np.experiment.config.builders``) per epoch for each
 batch size; measures this machine's float32 GEMM peak and so the FLOP lower
 bound of an epoch; runs the same MLP in PyTorch with the same batch size and
 thread count when torch is installed (``pip install torch==2.13.0``: never a
@@ -83,8 +83,8 @@ class Ours:
     """The project's training loop on the real data, built as a run builds it; times one fit at a time."""
 
     def __init__(self, overrides: list[str], threads: int) -> None:
-        from mnist_np.experiment.builders import load_splits
-        from mnist_np.experiment.compose import compose
+        from mnist_np.experiment.config.builders import load_splits
+        from mnist_np.experiment.config.compose import compose
 
         self.cfg = compose([*overrides, "trainer.progress=false"])
         self.threads = threads
@@ -95,7 +95,7 @@ class Ours:
         import numpy as np
         from threadpoolctl import threadpool_limits
 
-        from mnist_np.experiment.builders import build_augmentation, build_model, build_optimizer, build_schedule, rng_streams
+        from mnist_np.experiment.config.builders import build_augmentation, build_model, build_optimizer, build_schedule, rng_streams
         from mnist_np.train.loop import TrainSettings, fit
 
         cfg, sp = self.cfg, self.splits
@@ -178,7 +178,7 @@ def augment_case(augment: str | None, args: argparse.Namespace) -> dict:
     median over rounds of (augmented / plain - 1).
     """
     if augment is None:  # the preset's own
-        from mnist_np.experiment.compose import compose
+        from mnist_np.experiment.config.compose import compose
 
         augment = str(compose(["+experiment=best_mnist"]).augment.name)
     plain = Ours(["+experiment=best_mnist", "augment=none"], args.threads)  # the preset itself augments
@@ -207,7 +207,7 @@ def bench_loop(args: argparse.Namespace) -> dict:
     import numpy as np
     from threadpoolctl import threadpool_info
 
-    from mnist_np.experiment.schema import register_configs
+    from mnist_np.experiment.config.schema import register_configs
 
     register_configs()
     threads = args.threads
@@ -311,7 +311,7 @@ def bench_run(args: argparse.Namespace) -> dict:
 
 def track(result: dict, tracking_uri: str | None) -> None:
     """Record a benchmark's figures as a run in the MLflow experiment ``benchmarks``."""
-    from mnist_np.experiment.provenance import environment_tags, git_tags
+    from mnist_np.experiment.run.provenance import environment_tags, git_tags
     from mnist_np.tracking.tracker import MlflowTracker
     from mnist_np.tracking.uris import tracking_uri_or_default
 

@@ -31,10 +31,10 @@ def main() -> int:
 
     # MLflow's download progress bars would bury the verdict.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mnist_np.experiment.compose import load_run_config
-    from mnist_np.experiment.reproduce import compare, record_from_dir, record_from_mlflow
-    from mnist_np.experiment.run import run
-    from mnist_np.experiment.schema import ConfigError, register_configs
+    from mnist_np.experiment.config.compose import load_run_config
+    from mnist_np.experiment.run.reproduce import compare, record_from_dir, record_from_mlflow
+    from mnist_np.experiment.run.single import run
+    from mnist_np.experiment.config.schema import ConfigError, register_configs
     from mnist_np.tracking.uris import tracking_uri_or_default
 
     register_configs()

@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from mnist_np.experiment.sweep_sync import sync_paths
+from mnist_np.experiment.sweep.sync import sync_paths
 from mnist_np.tracking.sync import SyncError
 
 

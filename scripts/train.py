@@ -6,7 +6,7 @@
     python scripts/train.py --multirun resume=<sweep dir or parent run id>   # continue a killed sweep or search
     python scripts/train.py +experiment=seed_baseline
 
-A thin shell over :func:`mnist_np.experiment.run.run`: it checks the command
+A thin shell over :func:`mnist_np.experiment.run.single.run`: it checks the command
 line, lets Hydra compose the config, and turns the errors a user can fix into
 one line on stderr (exit status 2 for a bad config, 1 for a failed run or a
 sweep with failed members). In a sweep, a member that fails is recorded as
@@ -26,8 +26,8 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from mnist_np.common.paths import CONF_DIR  # noqa: E402
-from mnist_np.experiment.compose import check_overrides  # noqa: E402
-from mnist_np.experiment.schema import ConfigError, register_configs  # noqa: E402
+from mnist_np.experiment.config.compose import check_overrides  # noqa: E402
+from mnist_np.experiment.config.schema import ConfigError, register_configs  # noqa: E402
 
 register_configs()
 log = logging.getLogger("train")
@@ -41,12 +41,12 @@ def main(cfg: DictConfig) -> float:
 
     from mnist_np.common.locks import LockHeld, LockUnsupported
     from mnist_np.data import DataError
-    from mnist_np.experiment.run import run
+    from mnist_np.experiment.run.single import run
     from mnist_np.tracking.uris import TrackingUnavailable
     from mnist_np.train.loop import TrainingDiverged
 
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        from mnist_np.experiment.sweep_members import run_member
+        from mnist_np.experiment.search.member import run_member
 
         return run_member(cfg)  # whatever stops a member, it leaves a record; the sweep goes on
     try:
@@ -66,11 +66,11 @@ def main(cfg: DictConfig) -> float:
 def cli() -> int:
     """The command: check the command line, run Hydra, and turn the outcome into an exit status."""
     from mnist_np.common.locks import LockHeld, LockUnsupported
-    from mnist_np.experiment.compose import compose_sweep
-    from mnist_np.experiment.results import RunInterrupted
-    from mnist_np.experiment.search_sweeper import check_search
-    from mnist_np.experiment.sweep import SESSION
-    from mnist_np.experiment.sweep_resume import resume_command, sweep_dir_given
+    from mnist_np.experiment.config.compose import compose_sweep
+    from mnist_np.experiment.run.results import RunInterrupted
+    from mnist_np.experiment.search.sweeper import check_search
+    from mnist_np.experiment.sweep.session import SESSION
+    from mnist_np.experiment.sweep.resume import resume_command, sweep_dir_given
 
     try:
         resumed = resume_command(sys.argv[1:])

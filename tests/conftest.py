@@ -13,7 +13,7 @@ import pytest
 
 from helpers.servers import MlflowServer, start_mlflow_server
 from mnist_np.common.paths import PROJECT_ROOT
-from mnist_np.experiment.compose import compose
+from mnist_np.experiment.config.compose import compose
 
 if TYPE_CHECKING:
     from helpers.postgres import PostgresCluster

@@ -11,6 +11,7 @@ functions), never by importing it.
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,6 +32,13 @@ ALLOWED: dict[str, set[str]] = {
     "inference": {"common", "nn", "data", "preprocess"},
     "tracking": {"common", "speedups", "nn", "train"},
     "experiment": {"common", "speedups", "nn", "data", "train", "plots", "tracking"},
+}
+# Inside experiment/, one folder per concern, imported one way: search -> sweep -> run -> config.
+CONCERNS: dict[str, set[str]] = {
+    "config": set(),
+    "run": {"config"},
+    "sweep": {"config", "run"},
+    "search": {"config", "run", "sweep"},
 }
 # Third-party packages only one layer may import.
 OWNERS = {"mlflow": "tracking", "hydra": "experiment", "omegaconf": "experiment", "hydra_plugins": "experiment", "optuna": "experiment"}
@@ -66,7 +74,7 @@ def imports(module: str) -> list[tuple[str, int]]:
             if node.level:  # relative: from the package, up level - 1
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            # `from mnist_np.experiment import sweep` imports the module mnist_np.experiment.sweep;
+            # `from mnist_np.experiment.sweep import session as sweep` imports the module mnist_np.experiment.sweep.session;
             # `from mnist_np.data import DataError` the package's __init__.
             submodules = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
             found += [(name, node.lineno) for name in submodules]
@@ -100,6 +108,43 @@ def test_layers_import_one_way() -> None:
             if theirs is not None and theirs != mine and theirs not in ALLOWED[mine]:
                 upward.append(f"{module}:{line} ({mine}) imports {name} ({theirs})")
     assert upward == []
+
+
+def concern_of(module: str) -> str | None:
+    """``mnist_np.experiment.sweep.summary`` -> ``sweep``; None outside experiment's folders."""
+    parts = module.split(".")
+    return parts[2] if len(parts) >= 3 and parts[1] == "experiment" else None
+
+
+def test_experiment_concerns_import_one_way() -> None:
+    unknown = sorted({c for m in MODULES if (c := concern_of(m)) is not None} - set(CONCERNS))
+    assert unknown == [], f"add these folders of experiment/ to CONCERNS (and the docs' layout): {unknown}"
+    loose = sorted(m for m in MODULES if layer_of(m) == "experiment" and concern_of(m) is None and m != "mnist_np.experiment")
+    assert loose == [], f"every module of experiment/ belongs to one of its folders: {loose}"
+    upward = []
+    for module in MODULES:
+        mine = concern_of(module)
+        for name, line in imports(module):
+            theirs = concern_of(name)
+            if mine is not None and theirs is not None and theirs != mine and theirs not in CONCERNS[mine]:
+                upward.append(f"{module}:{line} ({mine}) imports {name} ({theirs})")
+    assert upward == []
+
+
+def test_each_folder_lists_its_modules() -> None:
+    """A package's ``__init__`` docstring names each of its modules once, in a line of its own; nothing it lacks."""
+    wrong = []
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        if init.parent.parent == PACKAGE.parent or init.parent == PACKAGE:
+            continue  # the root package's docstring speaks of layers
+        folder = module_name(init)
+        modules = {p.stem for p in init.parent.glob("*.py") if p.name != "__init__.py"}
+        packages = {p.parent.name for p in init.parent.glob("*/__init__.py")}
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        listed = re.findall(rf"^- :mod:`~?{re.escape(folder)}\.(\w+)`", doc, re.M)
+        if sorted(listed) != sorted(modules | packages):
+            wrong.append(f"{init.relative_to(PROJECT_ROOT)}: lists {sorted(listed)}, holds {sorted(modules | packages)}")
+    assert wrong == []
 
 
 def test_third_party_frameworks_stay_in_their_layer() -> None:
@@ -153,21 +198,25 @@ def test_modules_and_functions_are_small() -> None:
 def test_the_checks_see_the_real_package() -> None:
     """The rules above would pass vacuously on an empty or unparsed tree."""
     graph = internal_graph()
-    assert {"mnist_np.nn.model", "mnist_np.train.loop", "mnist_np.tracking.tracker", "mnist_np.experiment.run"} <= set(MODULES)
+    assert {"mnist_np.nn.model", "mnist_np.train.loop", "mnist_np.tracking.tracker", "mnist_np.experiment.run.single"} <= set(MODULES)
     assert "mnist_np.nn.model" in graph["mnist_np.train.loop"]
     assert "mnist_np.train.loop" in graph["mnist_np.tracking.tracker"]
     assert any(name == "mlflow" or name.startswith("mlflow.") for name, _ in imports("mnist_np.tracking.client"))
 
 
 @pytest.mark.parametrize("upward", [
-    ("mnist_np.nn.model", "from mnist_np.train.loop import fit"),
-    ("mnist_np.tracking.tracker", "from mnist_np.experiment.run import run"),
+    ("mnist_np.nn.model", "from mnist_np.train.loop import fit", test_layers_import_one_way),
+    ("mnist_np.tracking.tracker", "from mnist_np.experiment.run.single import run", test_layers_import_one_way),
+    ("mnist_np.experiment.run.single", "from mnist_np.experiment.sweep.info import SweepInfo", test_experiment_concerns_import_one_way),
+    ("mnist_np.experiment.sweep.summary", "from mnist_np.experiment.search.study import OBJECTIVES",
+     test_experiment_concerns_import_one_way),
+    ("mnist_np.experiment.config.compose", "from mnist_np.experiment.run.single import run", test_experiment_concerns_import_one_way),
 ])
-def test_an_upward_import_is_caught(upward: tuple[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    module, line = upward
+def test_an_upward_import_is_caught(upward: tuple, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    module, line, check = upward
     fake = tmp_path / MODULES[module].relative_to(PROJECT_ROOT)
     fake.parent.mkdir(parents=True)
     fake.write_text(MODULES[module].read_text() + f"\n{line}\n")
     monkeypatch.setitem(MODULES, module, fake)
     with pytest.raises(AssertionError, match=line.split()[1]):
-        test_layers_import_one_way()
+        check()

@@ -20,8 +20,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
-from mnist_np.experiment.compose import compose
-from mnist_np.experiment.run import run
+from mnist_np.experiment.config.compose import compose
+from mnist_np.experiment.run.single import run
 
 # Appended to, never replaced: a torn last line is skipped by their readers. The lock file is the lock itself.
 APPENDED = {"mlflow_journal.jsonl", "metrics.jsonl", "train.log", "run.lock"}

@@ -1,9 +1,9 @@
 """Bad configuration: every key of the schema, and every group, given values it must refuse.
 
-The list of keys comes from the schema (:func:`mnist_np.experiment.schema.schema_keys`),
+The list of keys comes from the schema (:func:`mnist_np.experiment.config.schema.schema_keys`),
 so a key added without bad values here fails ``test_every_key_has_bad_values``.
 Each case goes the way a command line does -- the override check, Hydra's
-composition, then :func:`mnist_np.experiment.run.run` -- in-process, with a private
+composition, then :func:`mnist_np.experiment.run.single.run` -- in-process, with a private
 store and output dir, and must stop with one line that names the key, the
 value and what is allowed, before any store, run or output dir exists. A few
 cases also go through ``scripts/train.py`` (exit status 2).
@@ -18,9 +18,9 @@ import pytest
 
 from conftest import PYTHON, TRAIN_SCRIPT
 from mnist_np.common.paths import PROJECT_ROOT
-from mnist_np.experiment.compose import check_overrides, compose
-from mnist_np.experiment.schema import GROUP_SCHEMAS, ConfigError, schema_keys
-from mnist_np.experiment.run import run
+from mnist_np.experiment.config.compose import check_overrides, compose
+from mnist_np.experiment.config.schema import GROUP_SCHEMAS, ConfigError, schema_keys
+from mnist_np.experiment.run.single import run
 
 A_FILE = str(PROJECT_ROOT / "pyproject.toml")  # exists, and is not a folder
 LONG = "x" * 251

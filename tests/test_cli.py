@@ -8,7 +8,7 @@ import subprocess
 
 from conftest import PYTHON, TRAIN_SCRIPT
 from mnist_np.common.paths import CONF_DIR, PROJECT_ROOT
-from mnist_np.experiment.schema import group_options
+from mnist_np.experiment.config.schema import group_options
 
 
 def train(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -34,7 +34,7 @@ def test_help_lists_every_group_with_its_options_and_the_config() -> None:
     # The guided search's keys, each one the sweeper's schema has.
     import dataclasses
 
-    from mnist_np.experiment.schema import SearchSweeperConfig
+    from mnist_np.experiment.config.schema import SearchSweeperConfig
 
     section = proc.stdout.split("== Guided search", 1)[1].split("==", 2)[1]
     assert all(f.name in section for f in dataclasses.fields(SearchSweeperConfig) if f.name != "_target_")

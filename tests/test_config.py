@@ -11,9 +11,9 @@ from omegaconf import MISSING, OmegaConf
 
 from conftest import PYTHON, TRAIN_SCRIPT
 from mnist_np.common.paths import CONF_DIR
-from mnist_np.experiment.compose import check_overrides, compose, load_run_config
-from mnist_np.experiment.schema import ConfigError, group_options, option_schema
-from mnist_np.experiment.validation import validate
+from mnist_np.experiment.config.compose import check_overrides, compose, load_run_config
+from mnist_np.experiment.config.schema import ConfigError, group_options, option_schema
+from mnist_np.experiment.config.validation import validate
 from mnist_np.nn.registry import OPTIMIZERS
 
 GROUPS = ["data", "model", "optimizer", "schedule", "trainer", "mlflow", "augment"]
@@ -126,7 +126,7 @@ def test_sweeper_search_spaces_are_left_to_the_sweeper() -> None:
 
 def test_a_sweep_is_composed_once_per_swept_group_option(monkeypatch: pytest.MonkeyPatch) -> None:
     """Swept values change no key (each is type-checked); swept options of a group can."""
-    import mnist_np.experiment.compose as config
+    import mnist_np.experiment.config.compose as config
 
     composed: list[list[str]] = []
     real = config._compose
@@ -195,7 +195,7 @@ def test_every_sweep_preset_composes(preset: str) -> None:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from mnist_np.experiment.schema import register_configs
+    from mnist_np.experiment.config.schema import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -220,7 +220,7 @@ def test_an_absurd_network_is_refused_before_any_allocation(tmp_path: Path) -> N
 
 
 def test_default_and_best_presets_fit_comfortably() -> None:
-    from mnist_np.experiment.validation import estimated_bytes
+    from mnist_np.experiment.config.validation import estimated_bytes
 
     assert estimated_bytes(compose()) < 1024**3
     assert estimated_bytes(compose(["+experiment=best_mnist"])) < 1024**3

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 
 from helpers.docs import TAB, Command, code_blocks, pages, shown_commands, split_commands
 from mnist_np.common.paths import PROJECT_ROOT
-from mnist_np.experiment.schema import ConfigError
+from mnist_np.experiment.config.schema import ConfigError
 
 MAKEFILE = (PROJECT_ROOT / "Makefile").read_text()
 PYPROJECT = (PROJECT_ROOT / "pyproject.toml").read_text()
@@ -89,10 +89,10 @@ def check_make(args: list[str]) -> None:
 def check_train(script: str, args: list[str], error: str | None) -> None:
     from hydra._internal.utils import get_args_parser
 
-    from mnist_np.experiment.compose import check_overrides, compose, compose_sweep, sweep_variants
-    from mnist_np.experiment.overrides import command_line_overrides, parse_overrides
-    from mnist_np.experiment.search_sweeper import check_search
-    from mnist_np.experiment.validation import validate
+    from mnist_np.experiment.config.compose import check_overrides, compose, compose_sweep, sweep_variants
+    from mnist_np.experiment.config.overrides import command_line_overrides, parse_overrides
+    from mnist_np.experiment.search.sweeper import check_search
+    from mnist_np.experiment.config.validation import validate
 
     for word in [w for w in args if TAB in w]:  # a completion demo: what is typed before Tab must lead somewhere
         check_completion(word.split(TAB)[0])
@@ -125,7 +125,7 @@ def swept_values(parsed: list[Any]) -> list[tuple[str, Any]]:
     """Every value of every swept key that is not a config group (``seed=0,1,2``, ``optimizer.lr=0.01,0.1``)."""
     from hydra.errors import HydraException
 
-    from mnist_np.experiment.schema import GROUP_SCHEMAS, PRESET_GROUPS
+    from mnist_np.experiment.config.schema import GROUP_SCHEMAS, PRESET_GROUPS
 
     found = []
     for o in parsed:
@@ -140,7 +140,7 @@ def swept_values(parsed: list[Any]) -> list[tuple[str, Any]]:
 
 
 def check_completion(typed: str) -> None:
-    from mnist_np.experiment.schema import GROUP_SCHEMAS, PRESET_GROUPS, group_options, schema_keys
+    from mnist_np.experiment.config.schema import GROUP_SCHEMAS, PRESET_GROUPS, group_options, schema_keys
 
     if typed.endswith("="):
         group = typed[:-1].lstrip("+")

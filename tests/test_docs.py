@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 
 from helpers.docs import DOCS, page, pages
 from mnist_np.common.paths import PROJECT_ROOT
-from mnist_np.experiment.compose import compose
-from mnist_np.experiment.schema import GROUP_SCHEMAS, Config, SearchSweeperConfig, schema_keys
+from mnist_np.experiment.config.compose import compose
+from mnist_np.experiment.config.schema import GROUP_SCHEMAS, Config, SearchSweeperConfig, schema_keys
 
 
 def load_hook() -> ModuleType:
@@ -70,7 +70,7 @@ def test_every_key_has_one_description_beside_its_field() -> None:
 def default_of(key: str) -> object:
     """The key's value in the default config, or in the first option of its group that has it
     (``optimizer.betas`` exists only for adam/adamw)."""
-    from mnist_np.experiment.schema import group_options
+    from mnist_np.experiment.config.schema import group_options
 
     value = OmegaConf.select(compose(), key, default="<absent>")
     group = key.split(".")[0]
@@ -108,7 +108,7 @@ def test_options_that_differ_are_each_documented() -> None:
 
 def test_the_guided_search_keys_are_documented_with_their_defaults() -> None:
     """The table of ``hydra.sweeper.*`` for ``+sweep=optuna`` is the sweeper's schema, with the preset's values."""
-    from mnist_np.experiment.compose import compose_sweep
+    from mnist_np.experiment.config.compose import compose_sweep
 
     table = rows(HOOK.search_reference())
     documented = {k[len(SWEEPER):] for k in table if k.startswith(SWEEPER)}

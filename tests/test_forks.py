@@ -37,8 +37,8 @@ import pytest
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
 from mnist_np.common import forking
 from mnist_np.common.paths import PROJECT_ROOT
-from mnist_np.experiment.compose import compose
-from mnist_np.experiment.run import run
+from mnist_np.experiment.config.compose import compose
+from mnist_np.experiment.run.single import run
 from mnist_np.train.stepper import can_shard
 
 pytestmark = pytest.mark.skipif(not can_shard(), reason="the package forks only on Linux x86-64")

@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
 from mnist_np import data
-from mnist_np.experiment.compose import compose
-from mnist_np.experiment.run import run
+from mnist_np.experiment.config.compose import compose
+from mnist_np.experiment.run.single import run
 from mnist_np.train.loop import TrainingDiverged
 
 PER_EPOCH = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "samples_per_second"]
@@ -112,7 +112,7 @@ def test_ctrl_c_ends_the_run_killed(tracking_uri: str, tmp_path: Path, monkeypat
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mnist_np.experiment.execute.fit", interrupted)
+    monkeypatch.setattr("mnist_np.experiment.run.execute.fit", interrupted)
     with pytest.raises(KeyboardInterrupt) as e:
         run(compose(small_overrides(tracking_uri)), output_dir=tmp_path / "out")
     _, r = only_run(tracking_uri)

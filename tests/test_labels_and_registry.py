@@ -22,8 +22,8 @@ from PIL import Image
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
 from helpers.servers import free_port, is_healthy, mlflow_executable
 from mnist_np import data
-from mnist_np.experiment.compose import compose
-from mnist_np.experiment.run import run
+from mnist_np.experiment.config.compose import compose
+from mnist_np.experiment.run.single import run
 from mnist_np.inference import images_to_features
 from mnist_np.tracking.conventions import NOTE_TAG, OWN_TAGS
 

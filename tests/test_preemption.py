@@ -1,4 +1,4 @@
-"""Telling Slurm's requeue from a failure (mnist_np.experiment.preemption), without a cluster.
+"""Telling Slurm's requeue from a failure (mnist_np.experiment.run.preemption), without a cluster.
 
 submitit's handler for the warning signal requeues the job and raises
 ``SystemExit``, or raises an ordinary error when it will not requeue. Here
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mnist_np.experiment.preemption import SIGNAL_ENV, PreemptionWatch, requeued, warning_signal
+from mnist_np.experiment.run.preemption import SIGNAL_ENV, PreemptionWatch, requeued, warning_signal
 
 
 @pytest.fixture

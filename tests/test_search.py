@@ -22,13 +22,13 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import PYTHON, TRAIN_SCRIPT
-from mnist_np.experiment.schema import ConfigError
-from mnist_np.experiment.search_space import search_space
-from mnist_np.experiment.search_study import SearchSettings, check, open_storage
-from mnist_np.experiment.search_sweeper import trial_outcome
-from mnist_np.experiment.sweep_info import SweepInfo
-from mnist_np.experiment.sweep_resume import resume_command
-from mnist_np.experiment.sweep_summary import pareto
+from mnist_np.experiment.config.schema import ConfigError
+from mnist_np.experiment.search.space import search_space
+from mnist_np.experiment.search.study import SearchSettings, check, open_storage
+from mnist_np.experiment.search.sweeper import trial_outcome
+from mnist_np.experiment.sweep.info import SweepInfo
+from mnist_np.experiment.sweep.resume import resume_command
+from mnist_np.experiment.sweep.summary import pareto
 
 EXPERIMENT = "search"
 

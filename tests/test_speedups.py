@@ -14,8 +14,8 @@ import pytest
 
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
 from mnist_np import speedups
-from mnist_np.experiment.compose import compose
-from mnist_np.experiment.run import run
+from mnist_np.experiment.config.compose import compose
+from mnist_np.experiment.run.single import run
 
 
 @pytest.mark.parametrize("value,on", [

@@ -19,9 +19,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT
-from mnist_np.experiment.sweep_info import member_run_name, swept_parameters
-from mnist_np.experiment.sweep_summary import summarize
-from mnist_np.experiment.tables import table_markdown
+from mnist_np.experiment.sweep.info import member_run_name, swept_parameters
+from mnist_np.experiment.sweep.summary import summarize
+from mnist_np.experiment.run.tables import table_markdown
 
 pytestmark = pytest.mark.slow
 PER_EPOCH = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "samples_per_second"]

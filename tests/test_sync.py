@@ -18,9 +18,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT, LiveServer, mlflow_gaps, small_overrides
-from mnist_np.experiment.compose import compose
-from mnist_np.experiment.outputs import EpochLogger
-from mnist_np.experiment.run import run
+from mnist_np.experiment.config.compose import compose
+from mnist_np.experiment.run.outputs import EpochLogger
+from mnist_np.experiment.run.single import run
 from mnist_np.tracking import tracker
 from mnist_np.tracking.conventions import OFFLINE_TAG
 from mnist_np.tracking.journal import JOURNAL_FILE, read_journal
@@ -205,8 +205,9 @@ def test_a_sweep_synced_into_another_store_keeps_its_parent_and_children(tmp_pat
 def test_server_dying_during_the_sweeps_closing_calls_leaves_a_sync_hint_not_a_traceback(
     mlflow_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lost
 ) -> None:
-    from mnist_np.experiment import sweep, sweep_summary
-    from mnist_np.experiment.sweep_info import SweepInfo
+    from mnist_np.experiment.sweep import session as sweep
+from mnist_np.experiment.sweep import summary as sweep_summary
+    from mnist_np.experiment.sweep.info import SweepInfo
     from mnist_np.tracking.tracker import MlflowTracker
 
     parent = MlflowTracker(mlflow_server.url, "tests")

@@ -16,12 +16,12 @@ from conftest import PYTHON
 PROBE = """
 import json, os, sys
 from joblib import Parallel, delayed
-from mnist_np.experiment.sweep import warm_joblib_workers
+from mnist_np.experiment.sweep.session import warm_joblib_workers
 
 def probe():
     import os, sys
     return {"mlflow": "mlflow" in sys.modules, "pyplot": "matplotlib.pyplot" in sys.modules,
-            "runner": "mnist_np.experiment.run" in sys.modules, "ppid": os.getppid()}
+            "runner": "mnist_np.experiment.run.single" in sys.modules, "ppid": os.getppid()}
 
 launcher = json.loads(sys.argv[1])
 preloaded = warm_joblib_workers(launcher)
@@ -38,7 +38,7 @@ def probe(launcher: dict) -> dict:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the server is used on Linux only")
 def test_joblib_workers_start_with_the_run_modules_imported() -> None:
-    from mnist_np.experiment.sweep import JOBLIB_LAUNCHER
+    from mnist_np.experiment.sweep.session import JOBLIB_LAUNCHER
 
     out = probe({"_target_": JOBLIB_LAUNCHER, "n_jobs": 2})
     assert out["preloaded"] is True

@@ -6,7 +6,7 @@
 - ``<!-- generated: config keys -->`` on a page becomes the table of every
   config key: its default from the composed config (per group option where
   the options differ) and its description from the schema's field metadata
-  (:func:`mnist_np.experiment.schema.described`).
+  (:func:`mnist_np.experiment.config.schema.described`).
 - ``<!-- generated: search keys -->`` becomes the table of ``hydra.sweeper.*``
   for ``+sweep=optuna``: the sweeper's schema with the preset's values.
 
@@ -63,8 +63,8 @@ def group_default(group: str, name: str, values: dict[str, Any], default_option:
 
 def config_reference() -> str:
     """The configuration table: every schema key, its default and what it allows."""
-    from mnist_np.experiment.compose import compose
-    from mnist_np.experiment.schema import GROUP_SCHEMAS, Config, group_options
+    from mnist_np.experiment.config.compose import compose
+    from mnist_np.experiment.config.schema import GROUP_SCHEMAS, Config, group_options
 
     default = OmegaConf.to_container(compose(), resolve=False)
     assert isinstance(default, dict)
@@ -88,8 +88,8 @@ def config_reference() -> str:
 
 def search_reference() -> str:
     """The guided search's table: ``hydra.sweeper.*`` of ``+sweep=optuna``, with the preset's values."""
-    from mnist_np.experiment.compose import compose_sweep
-    from mnist_np.experiment.schema import SearchSweeperConfig
+    from mnist_np.experiment.config.compose import compose_sweep
+    from mnist_np.experiment.config.schema import SearchSweeperConfig
 
     sweep = compose_sweep(["--multirun", "+sweep=optuna"])
     assert sweep is not None

@@ -10,4 +10,6 @@
 - :mod:`~mnist_np.tracking.logged_model`: the weights as an MLflow pyfunc model; weights by run id.
 - :mod:`~mnist_np.tracking.pyfunc_model`: the model's own code, copied into every logged model.
 - :mod:`~mnist_np.tracking.sync`: upload what one run's output dir holds and MLflow misses.
+- :mod:`~mnist_np.tracking.registry`: The Model Registry: a run's logged model as a new version of a registered model, and the alias ``champion``.
+- :mod:`~mnist_np.tracking.system_metrics`: CPU, memory, disk and network use over a run's training, by MLflow's own system-metrics monitor (psutil).
 """

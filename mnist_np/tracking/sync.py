@@ -18,7 +18,7 @@ what is missing:
 So syncing twice sends nothing the second time. A run whose process was
 killed outright never wrote its end; its status is then left as it is (the
 next run closes it as killed from outside). Sweeps (a parent and its
-members) are synced by :mod:`mnist_np.experiment.sweep_sync`.
+members) are synced by :mod:`mnist_np.experiment.sweep.sync`.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from browser import MlflowUI, chromium  # the test helpers beside this file (it 
 from servers import start_mlflow_server
 
 from mnist_np.common.paths import PROJECT_ROOT
-from mnist_np.experiment.sweep_info import SweepInfo
-from mnist_np.experiment.sweep_summary import summarize
+from mnist_np.experiment.sweep.info import SweepInfo
+from mnist_np.experiment.sweep.summary import summarize
 from mnist_np.tracking.queries import fetch_run, runs_to_compare
 
 SWEEP = ("model.hidden_size=64,256", "optimizer.lr=0.03,0.1")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from mnist_np.experiment.schema import ConfigError
+from mnist_np.experiment.config.schema import ConfigError
 
 ALLOWED = "choice(a, b, ...), a,b,..., range(start, stop[, step]), interval(low, high), each optionally in tag(log, ...) or tag(int, ...)"
 

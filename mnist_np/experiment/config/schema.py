@@ -277,18 +277,32 @@ def register_configs() -> None:
         cs.store(group=f"schema/{group}", name=name, node=node, package=group)
     cs.store(group="hydra/sweeper", name="mnist_np_optuna", node=SearchSweeperConfig, provider="mnist_np")
     cs.store(group="hydra/sweeper", name="mnist_np_grid", node=GridSweeperConfig, provider="mnist_np")
-    try:  # the submitit launchers that wait for every job (the `sweeps` extra brings Hydra's)
-        from mnist_np.experiment.sweep_submitit import WaitingLocalConf, WaitingSlurmConf
-    except ImportError:
-        pass
-    else:
-        cs.store(group="hydra/launcher", name="mnist_np_submitit_slurm", node=WaitingSlurmConf, provider="mnist_np")
-        cs.store(group="hydra/launcher", name="mnist_np_submitit_local", node=WaitingLocalConf, provider="mnist_np")
+    _store_submitit_launchers(cs)
     # Hydra instantiates callbacks from _target_ strings; keeping that string
     # here, in code, leaves conf/ free of import paths.
     cs.store(
         group="hydra/callbacks",
         name="mlflow_sweep",
-        node={"mlflow_sweep": {"_target_": "mnist_np.experiment.sweep.MlflowSweepCallback"}},
+        node={"mlflow_sweep": {"_target_": "mnist_np.experiment.sweep.session.MlflowSweepCallback"}},
         package="hydra.callbacks",
     )
+
+
+def _store_submitit_launchers(cs: Any) -> None:
+    """``hydra/launcher=mnist_np_submitit_slurm`` and ``..._local``: Hydra's submitit keys, the launchers that wait
+    for every job (:mod:`mnist_np.experiment.sweep.submitit`). Nothing where the ``sweeps`` extra is missing."""
+    try:
+        from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
+    except ImportError:
+        return
+
+    @dataclass
+    class WaitingSlurmConf(SlurmQueueConf):
+        _target_: str = "hydra_plugins.mnist_np_submitit.submitit_launcher.SlurmLauncher"
+
+    @dataclass
+    class WaitingLocalConf(LocalQueueConf):
+        _target_: str = "hydra_plugins.mnist_np_submitit.submitit_launcher.LocalLauncher"
+
+    cs.store(group="hydra/launcher", name="mnist_np_submitit_slurm", node=WaitingSlurmConf, provider="mnist_np")
+    cs.store(group="hydra/launcher", name="mnist_np_submitit_local", node=WaitingLocalConf, provider="mnist_np")

@@ -19,18 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_np.common.locks import locked
 from mnist_np.common.paths import OUTPUTS_DIR
 from mnist_np.common.procs import process_identity
-from mnist_np.experiment.builders import default_run_name, load_splits
-from mnist_np.experiment.context import HydraContext, blas_threads, hydra_context
-from mnist_np.experiment.execute import Job, execute
-from mnist_np.experiment.outputs import write_config_files
-from mnist_np.experiment.provenance import git_tags
-from mnist_np.experiment.preemption import requeued
-from mnist_np.experiment.results import RunResult
-from mnist_np.experiment.resume import resume
-from mnist_np.experiment.search_trial import trial_stop_rule
-from mnist_np.experiment.sweep_info import SweepInfo, member_run_name
-from mnist_np.experiment.sweep_resume import continued_member
-from mnist_np.experiment.validation import validate
+from mnist_np.experiment.config.builders import default_run_name, load_splits
+from mnist_np.experiment.run.context import HydraContext, blas_threads, hydra_context
+from mnist_np.experiment.run.execute import Job, execute
+from mnist_np.experiment.run.outputs import write_config_files
+from mnist_np.experiment.run.provenance import git_tags
+from mnist_np.experiment.run.member import Member
+from mnist_np.experiment.run.results import RunResult
+from mnist_np.experiment.run.resume import resume
+from mnist_np.experiment.config.validation import validate
 from mnist_np.tracking.conventions import OUTPUT_DIR_TAG, PROCESS_TAG, label_tags
 from mnist_np.tracking.journal import JOURNAL_FILE, write_run_file
 from mnist_np.tracking.runs import reap_dead_runs
@@ -45,39 +42,41 @@ def run(
     output_dir: Path | None = None,
     overrides: list[str] | None = None,
     extra_tags: dict[str, str] | None = None,
+    member: Member | None = None,
 ) -> RunResult:
     """Train the network ``cfg`` describes and record everything in MLflow and ``output_dir``.
 
     With ``cfg.resume`` set, continue that interrupted run instead (see
-    :func:`mnist_np.experiment.resume.resume`).
+    :func:`mnist_np.experiment.run.resume.resume`).
 
     Args:
-        cfg: a composed config (from ``@hydra.main`` or :func:`mnist_np.experiment.compose.compose`).
+        cfg: a composed config (from ``@hydra.main`` or :func:`mnist_np.experiment.config.compose.compose`).
         output_dir: where files go; defaults to Hydra's run dir.
         overrides: the command-line overrides to record; defaults to Hydra's.
         extra_tags: more tags for the MLflow run (e.g. ``reproduces``).
+        member: what the sweep this run belongs to hands it (see :mod:`mnist_np.experiment.run.member`).
 
     Raises:
         ConfigError: before anything is created, for an invalid config.
         DataError: when no data source works (no MLflow run is created).
         TrainingDiverged: the loss went NaN/inf (the run ends FAILED).
+        LockHeld: another live process writes ``output_dir``.
     """
     if cfg.get("resume"):
         return resume(str(cfg.resume), cfg.mlflow.tracking_uri)
     ctx = hydra_context()
     output_dir = Path(output_dir or ctx.output_dir or OUTPUTS_DIR / "runs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f"))
-    sweep = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
     # A continued sweep's member, or one Slurm started again, that had started before: kept, or resumed.
-    if sweep is not None and (sweep.resumes or requeued()) and (continued := continued_member(output_dir)) is not None:
+    if member is not None and member.continued is not None and (continued := member.continued(output_dir)) is not None:
         return continued
     validate(cfg)
     overrides = ctx.overrides if overrides is None else overrides
     # One writer per run: held until the run is closed (see mnist_np.common.locks).
     with locked(output_dir, f"run {output_dir}"):
-        return _new_run(cfg, ctx, output_dir, sweep, overrides, extra_tags)
+        return _new_run(cfg, ctx, output_dir, member, overrides, extra_tags)
 
 
-def _new_run(cfg: DictConfig, ctx: HydraContext, output_dir: Path, sweep: SweepInfo | None, overrides: list[str],
+def _new_run(cfg: DictConfig, ctx: HydraContext, output_dir: Path, member: Member | None, overrides: list[str],
              extra_tags: dict[str, str] | None) -> RunResult:
     """The run itself, once its config is valid and its output dir is this process's."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -93,25 +92,21 @@ def _new_run(cfg: DictConfig, ctx: HydraContext, output_dir: Path, sweep: SweepI
     raw, splits = load_splits(cfg)
 
     threads = blas_threads(cfg, ctx)
-    stop_rule = trial_stop_rule(sweep, ctx.job_num)  # a guided search's member reports to its trial
-    run_name, tags = _name_and_tags(cfg, ctx, overrides, output_dir, sweep)
+    run_name, tags = _name_and_tags(cfg, overrides, output_dir, member)
     run_id = tracker.start(run_name, flatten(resolved), {**tags, **(extra_tags or {})})
     write_run_file(output_dir, run_id, tracking_uri, cfg.mlflow.experiment_name)
     log.info("MLflow run %s (%s) in %s, %d BLAS thread(s)", run_name, run_id, tracking_uri, threads)
-    # In a sweep only the best member is registered, by the sweep (mnist_np.experiment.sweep_summary).
-    register_as = cfg.mlflow.register_as if sweep is None else None
+    # In a sweep only the best member is registered, by the sweep (mnist_np.experiment.sweep.summary).
+    register_as = cfg.mlflow.register_as if member is None else None
+    stop_rule = member.stop_rule if member is not None else None  # a guided search's member reports to its trial
     return execute(Job(cfg, tracker, raw, splits, output_dir, config_yaml, threads, stop_rule, register_as))
 
 
-def _name_and_tags(
-    cfg: DictConfig, ctx: HydraContext, overrides: list[str], output_dir: Path, sweep: SweepInfo | None
-) -> tuple[str, dict[str, str]]:
+def _name_and_tags(cfg: DictConfig, overrides: list[str], output_dir: Path, member: Member | None) -> tuple[str, dict[str, str]]:
     """The run's name (a sweep member's shows what it sweeps) and its tags: origin, process, sweep, git."""
     run_name = cfg.mlflow.run_name or default_run_name(cfg)
-    sweep_tags = {}
-    if sweep is not None:
-        run_name = member_run_name(run_name, overrides, sweep.swept, explicit_base=bool(cfg.mlflow.run_name))
-        sweep_tags = sweep.member_tags(ctx.job_num)
+    if member is not None:
+        run_name = member.name(run_name, bool(cfg.mlflow.run_name))
     tags = {
         "overrides": " ".join(overrides),
         OUTPUT_DIR_TAG: str(output_dir),
@@ -122,7 +117,7 @@ def _name_and_tags(
         "pid": str(os.getpid()),
         PROCESS_TAG: process_identity(),
         **label_tags(list(cfg.tags), cfg.notes),
-        **sweep_tags,
+        **(member.tags if member is not None else {}),
         **git_tags(),
     }
     return run_name, tags

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from mnist_np.experiment.overrides import command_line_overrides, parse_override
-from mnist_np.experiment.results import RunResult
-from mnist_np.experiment.resume import resume
-from mnist_np.experiment.schema import SEARCH_SWEEPER, ConfigError
-from mnist_np.experiment.sweep_info import SWEEP_FILE, SweepInfo
+from mnist_np.experiment.config.overrides import command_line_overrides, parse_override
+from mnist_np.experiment.run.results import RunResult
+from mnist_np.experiment.run.resume import resume
+from mnist_np.experiment.config.schema import SEARCH_SWEEPER, ConfigError
+from mnist_np.experiment.sweep.info import SWEEP_FILE, SweepInfo
 from mnist_np.tracking.journal import JOURNAL_FILE, read_journal, read_run_file
 from mnist_np.tracking.queries import run_tags
 from mnist_np.tracking.uris import tracking_uri_or_default
@@ -101,7 +101,7 @@ def continued_member(output_dir: Path) -> RunResult | None:
     MLflow may not have heard): FINISHED or FAILED by itself (diverged, an
     invalid config) is kept and not run again; KILLED (Ctrl-C), no ending
     at all (kill -9, node lost) or a failure marked ``retry`` (its data or
-    store was missing: :mod:`mnist_np.experiment.sweep_members`) resumes
+    store was missing: :mod:`mnist_np.experiment.sweep.members`) resumes
     from its newest checkpoint, if any, into the same MLflow run. None: the
     member never started; it runs now.
     """

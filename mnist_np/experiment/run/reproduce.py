@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from mnist_np.experiment.tables import NOT_COMPARED
+from mnist_np.experiment.run.tables import NOT_COMPARED
 from mnist_np.nn.weights import load_weights
 from mnist_np.tracking.queries import fetch_run
 

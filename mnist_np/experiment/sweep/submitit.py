@@ -8,26 +8,23 @@ unwatched, their results never summarised. These launchers submit the
 same array with the same settings (the code below is Hydra's, MIT
 licensed, but for its last line), then wait for *every* job and hand back
 a failed ``JobReturn`` for one that failed, so that the sweep settles that
-member (:func:`mnist_np.experiment.sweep_members.launch_members`) and goes on.
+member (:func:`mnist_np.experiment.sweep.members.launch_members`) and goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQueueConf, SlurmQueueConf
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
-SLURM_LAUNCHER = "hydra_plugins.mnist_np_submitit.submitit_launcher.SlurmLauncher"
-LOCAL_LAUNCHER = "hydra_plugins.mnist_np_submitit.submitit_launcher.LocalLauncher"
 
 
 class WaitingLauncher(BaseSubmititLauncher):
@@ -76,17 +73,3 @@ class WaitingSlurmLauncher(WaitingLauncher):
 
 class WaitingLocalLauncher(WaitingLauncher):
     _EXECUTOR = "local"
-
-
-@dataclass
-class WaitingSlurmConf(SlurmQueueConf):
-    """``hydra/launcher=mnist_np_submitit_slurm``: Hydra's ``submitit_slurm`` keys, the waiting launcher."""
-
-    _target_: str = SLURM_LAUNCHER
-
-
-@dataclass
-class WaitingLocalConf(LocalQueueConf):
-    """``hydra/launcher=mnist_np_submitit_local``: Hydra's ``submitit_local`` keys, the waiting launcher."""
-
-    _target_: str = LOCAL_LAUNCHER

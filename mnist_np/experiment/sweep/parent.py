@@ -1,4 +1,4 @@
-"""A sweep's runs in MLflow: the parent opened before any member starts, and members whose config was invalid."""
+"""A sweep's parent run in MLflow: opened before any member starts, reopened when the sweep is continued."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_np.common.procs import process_identity
-from mnist_np.experiment.context import hydra_context
-from mnist_np.experiment.provenance import git_tags
-from mnist_np.experiment.sweep_info import SweepInfo, member_run_name, parent_params, sweep_run_name, swept_parameters
+from mnist_np.experiment.run.context import hydra_context
+from mnist_np.experiment.run.provenance import git_tags
+from mnist_np.experiment.sweep.info import SweepInfo, member_run_name, parent_params, sweep_run_name, swept_parameters
 from mnist_np.tracking.conventions import PROCESS_TAG, label_tags
 from mnist_np.tracking.journal import JOURNAL_FILE, write_run_file
 from mnist_np.tracking.runs import reap_dead_runs
@@ -53,7 +53,7 @@ def reopen_sweep(sweep_dir: Path) -> SweepInfo:
     Member runs its killed process left RUNNING are closed (FAILED, killed
     from outside) first; the parent itself is kept. ``resumes`` goes up, so
     that members which already have a run in their dir continue it
-    (:func:`mnist_np.experiment.run.run`).
+    (:func:`mnist_np.experiment.run.single.run`).
     """
     info = SweepInfo.load(sweep_dir)
     assert info is not None, f"{sweep_dir} holds no sweep"  # checked by the command before Hydra started
@@ -64,25 +64,3 @@ def reopen_sweep(sweep_dir: Path) -> SweepInfo:
     parent.reopen({PROCESS_TAG: process_identity(), "resumed": "true"})
     log.info("MLflow parent run %r (%s) continued for the sweep in %s", info.name, info.parent_run_id, sweep_dir)
     return info
-
-
-def record_invalid_member(cfg: DictConfig, error: str) -> None:
-    """A sweep member whose config failed validation still shows up, as a FAILED child with the reason.
-
-    (A single run with a bad config creates nothing; in a sweep the parent
-    already exists and the member's absence would go unnoticed.)
-    """
-    ctx = hydra_context()
-    info = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
-    if info is None:
-        return
-    # Its dir gets a journal and a run file like any member's: a continued sweep keeps it rather than adding another.
-    output_dir = Path(ctx.output_dir or ".")
-    tracker = MlflowTracker(info.tracking_uri, info.experiment_name, journal=output_dir / JOURNAL_FILE if ctx.output_dir else None)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(resolved, dict)
-    name = member_run_name("invalid-config", ctx.overrides, info.swept, explicit_base=True)
-    run_id = tracker.start(name, flatten(resolved), {**info.member_tags(ctx.job_num), "overrides": " ".join(ctx.overrides)})
-    if ctx.output_dir:
-        write_run_file(output_dir, run_id, info.tracking_uri, info.experiment_name)
-    tracker.end("FAILED", f"invalid config: {error}")

@@ -8,8 +8,8 @@ from typing import Iterator
 
 from omegaconf import OmegaConf
 
-from mnist_np.experiment.sweep_info import SweepInfo, parent_params
-from mnist_np.experiment.sweep_summary import close_sweep
+from mnist_np.experiment.sweep.info import SweepInfo, parent_params
+from mnist_np.experiment.sweep.summary import close_sweep
 from mnist_np.tracking.queries import run_snapshot
 from mnist_np.tracking.sync import run_dirs, sync_output_dir
 from mnist_np.tracking.tracker import MlflowTracker

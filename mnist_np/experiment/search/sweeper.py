@@ -3,7 +3,7 @@
 Thin on purpose: Optuna is the engine (sampler, pruner, storage), any
 Hydra launcher (basic, joblib, submitit/Slurm) runs the members, and each
 member is an ordinary run -- a child of the sweep's parent run in MLflow --
-that reports to its trial after every epoch (:mod:`mnist_np.experiment.search_trial`).
+that reports to its trial after every epoch (:mod:`mnist_np.experiment.search.trial`).
 
 How a trial ends is read from its member's output dir, so it does not
 depend on the launcher handing anything back: a ``summary.json`` with
@@ -33,11 +33,12 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_np.common.files import atomic_write_text
-from mnist_np.experiment.search_space import as_override, search_space
-from mnist_np.experiment.schema import SEARCH_SWEEPER, SearchSweeperConfig
-from mnist_np.experiment.search_study import OBJECTIVES, SearchSettings, load_study, settings_from
-from mnist_np.experiment.sweep import SESSION
-from mnist_np.experiment.sweep_members import job_composer, launch_members
+from mnist_np.experiment.search.space import as_override, search_space
+from mnist_np.experiment.config.schema import SEARCH_SWEEPER, SearchSweeperConfig
+from mnist_np.experiment.search.study import SearchSettings, load_study, settings_from
+from mnist_np.experiment.sweep.info import OBJECTIVES
+from mnist_np.experiment.sweep.session import SESSION
+from mnist_np.experiment.sweep.launch import job_composer, launch_members
 from mnist_np.tracking.conventions import PRUNED_TAG
 from mnist_np.tracking.tracker import MlflowTracker
 
@@ -119,7 +120,7 @@ class SearchSweeperImpl(Sweeper):
 def check_search(sweep: tuple[DictConfig, list[str]] | None) -> None:
     """Refuse a guided search's bad settings or search space in one line, before anything is created.
 
-    ``sweep`` is :func:`mnist_np.experiment.compose.compose_sweep`'s: the
+    ``sweep`` is :func:`mnist_np.experiment.config.compose.compose_sweep`'s: the
     sweep's config with ``hydra.*``, and its command-line overrides (None: not a sweep).
     """
     if sweep is None:

@@ -4,7 +4,7 @@ Once the run exists, MLflow can no longer stop it: the tracker fails soft
 (see :mod:`mnist_np.tracking.tracker`), and if the server came back by the
 end the run uploads what it missed itself (:mod:`mnist_np.tracking.sync`).
 The run ends FINISHED, FAILED with its reason, or KILLED on Ctrl-C or when
-Slurm requeues it (:mod:`mnist_np.experiment.preemption`), never left
+Slurm requeues it (:mod:`mnist_np.experiment.run.preemption`), never left
 RUNNING; everything it logs is also written to its output dir.
 """
 
@@ -21,12 +21,12 @@ from omegaconf import DictConfig
 from threadpoolctl import threadpool_limits
 
 from mnist_np import data, plots
-from mnist_np.experiment.builders import build_augmentation, build_model, build_optimizer, build_schedule, rng_streams, train_settings
-from mnist_np.experiment.outputs import EpochLogger
-from mnist_np.experiment.preemption import PreemptionWatch
-from mnist_np.experiment.provenance import environment_tags
-from mnist_np.experiment.results import RunInterrupted, RunResult
-from mnist_np.experiment.search_trial import PRUNED
+from mnist_np.experiment.config.builders import build_augmentation, build_model, build_optimizer, build_schedule, rng_streams, train_settings
+from mnist_np.experiment.run.outputs import EpochLogger
+from mnist_np.experiment.run.preemption import PreemptionWatch
+from mnist_np.experiment.run.provenance import environment_tags
+from mnist_np.experiment.run.results import RunInterrupted, RunResult
+from mnist_np.experiment.run.member import PRUNED
 from mnist_np.nn.metrics import score_logits
 from mnist_np.nn.model import MLP
 from mnist_np.nn.weights import save_weights, weights_sha256

@@ -4,7 +4,7 @@ Unknown group options (``optimizer=nope``), unknown keys (``trainer.epoch=3``)
 and values that do not fit the key's type (``trainer.epochs=abc``) --
 including every value of a choice/range sweep -- are refused with one line
 each (Hydra's own messages run to several lines). What only the whole
-config shows is :mod:`mnist_np.experiment.compose`'s business.
+config shows is :mod:`mnist_np.experiment.config.compose`'s business.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
-from mnist_np.experiment.schema import GROUP_SCHEMAS, PRESET_GROUPS, Config, ConfigError, group_options
+from mnist_np.experiment.config.schema import GROUP_SCHEMAS, PRESET_GROUPS, Config, ConfigError, group_options
 
 
 def parse_override(line: str) -> tuple[str, str]:

@@ -14,7 +14,7 @@ import statistics
 from typing import Any, Mapping, Sequence
 
 SEED_KEY = "seed"
-# What each group aggregates, from the sweep table's rows (mnist_np.experiment.sweep_summary.summarize).
+# What each group aggregates, from the sweep table's rows (mnist_np.experiment.sweep.summary.summarize).
 AGGREGATED = ("val_accuracy", "test_accuracy")
 
 

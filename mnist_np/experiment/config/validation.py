@@ -19,8 +19,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mnist_np.data import DATASETS
 from mnist_np.data.augment import AUGMENTATIONS
-from mnist_np.experiment.overrides import missing_value
-from mnist_np.experiment.schema import TRAIN_IMAGES, ConfigError
+from mnist_np.experiment.config.overrides import missing_value
+from mnist_np.experiment.config.schema import TRAIN_IMAGES, ConfigError
 from mnist_np.nn import registry
 from mnist_np.tracking.conventions import MAX_NAME_CHARS, MAX_TAG_CHARS, OWN_TAGS
 from mnist_np.train.loop import MONITORS

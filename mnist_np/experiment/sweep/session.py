@@ -6,13 +6,13 @@ migrates) the store once, opens the parent run and writes its id to
 ``<sweep dir>/mlflow_sweep.json``; every member, in whatever process or node
 it runs, finds the parent there and tags its own run as a child. When the
 sweep ends the callback closes the parent with the sweep's summary
-(:mod:`mnist_np.experiment.sweep_summary`).
+(:mod:`mnist_np.experiment.sweep.summary`).
 
 Hydra builds its callbacks itself, from an import string, so the callback
 and the command that started Hydra (``scripts/train.py``, which must close a
 sweep that crashed before its end and report the outcome) meet in one
 object, :data:`SESSION`. The parent run's work is in
-:mod:`mnist_np.experiment.sweep_runs` and :mod:`mnist_np.experiment.sweep_summary`.
+:mod:`mnist_np.experiment.sweep.parent` and :mod:`mnist_np.experiment.sweep.summary`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_np import speedups
 from mnist_np.common.errors import error_line
 from mnist_np.common.locks import SWEEP_LOCK, acquire, release
-from mnist_np.experiment.sweep_info import SweepInfo
-from mnist_np.experiment.sweep_members import resumable
-from mnist_np.experiment.sweep_runs import open_sweep, reopen_sweep
-from mnist_np.experiment.sweep_summary import SweepSummary, close_sweep
+from mnist_np.experiment.sweep.info import SweepInfo
+from mnist_np.experiment.sweep.records import resumable
+from mnist_np.experiment.sweep.parent import open_sweep, reopen_sweep
+from mnist_np.experiment.sweep.summary import SweepSummary, close_sweep
 from mnist_np.tracking.uris import TrackingUnavailable
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLau
 # server and fails in the member, with the member's own error.
 RUN_MODULES = [
     "hydra.core.utils",
-    "mnist_np.experiment.run",
-    "mnist_np.experiment.sweep",
+    "mnist_np.experiment.run.single",
+    "mnist_np.experiment.sweep.session",
     "mnist_np.train.sharded",
     "mnist_np.plots",
     "mnist_np.tracking.logged_model",

@@ -5,7 +5,7 @@ batch, to the launcher; when a launch raises -- joblib's pool broken by a
 worker the OOM killer took, submitit giving up at its first failed job --
 the sweep ends there, the other members' results lost with it. This
 sweeper makes the same jobs, numbered the same way, but launches each batch
-through :func:`mnist_np.experiment.sweep_members.launch_members`: members
+through :func:`mnist_np.experiment.sweep.members.launch_members`: members
 the broken launch never started are launched again, and every member ends
 with a record (a FAILED child with its reason if it could not make one).
 It is the project's default sweeper (``conf/config.yaml``).
@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from mnist_np.common.files import atomic_write_text
-from mnist_np.experiment.sweep_members import job_composer, launch_members
+from mnist_np.experiment.sweep.launch import job_composer, launch_members
 
 
 class GridSweeperImpl(BasicSweeper):

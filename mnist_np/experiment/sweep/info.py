@@ -8,10 +8,18 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mnist_np.common.files import atomic_write_text
-from mnist_np.experiment.overrides import parse_override
+from mnist_np.experiment.config.overrides import parse_override
 from mnist_np.tracking.conventions import MAX_NAME_CHARS, PARENT_RUN_TAG
 
 SWEEP_FILE = "mlflow_sweep.json"
+# What members may be ranked by (a search's objectives; a Pareto front): a run's final metrics.
+# Members are chosen on validation, never on test; val_* name the best epoch's figures.
+OBJECTIVES = {
+    "val_accuracy": "best_val_accuracy",
+    "val_loss": "best_val_loss",
+    "train_seconds": "train_seconds",
+    "epochs_trained": "epochs_trained",
+}
 # Keys that default_run_name already spells out (mlp128x2-sgd-lr0.1-bs128, -elastic when augmented).
 NAME_KEYS = frozenset(
     {"model.hidden_size", "model.num_hidden_layers", "optimizer", "optimizer.name", "optimizer.lr", "trainer.batch_size", "data", "data.name",
@@ -32,7 +40,7 @@ class SweepInfo:
     # Every store the sweep has a parent run in -> that run's id (the sweep's
     # own, and copies made by syncing its dir into other stores).
     parents: dict[str, str] = field(default_factory=dict)
-    # A guided search's settings (mnist_np.experiment.search_study.SearchSettings as a dict):
+    # A guided search's settings (mnist_np.experiment.search.study.SearchSettings as a dict):
     # its members report to their trials through the study's storage.
     search: dict[str, Any] | None = None
     # How often the sweep was continued (`--multirun resume=...`): a member of a

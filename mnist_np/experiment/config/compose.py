@@ -1,7 +1,7 @@
 """Configs composed as ``scripts/train.py`` composes them, the command line checked first, and saved configs read back.
 
 :func:`check_overrides` is what a command line goes through before Hydra
-sees it: the per-key checks of :mod:`mnist_np.experiment.overrides`, then one
+sees it: the per-key checks of :mod:`mnist_np.experiment.config.overrides`, then one
 composition to catch what only the whole config shows (a key that the
 chosen option's schema lacks). :func:`compose` is the same for tests,
 notebooks and tools; :func:`load_run_config` reads a run's saved config.
@@ -15,12 +15,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_np.common.paths import CONF_DIR
-from mnist_np.experiment.overrides import check_values, command_line_overrides, missing_value, parse_override, parse_overrides
-from mnist_np.experiment.schema import (
+from mnist_np.experiment.config.overrides import check_values, command_line_overrides, missing_value, parse_override, parse_overrides
+from mnist_np.experiment.config.schema import (
     GROUP_SCHEMAS, PRESET_GROUPS, Config, ConfigError, DataConfig, MlflowConfig, ModelConfig, ScheduleConfig, TrainerConfig,
     option_schema, register_configs,
 )
-from mnist_np.experiment.validation import validate
+from mnist_np.experiment.config.validation import validate
 
 MAX_COMPOSITIONS = 16  # a sweep's command lines composed up front (each takes ~0.1 s)
 

@@ -14,16 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping
 
 from mnist_np.common.paths import PROJECT_ROOT
-from mnist_np.experiment.schema import ConfigError
+from mnist_np.experiment.config.schema import ConfigError
+from mnist_np.experiment.sweep.info import OBJECTIVES
 
-# What a search may optimise: a run's final metrics (members are chosen on
-# validation, never on test). val_* name the best epoch's figures.
-OBJECTIVES = {
-    "val_accuracy": "best_val_accuracy",
-    "val_loss": "best_val_loss",
-    "train_seconds": "train_seconds",
-    "epochs_trained": "epochs_trained",
-}
 DIRECTIONS = ("maximize", "minimize")
 # The per-epoch metric a member reports to its trial, by objective (pruning needs one).
 REPORTED = {"val_accuracy": "val_accuracy", "val_loss": "val_loss"}
@@ -54,7 +47,7 @@ class SearchSettings:
     """What a search is: everything under ``hydra.sweeper`` except its search space.
 
     No defaults here: they are the sweeper's schema's
-    (:class:`mnist_np.experiment.schema.SearchSweeperConfig`). ``max_epochs``
+    (:class:`mnist_np.experiment.config.schema.SearchSweeperConfig`). ``max_epochs``
     is the members' ``trainer.epochs`` (the pruners' full budget).
     """
 

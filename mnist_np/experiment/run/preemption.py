@@ -11,7 +11,7 @@ This module lets the run tell that exit from a failure: :class:`PreemptionWatch`
 notes the signal before passing it on, so the run ends KILLED with the
 reason (not FAILED), and :func:`requeued` lets the next attempt know it is
 one, so it resumes from its newest checkpoint into the same MLflow run
-(:func:`mnist_np.experiment.sweep_resume.continued_member`) instead of
+(:func:`mnist_np.experiment.sweep.resume.continued_member`) instead of
 starting a new run.
 """
 

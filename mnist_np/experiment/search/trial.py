@@ -14,12 +14,12 @@ import math
 from typing import Any
 
 from mnist_np.common.errors import error_line
-from mnist_np.experiment.search_study import SearchSettings, load_study
-from mnist_np.experiment.sweep_info import SweepInfo
+from mnist_np.experiment.run.member import PRUNED
+from mnist_np.experiment.search.study import SearchSettings, load_study
+from mnist_np.experiment.sweep.info import SweepInfo
 from mnist_np.train.loop import StopRule
 
 log = logging.getLogger(__name__)
-PRUNED = "pruned"  # the stop reason of a pruned member (FitResult.stop_reason)
 
 
 def trial_stop_rule(sweep: SweepInfo | None, job_num: int | None) -> StopRule | None:

@@ -1,0 +1,10 @@
+"""The guided search: Optuna behind Hydra's sweeper interface, its members reporting to their trials.
+
+The top of the experiment layers: imports sweep, run and config.
+
+- :mod:`~mnist_np.experiment.search.member`: A member of any ``--multirun``, as ``scripts/train.py`` runs it: the sweep's member, plus a search's trial.
+- :mod:`~mnist_np.experiment.search.space`: A guided search's space, written as Hydra overrides, turned into Optuna distributions.
+- :mod:`~mnist_np.experiment.search.study`: A guided search's Optuna study: its settings, storage, sampler and pruner, all picked by name.
+- :mod:`~mnist_np.experiment.search.sweeper`: A guided search as a Hydra sweeper: Optuna (>= 4) asks, Hydra's launcher runs the batch, Optuna is told.
+- :mod:`~mnist_np.experiment.search.trial`: A search member's side of its trial: its validation metric reported after every epoch, and pruning.
+"""
