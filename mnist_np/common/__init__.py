@@ -3,6 +3,7 @@
 Standard library only, so that importing them never drags in NumPy,
 Hydra or MLflow.
 
+- :mod:`~mnist_np.common.cores`: The cores a process may really use: the affinity mask, a cgroup CPU quota, the scheduler's figure.
 - :mod:`~mnist_np.common.errors`: Errors as one line: what a log line, an MLflow tag or a terminal shows.
 - :mod:`~mnist_np.common.files`: Atomic file writes: a reader, or a crash, never meets half a file.
 - :mod:`~mnist_np.common.forking`: The one ``fork`` of the package: made while the process has one thread.
