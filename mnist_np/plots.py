@@ -8,6 +8,7 @@ the speedup ``figures_in_background`` of :mod:`mnist_np.speedups`).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,6 +17,10 @@ import numpy as np
 from mnist_np import speedups
 from mnist_np.common.files import atomic_write
 from mnist_np.nn.metrics import confusion_matrix
+
+# matplotlib says at INFO that it built its font cache ("generated new fontManager", on a first run): not news
+# to a user reading a run's console; its warnings still show.
+logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
 
 def save_all(out_dir: Path, *args: Any) -> list[Path]:
@@ -229,7 +234,7 @@ def sweep_plots(out_dir: Path, rows: Sequence[dict], keys: Sequence[str]) -> lis
         else:
             labels = sorted({str(v) for v in values})
             ax.scatter([labels.index(str(v)) for v in values], accs)
-            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+            ax.set_xticks(range(len(labels)), [_short(label) for label in labels], rotation=30, ha="right")
         ax.set_xlabel(key)
         ax.set_ylabel("validation accuracy")
         ax.set_title(f"validation accuracy vs {key} ({len(done)} finished members)")
@@ -237,6 +242,11 @@ def sweep_plots(out_dir: Path, rows: Sequence[dict], keys: Sequence[str]) -> lis
         fig.tight_layout()
         paths.append(_save(fig, out_dir / f"val_accuracy_vs_{key.replace('/', '_')}.png"))
     return paths
+
+
+def _short(label: str, most: int = 32) -> str:
+    """A tick label that fits under the axis (a swept URI or path would not: its middle goes)."""
+    return label if len(label) <= most else f"{label[: most // 2 - 1]}…{label[-(most // 2 - 1):]}"
 
 
 def _as_numbers(values: Sequence[object]) -> list[float] | None:

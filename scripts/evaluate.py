@@ -14,7 +14,6 @@ missing data: one line ``error: ...`` and exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(args.weights)
             from_run = not path.is_file()
             if from_run:  # a run id: only then pay for importing MLflow
-                os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
                 from mnist_np.tracking.logged_model import resolve_weights
 
                 path = resolve_weights(args.weights, args.tracking_uri, args.which, dst_dir=Path(tmp))

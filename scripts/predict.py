@@ -17,7 +17,6 @@ cannot be read or an unknown run: one line ``error: ...`` and exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="mnist-np-predict-") as tmp:
             path = Path(args.weights)
             if not path.is_file():  # a run id or a registered model: only then pay for importing MLflow
-                os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
                 from mnist_np.tracking.logged_model import resolve_weights
 
                 path = resolve_weights(args.weights, args.tracking_uri, args.which, dst_dir=Path(tmp))

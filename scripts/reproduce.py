@@ -13,7 +13,6 @@ and any difference in config, numpy, BLAS or thread count), 2 for bad input.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -29,8 +28,6 @@ def main() -> int:
     if (args.run_id is None) == (args.from_dir is None):
         parser.error("give either a RUN_ID or --from-dir DIR")
 
-    # MLflow's download progress bars would bury the verdict.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mnist_np.experiment.config.compose import load_run_config
     from mnist_np.experiment.run.reproduce import compare, record_from_dir, record_from_mlflow
     from mnist_np.experiment.run.single import run

@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dirs", nargs="+", help="output dirs of runs or sweeps")
     parser.add_argument("--tracking-uri", default=None, help="sync into this store instead of each run's own")
     args = parser.parse_args(argv)
-    # Our one line per run is the output; MLflow would add progress bars and "View run at" links.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Our one line per run is the output; MLflow would add "View run at" links (its bars are off: tracking.console).
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from mnist_np.common.errors import error_line
     from mnist_np.tracking.uris import TrackingUnavailable

@@ -1,5 +1,6 @@
 """MLflow, and only here: the rest of the package never imports it.
 
+- :mod:`~mnist_np.tracking.console`: what MLflow prints on a run's console: only warnings, unless the user asks for more.
 - :mod:`~mnist_np.tracking.uris`: which store a URI names, and whether a server answers (no MLflow import).
 - :mod:`~mnist_np.tracking.client`: a client for a store, experiments, batched calls, refusals in one line.
 - :mod:`~mnist_np.tracking.conventions`: this project's tag names and MLflow's limits.
@@ -13,3 +14,6 @@
 - :mod:`~mnist_np.tracking.registry`: The Model Registry: a run's logged model as a new version of a registered model, and the alias ``champion``.
 - :mod:`~mnist_np.tracking.system_metrics`: CPU, memory, disk and network use over a run's training, by MLflow's own system-metrics monitor (psutil).
 """
+
+# First, before any module here imports MLflow: its console switches (see mnist_np.tracking.console).
+from mnist_np.tracking import console  # noqa: E402, F401

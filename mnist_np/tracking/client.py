@@ -25,11 +25,6 @@ HTTP_RETRY_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
-# MLflow draws a tqdm bar for artifact transfers ("Downloading artifacts" as a model is saved). A bar starts
-# tqdm's monitor thread, which outlives it, and a process that forks afterwards -- the next member of a sweep,
-# its shard processes -- would fork with that thread alive (see mnist_np.common.forking). The bar tells nothing
-# the run's log does not. Set in every process that tracks, before any transfer; a user's own value stays.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 MlflowError = mlflow.exceptions.MlflowException
 
 # A unique violation, as each database's driver types it: PostgreSQL's SQLSTATE (psycopg 3 ``sqlstate``,
