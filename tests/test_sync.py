@@ -206,7 +206,7 @@ def test_server_dying_during_the_sweeps_closing_calls_leaves_a_sync_hint_not_a_t
     mlflow_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lost
 ) -> None:
     from mnist_np.experiment.sweep import session as sweep
-from mnist_np.experiment.sweep import summary as sweep_summary
+    from mnist_np.experiment.sweep import summary as sweep_summary
     from mnist_np.experiment.sweep.info import SweepInfo
     from mnist_np.tracking.tracker import MlflowTracker
 
