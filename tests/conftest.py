@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import pytest
 
 from helpers.servers import MlflowServer, start_mlflow_server
+from helpers.stores import migrated_store
 from mnist_np.common.paths import PROJECT_ROOT
 from mnist_np.experiment.config.compose import compose
 
@@ -42,8 +43,8 @@ def outputs_stay_clean() -> Iterator[None]:
 
 @pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
-    """A real MLflow store: a fresh SQLite file in a temp dir (artifacts beside it)."""
-    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    """A real MLflow store: a fresh SQLite file in a temp dir (artifacts beside it), migrated already (helpers.stores)."""
+    return migrated_store(tmp_path / "mlruns" / "mlflow.db")
 
 
 def small_overrides(tracking_uri: str, *extra: str) -> list[str]:
@@ -85,6 +86,8 @@ class LiveServer:
         self.port = int(self.url.rsplit(":", 1)[1])
 
     def _start(self) -> MlflowServer:
+        if self.backend_store_uri is None and not (self.root / "mlflow.db").exists():
+            migrated_store(self.root / "mlflow.db")  # the server would migrate a new file first (seconds)
         with pytest.MonkeyPatch.context() as env:
             for key, value in self.ENV.items():
                 env.setenv(key, value)

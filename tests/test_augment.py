@@ -180,20 +180,24 @@ def test_both_processes_take_chunks_of_one_epoch() -> None:
     assert marks == {1, 2}, marks
 
 
-def test_a_transform_that_fails_in_the_worker_fails_the_next_load(tmp_path: Path) -> None:
-    broken = tmp_path / "broken"
+def test_a_transform_that_fails_in_the_worker_fails_the_load() -> None:
+    me = os.getpid()
+    made: dict[str, AugmentedEpochs] = {}
 
-    def breaks_when_told(images, rng, out):
-        if broken.exists():
+    def fails_in_the_worker(images, rng, out):
+        if os.getpid() != me:
             raise RuntimeError("no pixels today")
+        # The training process waits here until the worker has reported: the worker's chunk surely fails first,
+        # however the two processes are scheduled (no sleep that a nice-19 worker may or may not beat).
+        deadline = time.monotonic() + 60
+        while made["epochs"]._reports.message(0) is None and time.monotonic() < deadline:
+            time.sleep(0.005)
         out[:] = images
 
-    with AugmentedEpochs(digits(4 * CHUNK), breaks_when_told, np.random.default_rng(0), epochs=3) as epochs:
-        epochs.load(0)
-        broken.touch()  # epoch 1 is made by the worker now; epoch 2 is the worker's only
-        time.sleep(0.3)
+    with AugmentedEpochs(digits(4 * CHUNK), fails_in_the_worker, np.random.default_rng(0), epochs=3) as epochs:
+        made["epochs"] = epochs
         with pytest.raises(AugmentationFailed, match="augmentation worker: RuntimeError: no pixels today"):
-            epochs.load(1)
+            epochs.load(0)
 
 
 def test_a_worker_that_dies_fails_the_load_instead_of_hanging_it() -> None:

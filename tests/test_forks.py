@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import pytest
 
+from helpers.stores import migrated_store
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
 from mnist_np.common import forking
 from mnist_np.common.paths import PROJECT_ROOT
@@ -137,7 +138,7 @@ def sweep_forks(tmp_path: Path, members: int, *args: str) -> tuple[subprocess.Co
            "PYTHONPATH": os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)}
     cmd = [
         PYTHON, str(TRAIN_SCRIPT), "--multirun", "seed=" + ",".join(map(str, range(members))), *args,
-        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "mlflow.experiment_name=forks",
+        f"mlflow.tracking_uri={migrated_store(tmp_path / 'store' / 'mlflow.db')}", "mlflow.experiment_name=forks",
         "mlflow.log_plots=true", "mlflow.log_system_metrics=true", "augment=shift", "trainer.threads=2",
         "data.train_limit=1000", "data.val_size=500", "trainer.epochs=1", "trainer.progress=false",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",

@@ -19,6 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from helpers.stores import migrated_store
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
 from helpers.servers import free_port, is_healthy, mlflow_executable
 from mnist_np import data
@@ -57,7 +58,7 @@ def test_labels_and_notes_are_searchable_tags(tracking_uri: str, tmp_path: Path)
 
 @pytest.mark.slow
 def test_a_sweep_labels_its_parent_and_members(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    uri = migrated_store(tmp_path / "store" / "mlflow.db")
     proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--multirun", "seed=0,1", "tags=[lr-study]", "notes=two seeds",
                            f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=labels", "mlflow.log_plots=false",
                            "data.train_limit=1000", "data.val_size=500", "trainer.epochs=1", "trainer.progress=false",
@@ -86,7 +87,7 @@ def test_a_single_run_registers_a_new_version_each_time(tracking_uri: str, tmp_p
 
 @pytest.mark.slow
 def test_a_sweeps_best_member_is_the_champion_and_serves_over_http(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    uri = migrated_store(tmp_path / "store" / "mlflow.db")
     proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--multirun", "model.hidden_size=16,32", "mlflow.register_as=digits",
                            f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=registry", "mlflow.log_plots=false",
                            "data.train_limit=3000", "data.val_size=1000", "trainer.epochs=1", "trainer.progress=false",

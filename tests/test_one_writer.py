@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from helpers.stores import migrated_store
 from conftest import PYTHON, TRAIN_SCRIPT
 from mnist_np.common import locks
 from mnist_np.train.checkpoint import latest_checkpoint
@@ -92,7 +93,7 @@ def test_a_filesystem_that_cannot_lock_is_named_not_ignored(tmp_path: Path, monk
 
 def _args(tmp_path: Path) -> list[str]:
     # Batches of 32 make an epoch of 20,000 images last long enough (~0.3 s) for a second command to start meanwhile.
-    return [f"mlflow.tracking_uri=sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "mlflow.experiment_name=writers",
+    return [f"mlflow.tracking_uri={migrated_store(tmp_path / 'store' / 'mlflow.db')}", "mlflow.experiment_name=writers",
             "mlflow.log_plots=false", "trainer.progress=false", "data.train_limit=20000", "data.val_size=2000",
             "trainer.batch_size=32"]
 

@@ -29,7 +29,7 @@ def test_a_team_server_on_postgresql_loses_nothing_when_it_crashes_mid_sweep(pos
     try:
         # All members at once, so that every one is training when the server dies (one that
         # started while it was down would fail fast, by design, before creating its run).
-        epochs = 10
+        epochs = 5
         uri, _ = crash_mid_sweep_then_sync(server, tmp_path, MEMBERS, epochs)  # the same database after the restart
         client, parent, children = parent_and_children(uri)
         assert parent.info.status == "FINISHED" and parent.data.metrics["members_finished"] == MEMBERS

@@ -21,6 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from helpers.stores import migrated_store
 from conftest import PYTHON, TRAIN_SCRIPT
 from mnist_np.experiment.config.schema import ConfigError
 from mnist_np.experiment.search.space import search_space
@@ -37,7 +38,7 @@ def command(tmp_path: Path, *args: str, n_trials: int, epochs: int = 1, preset: 
     return [
         PYTHON, str(TRAIN_SCRIPT), "--multirun", f"+sweep={preset}", f"hydra.sweeper.n_trials={n_trials}",
         f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}", "hydra.sweeper.seed=0",
-        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'store' / 'mlflow.db'}", f"mlflow.experiment_name={EXPERIMENT}",
+        f"mlflow.tracking_uri={migrated_store(tmp_path / 'store' / 'mlflow.db')}", f"mlflow.experiment_name={EXPERIMENT}",
         "mlflow.log_plots=false", "data.train_limit=1000", "data.val_size=500", f"trainer.epochs={epochs}",
         "trainer.progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}", *args,
     ]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from helpers.stores import migrated_store
 from conftest import PYTHON, TRAIN_SCRIPT
 
 # Member 4 repeats member 2's config and has not started when the sweep is killed (with either
@@ -31,7 +32,7 @@ EPOCHS = 3
 def sweep_command(tmp_path: Path, name: str, launcher: str) -> list[str]:
     return [
         PYTHON, str(TRAIN_SCRIPT), "--multirun", *(["+sweep=parallel"] if launcher == "joblib" else []),
-        f"seed={','.join(map(str, SEEDS))}", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
+        f"seed={','.join(map(str, SEEDS))}", f"mlflow.tracking_uri={migrated_store(tmp_path / 'store' / 'mlflow.db')}",
         f"mlflow.experiment_name={name}", "mlflow.log_plots=false", "data.train_limit=20000", "data.val_size=2000",
         f"trainer.epochs={EPOCHS}", "trainer.progress=false", f"hydra.sweep.dir={tmp_path / name}",
     ]

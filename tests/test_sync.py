@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from helpers.stores import migrated_store
 from conftest import PYTHON, TRAIN_SCRIPT, LiveServer, mlflow_gaps, small_overrides
 from mnist_np.experiment.config.compose import compose
 from mnist_np.experiment.run.outputs import EpochLogger
@@ -127,7 +128,7 @@ def test_server_back_before_the_end_the_run_catches_up_by_itself(
 def test_sync_into_a_store_without_the_run_creates_it_once(tracking_uri: str, tmp_path: Path, lost) -> None:
     out = tmp_path / "run"
     original = run(compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false")), output_dir=out)
-    other = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    other = migrated_store(tmp_path / "other" / "mlflow.db")
 
     proc = sync_cli(out, "--tracking-uri", other)
     assert proc.returncode == 0, proc.stderr
@@ -153,8 +154,8 @@ def test_sync_into_a_store_without_the_run_creates_it_once(tracking_uri: str, tm
 @pytest.mark.fault("tracking faults", "sweep copied")
 def test_a_sweep_synced_into_another_store_keeps_its_parent_and_children(tmp_path: Path, lost) -> None:
     """The members become children of a parent made in the new store, not of the original store's parent."""
-    original = f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}"
-    other = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    original = migrated_store(tmp_path / "first" / "mlflow.db")
+    other = migrated_store(tmp_path / "other" / "mlflow.db")
     sweep_dir = tmp_path / "sweep"
     proc = subprocess.run(
         [PYTHON, str(TRAIN_SCRIPT), "--multirun", "model.hidden_size=16,32", f"mlflow.tracking_uri={original}",

@@ -135,8 +135,11 @@ def test_ctrl_c_closes_the_run_killed_with_a_checkpoint_and_resume_finishes_it(t
 
     out = tmp_path / "run"
     args = [f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment_name=tests", "mlflow.log_plots=false", "trainer.progress=false"]
+    # A terminal's Ctrl-C reaches a program that handles SIGINT as Python does by default. A suite started in the
+    # background (`make test &`) ignores SIGINT, and its children inherit that: give the child the default back.
     proc = subprocess.Popen([PYTHON, str(TRAIN_SCRIPT), *args, "data.train_limit=20000", "trainer.epochs=20", f"hydra.run.dir={out}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Wait for the first checkpoint: metrics.jsonl is written a moment
         # before it, and an interrupt between the two has nothing to resume.
