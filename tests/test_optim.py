@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mnist_np.nn.optim import SGD, Adam
+from mnist_np.nn.optim import SGD, Adam, Optimizer
 from mnist_np.nn.schedules import Schedule
 
 
@@ -175,3 +175,26 @@ def test_linear_warmup() -> None:
     assert s.lr_at_step(1, 0, 100) == pytest.approx(0.1 * 101 / 200)
     assert s.lr_at_step(2, 0, 100) == pytest.approx(0.1)  # warm-up over, cosine starts at the top
     assert s.lr_at_step(9, 99, 100) < 0.01
+
+
+SKIPPABLE = [SGD, lambda: SGD(momentum=0.9), lambda: SGD(momentum=0.9, nesterov=True), Adam, lambda: Adam(decoupled=True)]
+
+
+@pytest.mark.parametrize("make", SKIPPABLE)
+def test_skip_does_what_plans_and_swaps_do(make) -> None:
+    """A shard worker's copy that sat out steps catches up with ``skip``: same block, same counters, same next plan."""
+    assert {type(m()) for m in SKIPPABLE} == set(Optimizer.__subclasses__())  # a new optimizer is tested here too
+    rng = np.random.default_rng(0)
+    initial = {"W1": rng.normal(size=(5, 3)), "b1": rng.normal(size=3)}
+    stepped, skipped = make(), make()
+    stepped.attach({k: v.copy() for k, v in initial.items()}, shards=2, parts=2)
+    skipped.attach({k: v.copy() for k, v in initial.items()}, shards=2, parts=2)
+    for steps in (1, 2, 5):
+        for i in range(steps):
+            stepped.plan(0.1 * (i + 1))
+            stepped.swap_buffers()
+        skipped.skip(steps)
+        assert skipped._block == stepped._block
+        assert {k: int(v) for k, v in skipped._scalar_state().items()} == {k: int(v) for k, v in stepped._scalar_state().items()}
+        assert repr(skipped.plan(0.1)) == repr(stepped.plan(0.1))
+        assert skipped.params["W1"].base is not None and np.shares_memory(skipped.params["W1"], skipped.state[skipped._block])

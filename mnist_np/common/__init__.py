@@ -10,4 +10,5 @@ Hydra or MLflow.
 - :mod:`~mnist_np.common.locks`: One writer per run: an operating-system lock on a run's (or a sweep's) output dir while a process works in it.
 - :mod:`~mnist_np.common.paths`: Where the project lives: every default location is built from :data:`PROJECT_ROOT`, never from the working directory.
 - :mod:`~mnist_np.common.procs`: Processes: which one owns a run, whether it still exists, and whether this one may fork.
+- :mod:`~mnist_np.common.waits`: Waits between forked processes: spin for microseconds, then sleep until woken.
 """

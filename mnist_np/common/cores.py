@@ -174,3 +174,44 @@ def _v1_quota(directory: Path) -> float | None:
         return None if quota <= 0 or period <= 0 else quota / period
     except (OSError, ValueError):
         return None
+
+
+class IdleMeter:
+    """Idle cores among this process's allowed ones, between two calls, from ``/proc/stat``.
+
+    Each call returns how many of the allowed cores stood idle, on average,
+    since the previous call (``0.0`` to the number of cores; idle and I/O
+    wait count), or None on the first call and where ``/proc/stat`` cannot
+    be read. It says whether a second process of ours would find a core:
+    a busy neighbour or another run leaves none idle. A host-wide figure:
+    a cgroup quota does not show in it.
+    """
+
+    def __init__(self, stat: str | Path = "/proc/stat", cores: set[int] | None = None) -> None:
+        self.stat = Path(stat)
+        if cores is None:
+            cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+        self.names = {f"cpu{c}" for c in cores}
+        self._last: tuple[int, int] | None = None
+
+    def __call__(self) -> float | None:
+        now = self._read()
+        last, self._last = self._last, now
+        if now is None or last is None or now[1] <= last[1]:
+            return None
+        return len(self.names) * (now[0] - last[0]) / (now[1] - last[1])
+
+    def _read(self) -> tuple[int, int] | None:
+        """(idle ticks, all ticks) summed over the allowed cores."""
+        try:
+            lines = self.stat.read_text().splitlines()
+        except OSError:
+            return None
+        idle = total = 0
+        for line in lines:
+            name, _, rest = line.partition(" ")
+            if name in self.names:
+                ticks = [int(v) for v in rest.split()]
+                idle += ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+                total += sum(ticks[:8])  # user .. steal; guest time is already in user
+        return (idle, total) if total else None

@@ -162,6 +162,20 @@ class Optimizer:
             self._block = (self._block + self.block_rows) % (self.blocks * self.block_rows)
             self._point_views()
 
+    def skip(self, steps: int) -> None:
+        """What ``steps`` calls of :meth:`plan` and :meth:`swap_buffers` do to this copy, without any arithmetic.
+
+        For a worker process's copy of the optimizer that sat out steps its
+        parent made alone (the state matrix they share has moved on): the
+        block in use and the scalars a plan counts (Adam's ``t``) catch up.
+        """
+        self._skip_scalars(steps)
+        for _ in range(steps % self.blocks):
+            self.swap_buffers()
+
+    def _skip_scalars(self, steps: int) -> None:
+        pass
+
     def update(self, plan: Any, part: int = 0) -> None:
         """Apply ``plan`` to the columns of ``part`` (parts may run in parallel processes)."""
         for lo, hi, decays in self._parts[part]:
@@ -303,6 +317,9 @@ class Adam(Optimizer):
         b1, b2 = self.beta1, self.beta2
         # Fold both bias corrections into one scalar step size.
         return _AdamPlan(lr, lr * math.sqrt(1 - b2**self.t) / (1 - b1**self.t), self.eps * math.sqrt(1 - b2**self.t))
+
+    def _skip_scalars(self, steps: int) -> None:
+        self.t += steps
 
     def _update_chunk(self, plan: _AdamPlan, lo: int, hi: int, decays: bool, scratch: np.ndarray) -> None:
         assert self.state is not None

@@ -13,38 +13,44 @@ microseconds made of a dozen NumPy calls, and two threads hand the GIL back
 and forth at every call -- each hand-over waking a sleeping thread, which
 costs tens of microseconds on a virtual machine. Forked processes share the
 data (copy-on-write), the parameters and the state matrix (an anonymous
-shared mapping), have a GIL each, and meet through counters in shared memory
-that they poll, which takes about a microsecond. A waiting process spins for
-up to 50 ms and then sleeps in 1 ms naps, so between epochs it gives the
-core back. The poll protocol relies on x86-64's ordering of stores; other
-machines, and systems other than Linux, use the plain one-process stepper
-(see :func:`mnist_np.train.stepper.can_shard`).
+shared mapping), have a GIL each, and meet through doorbells
+(:class:`mnist_np.common.waits.Doorbell`): a waiting process tries for a
+few microseconds -- within a step the other side is about that far -- and
+then sleeps until it is rung, so it never takes a core that the process
+it waits for needs. Every store a step hands over is made before the ring
+that announces it (the semaphore's operations order memory as POSIX
+requires). Other systems than Linux on x86-64 use the plain one-process
+stepper (see :func:`mnist_np.train.stepper.can_shard`).
+
+When the machine gets busy -- another run, a busy neighbour, fewer cores
+than the thread count -- the caller may compute every shard itself, one
+after the other, while the other processes sleep (:mod:`mnist_np.train.pace`
+decides, from the step times it measures). A worker that sat out some steps
+brings its copy of the optimizer's bookkeeping up to date
+(:meth:`Optimizer.skip`) before it takes part again.
 
 Determinism: the shard count depends only on the batch size and the thread
-count, every product is single-threaded, the shards' gradients are added in
-a fixed order, and dropout masks are drawn for the whole batch from one
-generator before it is split. Same config and thread count, same bits.
+count, never on the load or on who computes a shard; every product is
+single-threaded, the shards' gradients are added in a fixed order, and
+dropout masks are drawn for the whole batch from one generator before it is
+split. Same config and thread count, same bits.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
+from mnist_np.common.cores import IdleMeter
+from mnist_np.common.waits import Doorbell
 from mnist_np.nn.model import MLP, Workspace
 from mnist_np.nn.optim import Optimizer
 from mnist_np.train.forked import Reports, exited, fork_worker, reap, shared_zeros
+from mnist_np.train.pace import Pace
 from mnist_np.train.stepper import BatchDropout, gather, shard_count
-# Poll this long before napping: within a step the other side is at most a
-# shard's work away; a wait this long means the caller is between epochs
-# (evaluating, logging), where a millisecond's nap costs nothing. Short naps
-# would not help: a sleep on a virtual machine lasts a millisecond or two.
-SPIN_SECONDS = 0.05
-NAP_SECONDS = 0.001
 
 
 class ShardFailed(RuntimeError):
@@ -61,7 +67,9 @@ class ShardedStepper:
     Use as a context manager: it owns worker processes, forked on entry to
     the ``with`` block and stopped on exit. Call
     :meth:`sync` before reading the parameters: the last step's update may
-    still be running in the workers when :meth:`step` returns.
+    still be running in the workers when :meth:`step` returns. ``pace``
+    decides step by step whether the workers take part (default: a
+    :class:`Pace` that measures, and looks at the idle cores).
     """
 
     def __init__(
@@ -73,6 +81,7 @@ class ShardedStepper:
         batch_size: int,
         threads: int,
         dropout_rng: np.random.Generator | None = None,
+        pace: Pace | None = None,
     ) -> None:
         self.model, self.optimizer, self.x, self.y = model, optimizer, x, y
         self.batch_size = min(batch_size, len(y))
@@ -80,6 +89,7 @@ class ShardedStepper:
         if self.shards < 2:
             raise ValueError(f"{self.batch_size} rows on {threads} thread(s) make one shard: use the plain Stepper")
         self.blas_threads = 1  # each shard has its own core
+        self.pace = Pace(idle=IdleMeter()) if pace is None else pace
         alloc = shared_zeros
         self.grads = optimizer.attach(model.params, self.shards, parts=self.shards, alloc=alloc)
         self._rows = math.ceil(self.batch_size / self.shards)
@@ -88,14 +98,17 @@ class ShardedStepper:
         # What a step hands to the workers, and what they hand back, all shared.
         s = self.shards
         self._ctl = alloc((3,), np.int64)
-        self._done = alloc((2, s), np.int64)  # per shard: step whose gradients are in; step whose update part is done
         self._reports = Reports(s)
         self._idx = alloc((self.batch_size,), np.int64)  # the batch's rows
         self._lr = alloc((1,), np.float64)
         self._results = alloc((s, 2), np.float64)  # per shard: loss sum, correct count
-        # Flat views for the polls: indexing a memoryview is ~20x cheaper than a NumPy comparison.
-        self._gradients_in, self._updated = memoryview(self._done[0]), memoryview(self._done[1])
+        # go[k]: worker k may start the published step (or stop); arrived[k]: one more shard's gradients are in,
+        # rung for shard k by every other shard; updated: one more worker's update part is done.
+        self._go = [Doorbell() for _ in range(s)]
+        self._arrived = [Doorbell() for _ in range(s)]
+        self._updated = Doorbell()
         self._step = 0
+        self._unsynced = 0  # update parts the caller has not yet waited for
         self._workers: dict[int, int] = {}  # shard -> pid
         self._workspace: Workspace | None = None
 
@@ -110,8 +123,10 @@ class ShardedStepper:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Stop the workers (they see the flag within a poll) and reap them; kill any that hang."""
+        """Stop the workers (the flag, then their doorbells) and reap them; kill any that hang."""
         self._ctl[_STOP] = 1
+        for k in self._workers:
+            self._go[k].ring()
         reap(list(self._workers.values()))
         self._workers = {}
 
@@ -120,21 +135,42 @@ class ShardedStepper:
     def step(self, idx: np.ndarray, lr: float) -> tuple[float, int]:
         """Train on the rows ``idx`` at learning rate ``lr``; returns ``(loss_sum, correct)``."""
         assert self._workspace is not None, "use the stepper as a context manager"
-        self.sync()  # the previous step's update parts are in
+        parallel = self.pace.step()
+        self._sync()  # the previous step's update parts are in
         m = len(idx)
         self._step += 1
         self._idx[:m] = idx  # where the workers read it
         self.dropout.draw(m)
         self._ctl[_ROWS] = m
         self._lr[0] = lr
-        self._ctl[_GO] = self._step  # the workers start
-        self._run(0, self._workspace, self._step)
+        if parallel:
+            self._ctl[_GO] = self._step
+            for k in range(1, self.shards):
+                self._go[k].ring()  # after the stores above: the workers see them
+            self._run(0, self._workspace)
+            self._unsynced = self.shards - 1
+        else:  # every shard here, in order; the workers sleep
+            for k in range(self.shards):
+                self._gradients(k, self._workspace)
+            plan = self._plan()
+            for k in range(self.shards):
+                self.optimizer.update(plan, k)
         return float(self._results[:, 0].sum()), int(self._results[:, 1].sum())
 
     def sync(self) -> None:
-        """Wait until the last step's update has finished in every process."""
-        step, updated = self._step, self._updated
-        _poll(lambda: all(updated[k] == step for k in range(self.shards)), self._check_workers)
+        """Wait until the last step's update has finished in every process (and tell the pace that steps pause)."""
+        self._sync()
+        self.pace.pause()
+
+    def _sync(self) -> None:
+        while self._unsynced:
+            self._wait(self._updated)
+            self._unsynced -= 1
+
+    def _wait(self, bell: Doorbell) -> None:
+        """In the caller: wait for ``bell``, checking on the workers while asleep."""
+        if bell.wait(check=self._check_workers):
+            self.pace.slept()
 
     def _check_workers(self) -> None:
         """Raise :class:`ShardFailed` if a worker reported an error or is gone."""
@@ -147,8 +183,21 @@ class ShardedStepper:
 
     # ------------------------------------------------------------------ both sides
 
-    def _run(self, k: int, ws: Workspace, step: int) -> None:
+    def _run(self, k: int, ws: Workspace) -> None:
         """Shard ``k``'s gradients, then (when every shard's are in) part ``k`` of the update."""
+        self._gradients(k, ws)
+        for j in range(self.shards):
+            if j != k:
+                self._arrived[j].ring()
+        for _ in range(self.shards - 1):
+            if k == 0:
+                self._wait(self._arrived[0])
+            else:
+                self._arrived[k].wait(check=self._check_parent)
+        self.optimizer.update(self._plan(), k)
+
+    def _gradients(self, k: int, ws: Workspace) -> None:
+        """Shard ``k``'s forward and backward pass: its gradient row and its ``(loss sum, correct)``."""
         m = int(self._ctl[_ROWS])
         per = math.ceil(m / self.shards)
         lo, hi = min(k * per, m), min((k + 1) * per, m)
@@ -156,18 +205,17 @@ class ShardedStepper:
             for g in self.grads[k].values():
                 g.fill(0)
             self._results[k] = 0.0
-        else:
-            idx = self._idx[lo:hi]
-            gather(self.x, idx, ws)
-            masks = [mask[lo:hi] for mask in self.dropout.masks] or None
-            self._results[k] = self.model.gradients(ws, hi - lo, self.y[idx], self.grads[k], 1.0 / m, masks)
-        self._done[0, k] = step
-        got = self._gradients_in
-        _poll(lambda: all(got[j] == step for j in range(self.shards)), self._check_workers if k == 0 else self._check_parent)
+            return
+        idx = self._idx[lo:hi]
+        gather(self.x, idx, ws)
+        masks = [mask[lo:hi] for mask in self.dropout.masks] or None
+        self._results[k] = self.model.gradients(ws, hi - lo, self.y[idx], self.grads[k], 1.0 / m, masks)
+
+    def _plan(self) -> Any:
+        """This step's plan, and this process's copy of the optimizer moved to the block the step writes."""
         plan = self.optimizer.plan(float(self._lr[0]))
         self.optimizer.swap_buffers()
-        self.optimizer.update(plan, k)
-        self._done[1, k] = step
+        return plan
 
     # ------------------------------------------------------------------ workers
 
@@ -177,29 +225,18 @@ class ShardedStepper:
 
     def _serve(self, k: int) -> None:
         ws = self.model.workspace(self._rows)
-        ctl = memoryview(self._ctl)
-        seen = 0
+        done = 0  # the last step this process took part in
         while True:
-            _poll(lambda: ctl[_GO] != seen or ctl[_STOP] != 0, self._check_parent)
+            self._go[k].wait(check=self._check_parent)
             if self._ctl[_STOP]:
                 return
-            seen = int(self._ctl[_GO])
-            self._run(k, ws, seen)
+            step = int(self._ctl[_GO])
+            if step > done + 1:  # the caller made the steps between alone
+                self.optimizer.skip(step - done - 1)
+            self._run(k, ws)
+            self._updated.ring()
+            done = step
 
     def _check_parent(self) -> None:
         if os.getppid() != self._parent or self._ctl[_STOP]:
             os._exit(0)  # the parent is gone (killed, or done): nobody waits for this process
-
-
-def _poll(ready: Callable[[], bool], check: Callable[[], None]) -> None:
-    """Return when ``ready()``; spin for ``SPIN_SECONDS``, then nap; ``check()`` now and then."""
-    if ready():
-        return
-    start = time.perf_counter()
-    spins = 0
-    while not ready():
-        spins += 1
-        if spins % 256 == 0:
-            check()
-            if time.perf_counter() - start > SPIN_SECONDS:
-                time.sleep(NAP_SECONDS)
