@@ -114,3 +114,20 @@ def test_a_real_taskset_gives_one_core() -> None:
     out = subprocess.run(["taskset", "-c", str(first), sys.executable, "-c", code], capture_output=True, text=True, check=True)
     tags = json.loads(out.stdout)
     assert tags["cores"] == "1" and "affinity: 1 core(s)" in tags["cores_found"]
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2, reason="needs taskset and 2 cores")
+def test_a_run_under_taskset_takes_one_core_and_tags_where_it_came_from() -> None:
+    """``trainer.threads`` unset: the run's threads are the cores found; its environment tags say what was found."""
+    code = ("import json; from omegaconf import OmegaConf; "
+            "from mnist_np.experiment.run.context import HydraContext, blas_threads; "
+            "from mnist_np.experiment.run.provenance import environment_tags; "
+            "cfg = OmegaConf.create({'trainer': {'threads': None}}); "
+            "print(json.dumps({'threads': blas_threads(cfg, HydraContext()), **environment_tags()}))")
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CPUS_PER_TASK"}
+    first = str(min(os.sched_getaffinity(0)))
+    one = json.loads(subprocess.run(["taskset", "-c", first, sys.executable, "-c", code], capture_output=True, text=True,
+                                    check=True, env=env).stdout)
+    assert one["threads"] == 1 and one["cores"] == "1" and one["cores_source"] == "affinity"
+    every = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout)
+    assert every["threads"] == int(every["cores"])

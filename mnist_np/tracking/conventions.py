@@ -28,7 +28,7 @@ OWN_TAGS = frozenset({
     "sweep_dir", "sweeper", "launcher", "resumed", "resumed_from_epoch", "reproduces", "stopped_early", PRUNED_TAG,
     "warnings", "weights_sha256", "tested_weights_sha256", "members_failed", "members_finished", "best_run_id",
     "best_run_name", "pareto_run_ids", "numpy_version", "python_version", "platform", "blas", "blas_threads", "git_dirty",
-    "train_shards", REGISTERED_TAG, CHAMPION_TAG,
+    "train_shards", "cores", "cores_source", "cores_found", REGISTERED_TAG, CHAMPION_TAG,
 })
 NOTE_TAG = "mlflow.note.content"  # what MLflow's UI shows as a run's description
 LABEL_VALUE = "true"  # a label is a tag <label>=true: searchable as tags.`<label>` = 'true'

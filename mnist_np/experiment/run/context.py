@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from mnist_np.common.cores import available_cores
 
 
 @dataclass
@@ -43,13 +44,16 @@ def hydra_context() -> HydraContext:
 def blas_threads(cfg: DictConfig, ctx: HydraContext) -> int:
     """Cores for this run: ``trainer.threads``, else the cores shared among parallel workers.
 
-    joblib's ``n_jobs`` workers each get ``cores // n_jobs`` (at least 1) so a
-    parallel sweep does not oversubscribe the machine; submitit jobs get
-    their ``cpus_per_task`` (1 when unset), as a cluster scheduler would.
+    The cores are those this process may really use (affinity mask, cgroup
+    quota, Slurm: :func:`mnist_np.common.cores.available_cores`, logged as
+    the run's ``cores*`` tags). joblib's ``n_jobs`` workers each get
+    ``cores // n_jobs`` (at least 1) so a parallel sweep does not
+    oversubscribe the machine; submitit jobs get their ``cpus_per_task``
+    (1 when unset), as a cluster scheduler would.
     """
     if cfg.trainer.threads:
         return int(cfg.trainer.threads)
-    cores = os.cpu_count() or 1
+    cores = available_cores().count
     target = str(ctx.launcher.get("_target_", ""))
     if "n_jobs" in ctx.launcher and "joblib" in target.lower():
         n_jobs = int(ctx.launcher["n_jobs"])

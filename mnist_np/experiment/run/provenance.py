@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_np.common.cores import available_cores
 from mnist_np.common.paths import PROJECT_ROOT
 
 
@@ -29,6 +30,7 @@ def environment_tags() -> dict[str, str]:
             tags["blas_threads"] = str(b.get("num_threads"))
     except Exception:  # threadpoolctl is informative only
         pass
+    tags.update(available_cores().tags())  # the cores found, what decided them, what each source said
     for var in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         if os.environ.get(var):
             tags[f"env.{var}"] = os.environ[var]
