@@ -8,6 +8,9 @@
     python scripts/bench.py run                   # a whole default `make train` run: time outside the epochs, memory
     python scripts/bench.py run --with mlflow.log_system_metrics=false   # what a key costs a default run
     python scripts/bench.py search                # the same guided search with and without pruning
+    python scripts/bench.py contention            # default, threads=1 and PyTorch alone, under taskset, a quota, a neighbour
+    python scripts/bench.py contention --code /tmp/before   # ... the same with another checkout's code
+    python scripts/bench.py waits                 # the waits between processes: semaphore, eventfd, pipe
     python scripts/bench.py loop --track          # ... and record the results as a run in the MLflow experiment `benchmarks`
 
 ``loop`` times the project's own training loop (``mnist_np.train.loop.fit``,
@@ -29,7 +32,8 @@ reports its wall time,
 the sum of its epoch times, the difference (start-up, data, evaluation,
 MLflow, plots and the logged model), and the peak resident memory.
 
-``sweep`` and ``search`` time whole ``--multirun`` sweeps: see ``scripts/bench_sweeps.py``.
+``sweep`` and ``search`` time whole ``--multirun`` sweeps: see ``scripts/bench_sweeps.py``;
+``contention`` and ``waits``: see ``scripts/bench_contention.py``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_contention  # beside this file: speed on a busy machine, waits between processes
 import bench_sweeps  # beside this file: the sweep and search benchmarks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -354,6 +359,7 @@ def main() -> None:
     lp.add_argument("--augment-only", action="store_true", help="only that row (best preset with and without augmentation)")
     lp.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-loop.json")
     p, q = bench_sweeps.add_parsers(sub, ROOT / "outputs")
+    bench_contention.add_parsers(sub, ROOT / "outputs")
     r = sub.add_parser("run", help="whole default runs: time outside the epochs and peak memory")
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--speedups", action="store_true", help="also time the run with each shortcut of mnist_np.speedups off in turn")
@@ -365,11 +371,12 @@ def main() -> None:
         sp.add_argument("--track", action="store_true", help="also record the results in the MLflow experiment `benchmarks`")
         sp.add_argument("--tracking-uri", default=None, help="store for --track (default: as for training)")
     args = parser.parse_args()
-    result = {"loop": bench_loop, "sweep": bench_sweeps.bench_sweep, "search": bench_sweeps.bench_search, "run": bench_run}[args.what](args)
+    result = {"loop": bench_loop, "sweep": bench_sweeps.bench_sweep, "search": bench_sweeps.bench_search, "run": bench_run,
+              "contention": bench_contention.bench_contention, "waits": bench_contention.bench_waits}[args.what](args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.json}")
-    if args.track:
+    if getattr(args, "track", False):
         track(result, args.tracking_uri)
 
 
