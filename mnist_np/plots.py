@@ -275,3 +275,23 @@ def pareto_plot(path: Path, points: Sequence[dict], front: Sequence[dict], keys:
     ax.legend()
     fig.tight_layout()
     return _save(fig, path)
+
+
+def importance_plot(path: Path, rows: Sequence[dict], members: int, evaluator: str = "PED-ANOVA") -> Path:
+    """A sweep's parameter importance (rows ``param, importance``, most important first) as horizontal bars, the first on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [_short(str(r["param"])) for r in rows][::-1]
+    values = [float(r["importance"]) for r in rows][::-1]
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.45 * len(rows)), dpi=100)
+    bars = ax.barh(names, values, color="C0")
+    ax.bar_label(bars, [f"{v:.2f}" for v in values], padding=3)
+    ax.set_xlim(0, max(1.0, max(values) * 1.15))
+    ax.set_xlabel("importance to validation accuracy (sums to 1)")
+    ax.set_title(f"what mattered: {evaluator} over {members} finished members", fontsize=11)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

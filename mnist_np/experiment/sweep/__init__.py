@@ -3,6 +3,7 @@
 Imports run and config; never search.
 
 - :mod:`~mnist_np.experiment.sweep.grid`: A grid sweep (``a=1,2 b=x,y``) as Hydra's basic sweeper runs it, except that a failed launch never loses a member.
+- :mod:`~mnist_np.experiment.sweep.importance`: Which swept parameters mattered: Optuna's PED-ANOVA importance over a sweep's finished members.
 - :mod:`~mnist_np.experiment.sweep.info`: What identifies a ``--multirun`` sweep: its ``mlflow_sweep.json``, what it sweeps, and the names of its runs.
 - :mod:`~mnist_np.experiment.sweep.launch`: A sweep's launches, in the sweep's process: every member of a launch ends with a record, even when the launch fails.
 - :mod:`~mnist_np.experiment.sweep.members`: A sweep member, in its own process: the run, handed what the sweep says of it, and its record whatever stops it.
@@ -12,6 +13,6 @@ Imports run and config; never search.
 - :mod:`~mnist_np.experiment.sweep.seed_groups`: Seed groups: members that differ only in ``seed``, aggregated (n, mean ± standard deviation), best group first.
 - :mod:`~mnist_np.experiment.sweep.session`: ``--multirun`` sweeps in MLflow: one parent run per sweep, every member a child.
 - :mod:`~mnist_np.experiment.sweep.submitit`: Hydra's submitit launchers, except that a failed job never makes the sweep abandon the others.
-- :mod:`~mnist_np.experiment.sweep.summary`: A sweep's outcome on its parent run: counts, the best member on validation, a sorted table, seed groups, plots.
+- :mod:`~mnist_np.experiment.sweep.summary`: A sweep's outcome on its parent run: counts, the best member on validation, a sorted table, seed groups, importance, plots.
 - :mod:`~mnist_np.experiment.sweep.sync`: Sync a sweep's dir into MLflow: every member's run, then the parent's summary (``scripts/sync.py <sweep dir>``).
 """

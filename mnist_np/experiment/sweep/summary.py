@@ -1,4 +1,4 @@
-"""A sweep's outcome on its parent run: counts, the best member on validation, a sorted table, seed groups, plots.
+"""A sweep's outcome on its parent run: counts, the best member on validation, a sorted table, seed groups, importance, plots.
 
 The best member is chosen by validation accuracy, never by test accuracy,
 which is shown but never decides.
@@ -6,7 +6,9 @@ which is shown but never decides.
 
 from __future__ import annotations
 
+import csv
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,6 +18,7 @@ from mnist_np.common.files import atomic_write_text
 from mnist_np.common.locks import holder
 from mnist_np.common.procs import is_dead
 from mnist_np.experiment.config.overrides import parse_override
+from mnist_np.experiment.sweep.importance import EVALUATOR, IMPORTANCE_FILE, IMPORTANCE_TAG, param_importance
 from mnist_np.experiment.sweep.seed_groups import by_config, finite_number, shown
 from mnist_np.experiment.sweep.info import OBJECTIVES, SweepInfo
 from mnist_np.experiment.sweep.records import send_record, unrecorded_members
@@ -24,7 +27,7 @@ from mnist_np.tracking.conventions import (
     CHAMPION_TAG, FAILURE_TAG, KILLED_REASON, OUTPUT_DIR_TAG, PROCESS_TAG, PRUNED_TAG, REGISTERED_TAG,
 )
 from mnist_np.tracking.journal import JOURNAL_FILE, read_journal
-from mnist_np.tracking.queries import child_runs, latest_metrics
+from mnist_np.tracking.queries import child_runs, fetch_run, latest_metrics, run_tags
 from mnist_np.tracking.registry import CHAMPION, register_run_model, set_champion
 from mnist_np.tracking.runs import close_run
 from mnist_np.tracking.sync import sync_output_dir
@@ -213,13 +216,52 @@ def _record(tracker: MlflowTracker, info: SweepInfo, summary: SweepSummary, pare
     if pareto is not None:
         atomic_write_text(out / "pareto.csv", table_csv(pareto.front))
         tracker.set_tags({"pareto_run_ids": ",".join(r["run_id"] for r in pareto.front)})
+    importance = _record_importance(tracker, out, summary, info)
     try:
         plots.sweep_plots(out, summary.rows, list(info.swept))
+        if importance is not None:
+            plots.importance_plot(out / "importance.png", importance, summary.finished, EVALUATOR)
         if pareto is not None:
             plots.pareto_plot(out / "pareto_front.png", pareto.points, pareto.front, pareto.keys[:2])
     except Exception as e:  # a figure must never lose the table
         log.warning("sweep plots failed: %s", e)
     tracker.log_artifacts(out, SUMMARY_DIR)
+
+
+def _record_importance(tracker: MlflowTracker, out: Path, summary: SweepSummary, info: SweepInfo) -> list[dict[str, Any]] | None:
+    """``importance.csv`` and the tag ``most_important_param``, where two swept keys or more vary (see
+    :mod:`mnist_np.experiment.sweep.importance`); None where they do not, or where it could not be computed."""
+    try:
+        importance = param_importance(summary.rows, info.swept)
+    except Exception as e:  # noqa: BLE001 -- the table and the other figures matter more
+        log.warning("parameter importance failed: %s", e)
+        return None
+    if importance is not None:
+        atomic_write_text(out / IMPORTANCE_FILE, table_csv(importance))
+        tracker.set_tags({IMPORTANCE_TAG: importance[0]["param"]})
+    return importance
+
+
+def recorded_importance(tracking_uri: str, parent_run_id: str) -> tuple[str, list[dict[str, Any]]]:
+    """What a sweep's parent recorded (``sweep_summary/importance.csv``, as its summary wrote it): a title line and the rows.
+
+    Raises:
+        ValueError: one line -- no such run, not a sweep's parent, or a sweep without importance (and why).
+    """
+    tags = run_tags(parent_run_id, tracking_uri)
+    if "sweep_dir" not in tags:
+        raise ValueError(f"run {parent_run_id} is not a sweep's parent run; --importance needs one")
+    if IMPORTANCE_TAG not in tags:
+        raise ValueError(f"sweep {tags.get('mlflow.runName', parent_run_id)!r} has no importance: fewer than two swept "
+                         "parameters vary among its finished members, or it was summarised before importance existed "
+                         f"(summarise it again: python scripts/sync.py {tags['sweep_dir']})")
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = f"{SUMMARY_DIR}/{IMPORTANCE_FILE}"
+        with open(fetch_run(parent_run_id, tracking_uri, Path(tmp), (artifact,))["files"][artifact], newline="") as f:
+            rows = [{"param": r["param"], "importance": float(r["importance"])} for r in csv.DictReader(f)]
+    title = (f"sweep {tags.get('mlflow.runName', parent_run_id)!r}: importance of {len(rows)} swept parameters to validation "
+             f"accuracy over {tags.get('members_finished', '?')} finished members ({EVALUATOR})")
+    return title, rows
 
 
 @dataclass
