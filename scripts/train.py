@@ -5,12 +5,15 @@
     python scripts/train.py --multirun +sweep=optuna
     python scripts/train.py --multirun resume=<sweep dir or parent run id>   # continue a killed sweep or search
     python scripts/train.py +experiment=seed_baseline
+    python scripts/train.py --multirun model.hidden_size=64,128 optimizer.lr=0.01,0.1,0.3 dry_run=true   # what it would run
 
 A thin shell over :func:`mnist_np.experiment.run.single.run`: it checks the command
 line, lets Hydra compose the config, and turns the errors a user can fix into
 one line on stderr (exit status 2 for a bad config, 1 for a failed run or a
 sweep with failed members). In a sweep, a member that fails is recorded as
-a FAILED child run and the sweep goes on.
+a FAILED child run and the sweep goes on. With ``dry_run=true`` nothing
+runs: the command says what it would launch and checks every member
+(:mod:`mnist_np.experiment.search.dry_run`), before Hydra makes any dir.
 """
 
 from __future__ import annotations
@@ -68,11 +71,14 @@ def cli() -> int:
     from mnist_np.common.locks import LockHeld, LockUnsupported
     from mnist_np.experiment.config.compose import compose_sweep
     from mnist_np.experiment.run.results import RunInterrupted
+    from mnist_np.experiment.search.dry_run import dry_run, dry_run_requested
     from mnist_np.experiment.search.sweeper import check_search
     from mnist_np.experiment.sweep.session import SESSION
     from mnist_np.experiment.sweep.resume import resume_command, sweep_dir_given
 
     try:
+        if dry_run_requested(sys.argv[1:]):  # before anything that writes: the sweep's lock, Hydra's dirs
+            return dry_run(sys.argv[1:], sys.stdout, sys.stderr)
         resumed = resume_command(sys.argv[1:])
         if resumed is not None:
             SESSION.hold(resumed.sweep_dir)  # before anything: a sweep whose driver still runs is refused

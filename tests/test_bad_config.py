@@ -33,6 +33,8 @@ BAD: dict[str, list[tuple[list[str], str]]] = {
     "tags": [(["tags=[UPPER]"], "['UPPER']"), (["tags=[host]"], "'host' is one"), (["tags=[a,a]"], "['a', 'a']"),
              ([f"tags=[{'x' * 41}]"], "x" * 41)],
     "notes": [(["notes=''"], "''"), ([f"notes={'y' * 8001}"], "'" + "y" * 40 + "...'")],
+    # dry_run=true itself is answered by scripts/train.py before any run; a run that gets it (from a preset) refuses it.
+    "dry_run": [(["dry_run=maybe"], "'maybe'"), (["dry_run=true"], "dry_run=true is not allowed in a config file")],
     "data": [(["data=cifar10"], "'cifar10'"), (["~data"], "data is missing")],
     "data.name": [(["data.name=cifar10"], "'cifar10'")],
     "data.dir": [(["data.dir=/no/such/folder"], "'/no/such/folder'"), (["data.dir=[a,b]"], "['a', 'b']")],

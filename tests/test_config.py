@@ -109,7 +109,7 @@ def test_schema_types_are_enforced_at_composition() -> None:
         ("optimizer.lr=fast", "optimizer.lr='fast' has the wrong type; expected a number"),
         ("trainer.epoch=3", "trainer.epoch is not a config key; keys of trainer:"),
         ("model.hidden_size=64,abc", "model.hidden_size='abc' has the wrong type"),
-        ("sed=1", "sed is not a config key; top-level keys: notes, resume, seed, tags"),
+        ("sed=1", "sed is not a config key; top-level keys: dry_run, notes, resume, seed, tags"),
     ],
 )
 @pytest.mark.fault("bad config", "refused")

@@ -172,6 +172,10 @@ class Config:
     notes: Optional[str] = described(
         None, "the run's description in the MLflow UI (tag `mlflow.note.content`), e.g. `notes=\"first try with dropout\"`")
     resume: Optional[str] = described(None, "a run id or output dir: continue that interrupted run with its own config")
+    dry_run: bool = described(
+        False, "`true`: print what the command would launch (each member's overrides and run name; a search's space "
+        "and `n_trials`), check every member's config, create nothing; exit 2 if one is invalid "
+        "(see [Dry run](sweeps.md#dry-run))")
 
 
 SEARCH_SWEEPER = "hydra_plugins.mnist_np_optuna.optuna_sweeper.OptunaSweeper"

@@ -38,6 +38,9 @@ def validate(cfg: DictConfig) -> None:
     """Check values and combinations; raise :class:`ConfigError` naming the first bad key."""
     from omegaconf.errors import MissingMandatoryValue
 
+    if cfg.get("dry_run"):  # set by a config file, not the command line: too late to create nothing
+        raise ConfigError("dry_run=true is not allowed in a config file or preset; expected on the command line, where "
+                          "scripts/train.py answers it before anything is created")
     try:
         for checks in (_data, _model, _optimizer, _schedule, _trainer, _augment, _resources, _data_folders, _mlflow):
             for problem in checks(cfg):

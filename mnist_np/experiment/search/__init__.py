@@ -1,7 +1,9 @@
 """The guided search: Optuna behind Hydra's sweeper interface, its members reporting to their trials.
 
-The top of the experiment layers: imports sweep, run and config.
+The top of the experiment layers: imports sweep, run and config; so what covers any
+``--multirun`` (a member, a dry run) lives here too.
 
+- :mod:`~mnist_np.experiment.search.dry_run`: A dry run (``dry_run=true``): what a command of ``scripts/train.py`` would launch, every member checked, nothing created.
 - :mod:`~mnist_np.experiment.search.member`: A member of any ``--multirun``, as ``scripts/train.py`` runs it: the sweep's member, plus a search's trial.
 - :mod:`~mnist_np.experiment.search.space`: A guided search's space, written as Hydra overrides, turned into Optuna distributions.
 - :mod:`~mnist_np.experiment.search.study`: A guided search's Optuna study: its settings, storage, sampler and pruner, all picked by name.
