@@ -121,7 +121,11 @@ def test_bad_overrides_are_caught_before_hydra(override: str, fragment: str) -> 
 
 
 def test_sweeper_search_spaces_are_left_to_the_sweeper() -> None:
+    # interval() and hydra.* are the sweeper's and launcher's to read: accepted as they are...
     check_overrides(["optimizer.lr=interval(0.001,0.1)", "hydra.launcher.n_jobs=2", "model.hidden_size=64,128"])
+    # ...while the grid's own values on the same line are still checked, each of them.
+    with pytest.raises(ConfigError, match="model.hidden_size='abc' has the wrong type"):
+        check_overrides(["optimizer.lr=interval(0.001,0.1)", "hydra.launcher.n_jobs=2", "model.hidden_size=64,abc"])
 
 
 def test_a_sweep_is_composed_once_per_swept_group_option(monkeypatch: pytest.MonkeyPatch) -> None:

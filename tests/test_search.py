@@ -26,7 +26,7 @@ from conftest import PYTHON, TRAIN_SCRIPT
 from mnist_np.experiment.config.schema import ConfigError
 from mnist_np.experiment.search.space import search_space
 from mnist_np.experiment.search.study import SearchSettings, check, open_storage
-from mnist_np.experiment.search.sweeper import trial_outcome
+from mnist_np.experiment.search.outcome import trial_outcome
 from mnist_np.experiment.sweep.info import SweepInfo
 from mnist_np.experiment.sweep.resume import resume_command
 from mnist_np.experiment.sweep.summary import pareto
@@ -173,14 +173,31 @@ def test_a_pruned_search_stops_members_early_and_says_so(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_joblib_workers_report_to_their_trials_and_are_pruned(tmp_path: Path) -> None:
+@pytest.mark.parametrize("asynchronous", [True, False])
+def test_joblib_workers_report_to_their_trials_and_are_pruned(tmp_path: Path, asynchronous: bool) -> None:
     proc = search(tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner=hyperband", "hydra.sweeper.reduction_factor=2",
-                  n_trials=8, epochs=4, preset="[optuna,parallel]")
+                  f"hydra.sweeper.asynchronous={str(asynchronous).lower()}", n_trials=8, epochs=4, preset="[optuna,parallel]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, study, parent, children = outcome(tmp_path)
-    assert len(study.trials) == 8 and any(t.state == TrialState.PRUNED for t in study.trials)
+    assert len(study.trials) == 8 and len(children) == 8 and sorted(by_trial(children)) == list(range(8))
+    # Which trials the pruner stops depends on which others were told first (test_a_pruned_search_stops_members_early
+    # shows that it does); each one it stopped is a FINISHED member that says so, and trained fewer epochs.
+    members = by_trial(children)
+    for t in study.trials:
+        pruned = t.state == TrialState.PRUNED
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED) and members[t.number].info.status == "FINISHED"
+        assert ("pruned_at_epoch" in members[t.number].data.tags) == pruned
+        assert members[t.number].data.metrics["epochs_trained"] == (len(t.intermediate_values) if pruned else 4)
     assert len({c.data.tags["pid"] for c in children}) >= 2  # members ran in the workers' processes
     assert all(len(t.intermediate_values) >= 1 for t in study.trials)
+    recorded = json.loads((tmp_path / "sweep" / "mlflow_sweep.json").read_text())
+    if asynchronous:  # two workers, each asking for its next trial as its last one ended
+        assert recorded["workers"] == 2 and 0 < parent.data.metrics["workers_busy_fraction"] <= 1
+        spans = [(c.info.start_time, c.info.end_time) for c in children]
+        expected = sum(e - s for s, e in spans) / (2 * (max(e for _, e in spans) - min(s for s, _ in spans)))
+        assert parent.data.metrics["workers_busy_fraction"] == pytest.approx(expected)
+    else:  # batches of two
+        assert recorded["workers"] is None and "workers_busy_fraction" not in parent.data.metrics
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, TRAIN_SCRIPT, LiveServer
+from helpers.stores import migrated_store
 from mnist_np.tracking.journal import JOURNAL_FILE, RUN_FILE
 from mnist_np.train.stepper import shard_count
 from test_load import check_members
@@ -98,3 +99,40 @@ def test_a_preempted_slurm_member_resumes_into_its_own_run(slurm, postgres, tmp_
         assert preempted.data.tags["train_shards"] == uninterrupted.data.tags["train_shards"] == shards
     finally:
         server.stop()
+
+
+def test_a_packed_grid_runs_as_three_slurm_jobs_that_take_its_members(slurm, tmp_path: Path) -> None:
+    """``hydra.launcher.workers=3``: a 12-member grid as 3 Slurm jobs, each taking members until none is left."""
+    sweep_dir = tmp_path / "sweep"
+    uri = migrated_store(tmp_path / "store" / "mlflow.db")
+    cmd = [PYTHON, str(TRAIN_SCRIPT), "--multirun", "+sweep=slurm", f"hydra.launcher.partition={slurm.partition}",
+           "hydra.launcher.workers=3", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+           "seed=range(6)", "model.hidden_size=16,32", f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=sweeps",
+           "data.train_limit=1000", "data.val_size=500", "trainer.epochs=1", "trainer.progress=false",
+           "mlflow.log_plots=false", f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen(cmd, env={**os.environ, **slurm.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL)
+    seen: set[str] = set()  # the array tasks squeue showed while the sweep ran
+    try:
+        deadline = time.monotonic() + 900
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen |= {j["id"] for j in slurm.jobs() if j["name"] == "train"}
+            time.sleep(0.2)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-3000:] + slurm.log_tail()
+    client, parent, children = parent_and_children(uri)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["members_finished"] == 12
+    assert len(children) == 12 and all(c.info.status == "FINISHED" for c in children)
+    assert sorted(int(c.data.tags["sweep_job_num"]) for c in children) == list(range(12))
+    # Three Slurm jobs (one array of 3 tasks) ran them all: squeue showed 3, submitit kept 3 results.
+    assert len(seen) == 3 and {task.rsplit("_", 1)[1] for task in seen} == {"0", "1", "2"}, seen
+    results = sorted((sweep_dir / ".submitit").rglob("*_result.pkl"))
+    assert len(results) == 3, results
+    pids = {c.data.tags["pid"] for c in children}
+    assert len(pids) <= 3  # members ran inside the 3 worker jobs' processes, not one process each
+    ledger = json.loads((sweep_dir / "ledger.json").read_text())["jobs"]
+    assert all(j["done"] for j in ledger) and {j["worker"] for j in ledger} <= {0, 1, 2}

@@ -191,6 +191,25 @@ def release(path: Path) -> None:
 
 
 @contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` while inside, waiting for whoever holds it now.
+
+    For a short critical section that processes on several nodes share
+    (taking the next job of a sweep, asking a study for its next trial):
+    holders keep it for milliseconds, so waiting is the right thing to do,
+    unlike a run's lock, which is held for a whole training.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # also releases the lock
+
+
+@contextmanager
 def locked(folder: Path, what: str, name: str = RUN_LOCK) -> Iterator[Path]:
     """Hold ``folder``'s lock while inside (see :func:`acquire`)."""
     path = acquire(folder, what, name)

@@ -13,7 +13,7 @@ from mnist_np.tracking.uris import require_store
 
 
 def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list[dict[str, Any]]:
-    """Runs as plain dicts with keys ``run_id, name, status, params, metrics, tags``."""
+    """Runs as plain dicts with keys ``run_id, name, status, params, metrics, tags, start_time, end_time`` (ms)."""
     runs = client.search_runs(experiment_ids, filter_string=filter_string, max_results=10_000)
     return [
         {
@@ -23,6 +23,8 @@ def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: 
             "params": dict(r.data.params),
             "metrics": dict(r.data.metrics),
             "tags": dict(r.data.tags),
+            "start_time": r.info.start_time,
+            "end_time": r.info.end_time,
         }
         for r in runs
     ]

@@ -197,7 +197,10 @@ class SearchSweeperConfig:
 
     _target_: str = SEARCH_SWEEPER
     n_trials: int = described(20, "trials in the study, counting COMPLETE, PRUNED and FAIL ones")
-    n_jobs: int = described(1, "trials asked per batch, run side by side by a parallel launcher (`+sweep=[optuna,parallel]`)")
+    n_jobs: int = described(1, "workers, each running its next trial as its last one ends, side by side with a parallel "
+                               "launcher (`+sweep=[optuna,parallel]`); trials per batch when not `asynchronous`")
+    asynchronous: bool = described(True, "each worker asks for its next trial at once; `false`: batches of `n_jobs` "
+                                         "trials, each batch waiting for its slowest")
     objectives: list[str] = described(
         ["val_accuracy"], "what a trial scores: `val_accuracy`, `val_loss` (the best epoch's), `train_seconds`, "
         "`epochs_trained`; never a test figure")
@@ -303,10 +306,13 @@ def _store_submitit_launchers(cs: Any) -> None:
     @dataclass
     class WaitingSlurmConf(SlurmQueueConf):
         _target_: str = "hydra_plugins.mnist_np_submitit.submitit_launcher.SlurmLauncher"
+        # null: one cluster job per member; K: K cluster jobs, each taking members (or trials) until none is left.
+        workers: Optional[int] = None
 
     @dataclass
     class WaitingLocalConf(LocalQueueConf):
         _target_: str = "hydra_plugins.mnist_np_submitit.submitit_launcher.LocalLauncher"
+        workers: Optional[int] = None
 
     cs.store(group="hydra/launcher", name="mnist_np_submitit_slurm", node=WaitingSlurmConf, provider="mnist_np")
     cs.store(group="hydra/launcher", name="mnist_np_submitit_local", node=WaitingLocalConf, provider="mnist_np")

@@ -63,6 +63,7 @@ class SearchSettings:
     min_epochs: int
     reduction_factor: int
     max_epochs: int
+    asynchronous: bool = True  # a default only for sweeps recorded before the key existed
 
     @property
     def reported(self) -> str | None:
@@ -88,7 +89,7 @@ def settings_from(sweeper: Mapping[str, Any], max_epochs: int) -> SearchSettings
         n_trials=sweeper["n_trials"], n_jobs=sweeper["n_jobs"], objectives=objectives, directions=directions,
         study_name=str(sweeper["study_name"]), storage=str(sweeper["storage"] or default_storage()), sampler=str(sweeper["sampler"]),
         seed=sweeper["seed"], pruner=sweeper["pruner"], min_epochs=sweeper["min_epochs"],
-        reduction_factor=sweeper["reduction_factor"], max_epochs=max_epochs,
+        reduction_factor=sweeper["reduction_factor"], max_epochs=max_epochs, asynchronous=bool(sweeper["asynchronous"]),
     )
     check(settings)
     return settings

@@ -22,9 +22,7 @@ class Hydra instantiates is a one-line subclass there
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,11 +33,13 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_np.common.files import atomic_write_text
 from mnist_np.experiment.search.space import as_override, search_space
 from mnist_np.experiment.config.schema import SEARCH_SWEEPER, SearchSweeperConfig
+from mnist_np.experiment.search.outcome import fail_interrupted, finished, tell
 from mnist_np.experiment.search.study import SearchSettings, load_study, settings_from
-from mnist_np.experiment.sweep.info import OBJECTIVES
 from mnist_np.experiment.sweep.session import SESSION
+from mnist_np.experiment.search.source import StudySource
 from mnist_np.experiment.sweep.launch import job_composer, launch_members
-from mnist_np.tracking.conventions import PRUNED_TAG
+from mnist_np.experiment.sweep.session import note_workers
+from mnist_np.experiment.sweep.workers import loop_count, run_workers
 from mnist_np.tracking.tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,25 @@ class SearchSweeperImpl(Sweeper):
         interrupted = fail_interrupted(study)
         if interrupted:
             log.info("search: trials %s of a killed search marked FAIL", ", ".join(map(str, interrupted)))
+        if settings.asynchronous:
+            returns = self._asynchronous(settings, distributions, fixed, sweep_dir)
+        else:
+            returns = self._batches(study, settings, distributions, fixed, sweep_dir)
+        write_results(study, settings, sweep_dir / "optimization_results.yaml")
+        return returns
+
+    def _asynchronous(self, settings: SearchSettings, distributions: dict[str, Any], fixed: list[str],
+                      sweep_dir: Path) -> list[Sequence[Any]]:
+        """``n_jobs`` workers, each asking the stored study for its next trial as its last one ends."""
+        workers = loop_count(self.launcher, settings.n_jobs)
+        note_workers(workers)
+        log.info("search: %d trials, %d worker(s) asking for the next one as their last one ends", settings.n_trials, workers)
+        ran = run_workers(self.launcher, settings.n_jobs, StudySource(settings, distributions, fixed, str(sweep_dir)))
+        return [[r for _, r in sorted(ran, key=lambda pair: pair[0]) if r is not None]]
+
+    def _batches(self, study: Any, settings: SearchSettings, distributions: dict[str, Any], fixed: list[str],
+                 sweep_dir: Path) -> list[Sequence[Any]]:
+        """Batch-synchronous: ``n_jobs`` trials asked, launched together, all told before the next batch is asked."""
         returns = []
         while (done := finished(study)) < settings.n_trials:
             batch = [study.ask(distributions) for _ in range(min(settings.n_jobs, settings.n_trials - done))]
@@ -85,7 +104,6 @@ class SearchSweeperImpl(Sweeper):
             returns.append([r for r in results if r is not None])
             for trial, result in zip(batch, results):
                 tell(study, settings, trial, self._output_dir(trial.number, result))
-        write_results(study, settings, sweep_dir / "optimization_results.yaml")
         return returns
 
     def _settings(self) -> dict[str, Any]:
@@ -147,49 +165,3 @@ def write_results(study: Any, settings: SearchSettings, path: Path) -> None:
         results = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values, "trial": t.number}
                                                    for t in study.best_trials]}
     atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(results)))
-
-
-def finished(study: Any) -> int:
-    """Trials that count toward ``n_trials``: COMPLETE, PRUNED or FAIL."""
-    from optuna.trial import TrialState
-
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
-
-
-def fail_interrupted(study: Any) -> list[int]:
-    """Mark FAIL the trials a killed search left RUNNING (their members died with it); returns their numbers."""
-    from optuna.trial import TrialState
-
-    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    for number in running:
-        study.tell(number, state=TrialState.FAIL)
-    return running
-
-
-def tell(study: Any, settings: SearchSettings, trial: Any, output_dir: Path) -> str:
-    """Tell Optuna how ``trial`` ended, from its member's ``summary.json``; returns the state's name."""
-    from optuna.trial import TrialState
-
-    outcome = trial_outcome(output_dir, settings)
-    if outcome is None:
-        study.tell(trial, state=TrialState.FAIL)
-        return "FAIL"
-    values, pruned = outcome
-    if pruned:
-        study.tell(trial, state=TrialState.PRUNED)
-        return "PRUNED"
-    study.tell(trial, values)
-    return "COMPLETE"
-
-
-def trial_outcome(output_dir: Path, settings: SearchSettings) -> tuple[list[float], bool] | None:
-    """``(objective values, pruned)`` of a member that finished, None for one that failed (or left no summary)."""
-    path = output_dir / "summary.json"
-    try:
-        summary = json.loads(path.read_text())
-        values = [float(summary["metrics"][OBJECTIVES[o]]) for o in settings.objectives]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not all(math.isfinite(v) for v in values):
-        return None
-    return values, bool(summary.get(PRUNED_TAG))

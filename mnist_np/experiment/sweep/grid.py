@@ -22,6 +22,9 @@ from omegaconf import OmegaConf
 
 from mnist_np.common.files import atomic_write_text
 from mnist_np.experiment.sweep.launch import job_composer, launch_members
+from mnist_np.experiment.sweep.ledger import Ledger
+from mnist_np.experiment.sweep.session import note_workers
+from mnist_np.experiment.sweep.workers import run_workers
 
 
 class GridSweeperImpl(BasicSweeper):
@@ -34,6 +37,8 @@ class GridSweeperImpl(BasicSweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))  # resume= reads it
+        if packed := getattr(self.launcher, "workers", None):  # hydra.launcher.workers=K: K cluster jobs take them all
+            return [self._packed(sweep_dir, int(packed))]
         returns: list[Sequence[Any]] = []
         first = 0
         while not self.is_done():
@@ -43,3 +48,15 @@ class GridSweeperImpl(BasicSweeper):
             returns.append([r for r in results if r is not None])
             first += len(batch)
         return returns
+
+    def _packed(self, sweep_dir: Path, workers: int) -> list[Any]:
+        """Every member of the grid in a ledger that ``workers`` cluster jobs take from (its batches do not matter)."""
+        assert self.overrides is not None
+        jobs = [job for batch in self.overrides for job in batch]
+        for job in jobs:
+            self.validate_batch_is_legal([job])
+        workers = min(workers, len(jobs))
+        note_workers(workers)
+        ran = run_workers(self.launcher, workers, Ledger.write(sweep_dir, jobs, 0))
+        self.batch_index = len(self.overrides)
+        return [r for _, r in sorted(ran, key=lambda pair: pair[0]) if r is not None]

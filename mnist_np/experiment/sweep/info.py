@@ -50,6 +50,9 @@ class SweepInfo:
     completed: bool = False
     # mlflow.register_as: the registered model whose alias "champion" the sweep points at its best member.
     register_as: str | None = None
+    # Workers taking members at their own pace (an asynchronous search, a packed grid): the parent's
+    # workers_busy_fraction is over this many; None for launches of batches.
+    workers: int | None = None
 
     def save(self) -> Path:
         """Write ``mlflow_sweep.json`` atomically: members in other processes read it at any time."""

@@ -8,13 +8,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_np.common.procs import process_identity
-from mnist_np.experiment.run.context import hydra_context
 from mnist_np.experiment.run.provenance import git_tags
-from mnist_np.experiment.sweep.info import SweepInfo, member_run_name, parent_params, sweep_run_name, swept_parameters
+from mnist_np.experiment.sweep.info import SweepInfo, parent_params, sweep_run_name, swept_parameters
 from mnist_np.tracking.conventions import PROCESS_TAG, label_tags
-from mnist_np.tracking.journal import JOURNAL_FILE, write_run_file
 from mnist_np.tracking.runs import reap_dead_runs
-from mnist_np.tracking.tracker import MlflowTracker, flatten
+from mnist_np.tracking.tracker import MlflowTracker
 from mnist_np.tracking.uris import default_tracking_uri
 
 log = logging.getLogger(__name__)

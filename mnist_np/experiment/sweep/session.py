@@ -131,6 +131,13 @@ class SweepSession:
 SESSION = SweepSession()
 
 
+def note_workers(workers: int) -> None:
+    """Record in the open sweep that ``workers`` loops take its members (the parent's ``workers_busy_fraction``)."""
+    if SESSION.open is not None:
+        SESSION.open.workers = workers
+        SESSION.open.save()
+
+
 class MlflowSweepCallback(Callback):
     """Hydra callback: a parent MLflow run around every ``--multirun`` sweep."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, Callable, List, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
@@ -24,13 +24,53 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
+from mnist_np.experiment.sweep.launch import launcher_error
+from mnist_np.experiment.sweep.workers import lanes
+
 log = logging.getLogger(__name__)
 
 
 class WaitingLauncher(BaseSubmititLauncher):
-    """Submits like Hydra's submitit launcher; waits for every job, a failed one becoming a failed ``JobReturn``."""
+    """Submits like Hydra's submitit launcher; waits for every job, a failed one becoming a failed ``JobReturn``.
+
+    ``workers=K`` (``hydra.launcher.workers``; default null, one cluster job
+    per member) packs a sweep's members or a search's trials into K cluster
+    jobs, each a loop that takes its next one as its last one ends
+    (:meth:`run_workers`).
+    """
+
+    def __init__(self, workers: int | None = None, **params: Any) -> None:
+        super().__init__(**params)
+        self.workers = workers  # not a submitit parameter: kept out of the executor's
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        executor = self._executor()
+        job_params: List[Any] = []
+        for idx, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + idx
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+        jobs = executor.map_array(self, *zip(*job_params))
+        return [_result(job, overrides) for job, overrides in zip(jobs, job_overrides)]  # every job, in order
+
+    def run_workers(self, workers: int, source: Any, work: Callable[..., list[tuple[int, Any]]]) -> list[tuple[int, Any]]:
+        """Loops over ``source`` (see :mod:`mnist_np.experiment.sweep.workers`): ``self.workers`` cluster jobs each a
+        loop when set, else ``workers`` lanes here, each job a cluster job of its own."""
+        if not self.workers:
+            return lanes(workers, source, lambda overrides, number: self.launch([overrides], number)[0])
+        loop = _WorkerLoop(self, source, work, Singleton.get_state())
+        log.info("%d cluster jobs, each taking its next member as its last one ends", self.workers)
+        jobs = self._executor().map_array(loop, range(self.workers))
+        ran: list[tuple[int, Any]] = []
+        for job in jobs:
+            try:
+                ran += job.results()[0]
+            except Exception as e:  # noqa: BLE001 -- a worker job lost: what it was running is settled from its dir
+                source.settle(launcher_error(e))
+        return ran
+
+    def _executor(self) -> Any:
+        """The submitit executor, set up exactly as Hydra's launcher sets it up (its code, MIT licensed)."""
         import submitit
 
         assert self.config is not None
@@ -48,13 +88,26 @@ class WaitingLauncher(BaseSubmititLauncher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
-        job_params: List[Any] = []
-        for idx, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + idx
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
-        jobs = executor.map_array(self, *zip(*job_params))
-        return [_result(job, overrides) for job, overrides in zip(jobs, job_overrides)]  # every job, in order
+        return executor
+
+
+class _WorkerLoop:
+    """What a packed cluster job runs: worker ``k``'s loop, each job run as the launcher runs one (picklable)."""
+
+    def __init__(self, launcher: WaitingLauncher, source: Any, work: Callable[..., Any], state: Any) -> None:
+        self.launcher, self.source, self.work, self.state = launcher, source, work, state
+
+    def __call__(self, worker: int) -> list[tuple[int, Any]]:
+        return self.work(self.source, worker, self._run)
+
+    def _run(self, overrides: Sequence[str], number: int) -> JobReturn:
+        return self.launcher(list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}", self.state)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Preempted or out of time: Slurm requeues the same loop, which takes first the member it had not finished."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 def _result(job: Any, overrides: Sequence[str]) -> JobReturn:

@@ -22,6 +22,7 @@ from mnist_np.experiment.sweep.importance import EVALUATOR, IMPORTANCE_FILE, IMP
 from mnist_np.experiment.sweep.seed_groups import by_config, finite_number, shown
 from mnist_np.experiment.sweep.info import OBJECTIVES, SweepInfo
 from mnist_np.experiment.sweep.records import send_record, unrecorded_members
+from mnist_np.experiment.sweep.workers import busy_fraction
 from mnist_np.experiment.run.tables import table_csv, table_markdown
 from mnist_np.tracking.conventions import (
     CHAMPION_TAG, FAILURE_TAG, KILLED_REASON, OUTPUT_DIR_TAG, PROCESS_TAG, PRUNED_TAG, REGISTERED_TAG,
@@ -47,6 +48,7 @@ class SweepSummary:
     best: dict[str, Any] | None
     rows: list[dict[str, Any]]
     pruned: int = 0  # finished members a guided search's pruner stopped early
+    busy: float | None = None  # workers_busy_fraction, for members taken by workers at their own pace
 
     @property
     def ok(self) -> bool:
@@ -117,6 +119,7 @@ def close_sweep(info: SweepInfo, crash: str | None = None, status: str = "FAILED
     _settle_members(tracker, info, members_done)
     children = child_runs(tracker.client, tracker.experiment_id, info.parent_run_id)
     summary = summarize(children, list(info.swept))
+    summary.busy = busy_fraction(children, info.workers) if info.workers else None
     try:
         _record(tracker, info, summary, pareto(children, info))
     except Exception as e:  # the members' runs are safe; only the summary is missing
@@ -191,6 +194,8 @@ def _record(tracker: MlflowTracker, info: SweepInfo, summary: SweepSummary, pare
     tags = {"members_failed": str(summary.failed), "members_finished": str(summary.finished)}
     if info.search is not None:
         metrics["members_pruned"] = summary.pruned
+    if summary.busy is not None:
+        metrics["workers_busy_fraction"] = summary.busy
     if summary.best:
         b = summary.best
         for key in ("val_accuracy", "test_accuracy", "epochs", "train_seconds"):
