@@ -146,7 +146,6 @@ def _misclassified(path: Path, y_true: np.ndarray, y_pred: np.ndarray, x_test: n
     import matplotlib.pyplot as plt
 
     wrong = np.flatnonzero(y_true != y_pred)[:limit]
-    rows = max(1, int(np.ceil(len(wrong) / cols)))
     pad = 16  # image pixels above each tile for its two-line label
     # One mosaic (one axes, one imshow) rather than an axes per tile: ~100 axes cost seconds.
     mosaic = _mosaic(x_test[wrong].reshape(-1, 28, 28), cols, pad=pad, fill=0.0)

@@ -35,9 +35,9 @@ def main() -> int:
     parser.add_argument("--filter", default="", help="an MLflow search filter, e.g. \"tags.`lr-study` = 'true'\" or \"metrics.test_accuracy > 0.98\"")
     args = parser.parse_args()
 
+    from mnist_np.experiment.run.tables import table_csv, table_text, varying_params
     from mnist_np.experiment.sweep.seed_groups import by_config, shown
     from mnist_np.experiment.sweep.summary import summarize
-    from mnist_np.experiment.run.tables import table_csv, table_text, varying_params
     from mnist_np.tracking.queries import runs_to_compare
     from mnist_np.tracking.uris import TrackingUnavailable, check_server, tracking_uri_or_default
 

@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 from mnist_np import data
-from mnist_np.nn.weights import load_weights
 from mnist_np.inference import InferenceError, evaluate, format_report, load_test_set, parse_config
+from mnist_np.nn.weights import load_weights
 
 
 def main(argv: list[str] | None = None) -> int:

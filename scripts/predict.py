@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 
 from mnist_np import data
-from mnist_np.nn.weights import load_weights
 from mnist_np.inference import InferenceError, load_images, predict_proba
+from mnist_np.nn.weights import load_weights
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,9 +29,9 @@ def main() -> int:
         parser.error("give either a RUN_ID or --from-dir DIR")
 
     from mnist_np.experiment.config.compose import load_run_config
+    from mnist_np.experiment.config.schema import ConfigError, register_configs
     from mnist_np.experiment.run.reproduce import compare, record_from_dir, record_from_mlflow
     from mnist_np.experiment.run.single import run
-    from mnist_np.experiment.config.schema import ConfigError, register_configs
     from mnist_np.tracking.uris import tracking_uri_or_default
 
     register_configs()

@@ -73,8 +73,8 @@ def cli() -> int:
     from mnist_np.experiment.run.results import RunInterrupted
     from mnist_np.experiment.search.dry_run import dry_run, dry_run_requested
     from mnist_np.experiment.search.sweeper import check_search
-    from mnist_np.experiment.sweep.session import SESSION
     from mnist_np.experiment.sweep.resume import resume_command, sweep_dir_given
+    from mnist_np.experiment.sweep.session import SESSION
 
     try:
         if dry_run_requested(sys.argv[1:]):  # before anything that writes: the sweep's lock, Hydra's dirs

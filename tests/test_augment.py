@@ -18,7 +18,14 @@ from mlflow.tracking import MlflowClient
 from conftest import small_overrides
 from mnist_np import data
 from mnist_np.data.augment import AUGMENTATIONS, Affine, Elastic, Shift, gaussian_matrix
-from mnist_np.experiment.config.builders import build_augmentation, build_model, build_optimizer, build_schedule, load_splits, rng_streams
+from mnist_np.experiment.config.builders import (
+    build_augmentation,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    load_splits,
+    rng_streams,
+)
 from mnist_np.experiment.config.compose import compose
 from mnist_np.experiment.run.single import run
 from mnist_np.nn.model import MLP

@@ -24,8 +24,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT
 from helpers.browser import NO_CHROMIUM, MlflowUI, chromium, find_chromium
-from mnist_np.common.paths import PROJECT_ROOT
 from helpers.servers import start_mlflow_server
+from mnist_np.common.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 EXPERIMENT = "browser-test"

@@ -13,6 +13,7 @@ genuine errors from a SQLite store, a PostgreSQL store and that server.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest

@@ -91,8 +91,8 @@ def check_train(script: str, args: list[str], error: str | None) -> None:
 
     from mnist_np.experiment.config.compose import check_overrides, compose, compose_sweep, sweep_variants
     from mnist_np.experiment.config.overrides import command_line_overrides, parse_overrides
-    from mnist_np.experiment.search.sweeper import check_search
     from mnist_np.experiment.config.validation import validate
+    from mnist_np.experiment.search.sweeper import check_search
 
     for word in [w for w in args if TAB in w]:  # a completion demo: what is typed before Tab must lead somewhere
         check_completion(word.split(TAB)[0])

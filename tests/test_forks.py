@@ -34,8 +34,8 @@ from typing import Any, Callable
 
 import pytest
 
-from helpers.stores import migrated_store
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
+from helpers.stores import migrated_store
 from mnist_np.common import forking
 from mnist_np.common.paths import PROJECT_ROOT
 from mnist_np.experiment.config.compose import compose
@@ -311,9 +311,8 @@ def test_tqdm_bars_leave_no_thread_behind() -> None:
     import tqdm
     import tqdm.auto
 
-    import mnist_np.train.loop  # noqa: F401 -- switches the monitor off
-
     import mnist_np.tracking.client  # noqa: F401 -- switches MLflow's artifact bars off
+    import mnist_np.train.loop  # noqa: F401 -- switches the monitor off
 
     before = threading.active_count()
     with open(os.devnull, "w") as devnull:

@@ -19,9 +19,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from helpers.stores import migrated_store
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
 from helpers.servers import free_port, is_healthy, mlflow_executable
+from helpers.stores import migrated_store
 from mnist_np import data
 from mnist_np.experiment.config.compose import compose
 from mnist_np.experiment.run.single import run

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers.stores import migrated_store
 from conftest import PYTHON, TRAIN_SCRIPT
 from helpers.servers import free_port
+from helpers.stores import migrated_store
 from mnist_np.data import load_dataset
 from mnist_np.data.cache import default_cache_dir
 from test_sweeps import check_summary

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_np.nn.weights import load_weights, save_weights, weights_sha256
 from mnist_np.nn.model import MLP, param_names
 from mnist_np.nn.registry import ACTIVATIONS, INITIALIZERS
+from mnist_np.nn.weights import load_weights, save_weights, weights_sha256
 
 
 def make(sizes=(784, 128, 10), dtype=np.float32, seed=0, init="he") -> MLP:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers.stores import migrated_store
 from conftest import PYTHON, TRAIN_SCRIPT
+from helpers.stores import migrated_store
 from mnist_np.common import locks
 from mnist_np.train.checkpoint import latest_checkpoint
 

@@ -24,13 +24,13 @@ from PIL import Image, ImageDraw
 
 from conftest import PYTHON, small_overrides
 from mnist_np import data
-from mnist_np.nn.weights import load_weights
 from mnist_np.common.paths import PROJECT_ROOT
 from mnist_np.experiment.config.compose import compose
+from mnist_np.experiment.run.single import run
 from mnist_np.inference import InferenceError, images_to_features, load_images, preprocess_image
 from mnist_np.nn.activations import ReLU
 from mnist_np.nn.model import MLP
-from mnist_np.experiment.run.single import run
+from mnist_np.nn.weights import load_weights
 from mnist_np.tracking.logged_model import log_pyfunc_model, resolve_weights
 
 PREDICT = PROJECT_ROOT / "scripts" / "predict.py"

@@ -14,16 +14,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
-from mnist_np.nn.weights import weights_sha256
-from mnist_np.train.checkpoint import Checkpointer, latest_checkpoint, load_state, restore_rngs
 from mnist_np.common.paths import PROJECT_ROOT
 from mnist_np.experiment.config.compose import compose, load_run_config
 from mnist_np.experiment.config.schema import ConfigError
+from mnist_np.experiment.run.single import run
 from mnist_np.nn.model import MLP
 from mnist_np.nn.optim import SGD, Adam
-from mnist_np.nn.schedules import Schedule
 from mnist_np.nn.registry import ACTIVATIONS, INITIALIZERS
-from mnist_np.experiment.run.single import run
+from mnist_np.nn.schedules import Schedule
+from mnist_np.nn.weights import weights_sha256
+from mnist_np.train.checkpoint import Checkpointer, latest_checkpoint, load_state, restore_rngs
 from mnist_np.train.loop import FitResult, TrainSettings, fit
 
 REPRODUCE = PROJECT_ROOT / "scripts" / "reproduce.py"

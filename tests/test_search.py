@@ -21,12 +21,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from helpers.stores import migrated_store
 from conftest import PYTHON, TRAIN_SCRIPT
+from helpers.stores import migrated_store
 from mnist_np.experiment.config.schema import ConfigError
+from mnist_np.experiment.search.outcome import trial_outcome
 from mnist_np.experiment.search.space import search_space
 from mnist_np.experiment.search.study import SearchSettings, check, open_storage
-from mnist_np.experiment.search.outcome import trial_outcome
 from mnist_np.experiment.sweep.info import SweepInfo
 from mnist_np.experiment.sweep.resume import resume_command
 from mnist_np.experiment.sweep.summary import pareto

@@ -29,8 +29,8 @@ from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
 from helpers.docs import page
 from mnist_np.common.paths import PROJECT_ROOT
 from mnist_np.experiment.config.compose import compose, load_run_config
-from mnist_np.experiment.run.single import run
 from mnist_np.experiment.config.schema import ConfigError
+from mnist_np.experiment.run.single import run
 from mnist_np.inference import InferenceError, load_images
 from mnist_np.nn.weights import load_weights
 from mnist_np.train import checkpoint

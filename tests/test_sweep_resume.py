@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers.stores import migrated_store
 from conftest import PYTHON, TRAIN_SCRIPT
+from helpers.stores import migrated_store
 
 # Member 4 repeats member 2's config and has not started when the sweep is killed (with either
 # launcher: joblib runs two members at a time), so it trains uninterrupted: the reference that the

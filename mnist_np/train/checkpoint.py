@@ -22,7 +22,6 @@ from mnist_np.nn.optim import Optimizer
 from mnist_np.nn.weights import CONFIG_KEY, open_npz, save_npz
 from mnist_np.train.loop import Callback, FitResult
 
-
 STATE_VERSION = 1
 
 

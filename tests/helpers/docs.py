@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 
 from mnist_np.common.paths import PROJECT_ROOT
 

@@ -15,10 +15,25 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_np.common.paths import CONF_DIR
-from mnist_np.experiment.config.overrides import check_values, command_line_overrides, missing_value, parse_override, parse_overrides
+from mnist_np.experiment.config.overrides import (
+    check_values,
+    command_line_overrides,
+    missing_value,
+    parse_override,
+    parse_overrides,
+)
 from mnist_np.experiment.config.schema import (
-    GROUP_SCHEMAS, PRESET_GROUPS, Config, ConfigError, DataConfig, MlflowConfig, ModelConfig, ScheduleConfig, TrainerConfig,
-    option_schema, register_configs,
+    GROUP_SCHEMAS,
+    PRESET_GROUPS,
+    Config,
+    ConfigError,
+    DataConfig,
+    MlflowConfig,
+    ModelConfig,
+    ScheduleConfig,
+    TrainerConfig,
+    option_schema,
+    register_configs,
 )
 from mnist_np.experiment.config.validation import validate
 

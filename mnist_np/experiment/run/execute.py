@@ -21,19 +21,26 @@ from omegaconf import DictConfig
 from threadpoolctl import threadpool_limits
 
 from mnist_np import data, plots
-from mnist_np.experiment.config.builders import build_augmentation, build_model, build_optimizer, build_schedule, rng_streams, train_settings
+from mnist_np.common.errors import error_line
+from mnist_np.common.files import atomic_write_text
+from mnist_np.experiment.config.builders import (
+    build_augmentation,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    rng_streams,
+    train_settings,
+)
+from mnist_np.experiment.run.member import PRUNED
 from mnist_np.experiment.run.outputs import EpochLogger
 from mnist_np.experiment.run.preemption import PreemptionWatch
 from mnist_np.experiment.run.provenance import environment_tags
 from mnist_np.experiment.run.results import RunInterrupted, RunResult
-from mnist_np.experiment.run.member import PRUNED
 from mnist_np.nn.metrics import score_logits
 from mnist_np.nn.model import MLP
 from mnist_np.nn.weights import save_weights, weights_sha256
-from mnist_np.common.errors import error_line
-from mnist_np.common.files import atomic_write_text
-from mnist_np.tracking.registry import register_run_model
 from mnist_np.tracking.conventions import PRUNED_TAG
+from mnist_np.tracking.registry import register_run_model
 from mnist_np.tracking.sync import sync_output_dir
 from mnist_np.tracking.system_metrics import system_metrics
 from mnist_np.tracking.tracker import MlflowTracker

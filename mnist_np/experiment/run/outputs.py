@@ -15,7 +15,6 @@ from typing import Iterator
 from omegaconf import OmegaConf
 
 from mnist_np.common.files import atomic_write_bytes, atomic_write_text
-
 from mnist_np.nn.model import MLP
 from mnist_np.train.loop import Callback, TrainSettings
 

@@ -11,10 +11,10 @@ from mnist_np.common.locks import locked
 from mnist_np.common.procs import process_identity
 from mnist_np.experiment.config.builders import load_splits
 from mnist_np.experiment.config.compose import load_run_config
+from mnist_np.experiment.config.schema import ConfigError
 from mnist_np.experiment.run.context import blas_threads, hydra_context
 from mnist_np.experiment.run.execute import Job, RunResult, execute
 from mnist_np.experiment.run.outputs import EpochLogger, log_also_to
-from mnist_np.experiment.config.schema import ConfigError
 from mnist_np.tracking.conventions import PROCESS_TAG
 from mnist_np.tracking.journal import JOURNAL_FILE, RUN_FILE, JournalState, read_journal, read_run_file
 from mnist_np.tracking.queries import logged_steps, run_output_dir, run_status

@@ -20,14 +20,14 @@ from mnist_np.common.locks import locked
 from mnist_np.common.paths import OUTPUTS_DIR
 from mnist_np.common.procs import process_identity
 from mnist_np.experiment.config.builders import default_run_name, load_splits
+from mnist_np.experiment.config.validation import validate
 from mnist_np.experiment.run.context import HydraContext, blas_threads, hydra_context
 from mnist_np.experiment.run.execute import Job, execute
+from mnist_np.experiment.run.member import Member
 from mnist_np.experiment.run.outputs import write_config_files
 from mnist_np.experiment.run.provenance import git_tags
-from mnist_np.experiment.run.member import Member
 from mnist_np.experiment.run.results import RunResult
 from mnist_np.experiment.run.resume import resume
-from mnist_np.experiment.config.validation import validate
 from mnist_np.tracking.conventions import OUTPUT_DIR_TAG, PROCESS_TAG, label_tags
 from mnist_np.tracking.journal import JOURNAL_FILE, write_run_file
 from mnist_np.tracking.runs import reap_dead_runs

@@ -31,14 +31,13 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_np.common.files import atomic_write_text
-from mnist_np.experiment.search.space import as_override, search_space
 from mnist_np.experiment.config.schema import SEARCH_SWEEPER, SearchSweeperConfig
 from mnist_np.experiment.search.outcome import fail_interrupted, finished, tell
-from mnist_np.experiment.search.study import SearchSettings, load_study, settings_from
-from mnist_np.experiment.sweep.session import SESSION
 from mnist_np.experiment.search.source import StudySource
+from mnist_np.experiment.search.space import as_override, search_space
+from mnist_np.experiment.search.study import SearchSettings, load_study, settings_from
 from mnist_np.experiment.sweep.launch import job_composer, launch_members
-from mnist_np.experiment.sweep.session import note_workers
+from mnist_np.experiment.sweep.session import SESSION, note_workers
 from mnist_np.experiment.sweep.workers import loop_count, run_workers
 from mnist_np.tracking.tracker import MlflowTracker
 

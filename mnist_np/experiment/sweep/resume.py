@@ -22,9 +22,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mnist_np.experiment.config.overrides import command_line_overrides, parse_override
+from mnist_np.experiment.config.schema import SEARCH_SWEEPER, ConfigError
 from mnist_np.experiment.run.results import RunResult
 from mnist_np.experiment.run.resume import resume
-from mnist_np.experiment.config.schema import SEARCH_SWEEPER, ConfigError
 from mnist_np.experiment.sweep.info import SWEEP_FILE, SweepInfo
 from mnist_np.tracking.journal import JOURNAL_FILE, read_journal, read_run_file
 from mnist_np.tracking.queries import run_tags

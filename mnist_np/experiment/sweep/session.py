@@ -28,8 +28,8 @@ from mnist_np import speedups
 from mnist_np.common.errors import error_line
 from mnist_np.common.locks import SWEEP_LOCK, acquire, release
 from mnist_np.experiment.sweep.info import SweepInfo
-from mnist_np.experiment.sweep.records import resumable
 from mnist_np.experiment.sweep.parent import open_sweep, reopen_sweep
+from mnist_np.experiment.sweep.records import resumable
 from mnist_np.experiment.sweep.summary import SweepSummary, close_sweep
 from mnist_np.tracking.uris import TrackingUnavailable
 

@@ -18,14 +18,20 @@ from mnist_np.common.files import atomic_write_text
 from mnist_np.common.locks import holder
 from mnist_np.common.procs import is_dead
 from mnist_np.experiment.config.overrides import parse_override
+from mnist_np.experiment.run.tables import table_csv, table_markdown
 from mnist_np.experiment.sweep.importance import EVALUATOR, IMPORTANCE_FILE, IMPORTANCE_TAG, param_importance
-from mnist_np.experiment.sweep.seed_groups import by_config, finite_number, shown
 from mnist_np.experiment.sweep.info import OBJECTIVES, SweepInfo
 from mnist_np.experiment.sweep.records import send_record, unrecorded_members
+from mnist_np.experiment.sweep.seed_groups import by_config, finite_number, shown
 from mnist_np.experiment.sweep.workers import busy_fraction
-from mnist_np.experiment.run.tables import table_csv, table_markdown
 from mnist_np.tracking.conventions import (
-    CHAMPION_TAG, FAILURE_TAG, KILLED_REASON, OUTPUT_DIR_TAG, PROCESS_TAG, PRUNED_TAG, REGISTERED_TAG,
+    CHAMPION_TAG,
+    FAILURE_TAG,
+    KILLED_REASON,
+    OUTPUT_DIR_TAG,
+    PROCESS_TAG,
+    PRUNED_TAG,
+    REGISTERED_TAG,
 )
 from mnist_np.tracking.journal import JOURNAL_FILE, read_journal
 from mnist_np.tracking.queries import child_runs, fetch_run, latest_metrics, run_tags
