@@ -103,7 +103,8 @@ class TrainerConfig:
     test_weights: str = described("last", "`last` (scores `final.npz`), `best` (scores `best.npz`)")
     progress: Optional[bool] = described(None, "`null`: a progress bar on a terminal, one line per epoch otherwise")
     threads: Optional[int] = described(
-        None, "cores for the run; `null`: all cores, or `cores // n_jobs` in a parallel sweep, `cpus_per_task` under "
+        None, "cores for the run; `null`: the cores this process may use (affinity mask, cgroup CPU quota, "
+        "`SLURM_CPUS_PER_TASK`; tag `cores`), or `cores // n_jobs` in a parallel sweep, `cpus_per_task` under "
         "submitit. With 2 or more, a batch of 32 rows or more is split into that many shard processes "
         "(see [Performance](performance.md))")
     checkpoint_every: int = described(1, "save the full training state every N epochs (and after the last)")
