@@ -227,7 +227,8 @@ def evaluate(params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, con
     return EvalResult(accuracy=float(np.mean(pred == y)), per_class=per_class, support=support, confusion=cm)
 
 
-def load_test_set(config: Mapping[str, Any], dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def load_test_set(config: Mapping[str, Any],
+                  dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """The test set of the dataset a weights file was trained on.
 
     Args:

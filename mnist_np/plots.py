@@ -194,7 +194,8 @@ def _mosaic(tiles: np.ndarray, cols: int, pad: int, fill: float) -> np.ndarray:
     out = np.full((rows * (h + pad), cols * (w + pad)), fill, dtype=np.float32)
     for i in range(n):
         r, c = divmod(i, cols)
-        out[r * (h + pad) + pad : r * (h + pad) + pad + h, c * (w + pad) + pad // 2 : c * (w + pad) + pad // 2 + w] = tiles[i]
+        out[r * (h + pad) + pad : r * (h + pad) + pad + h,
+            c * (w + pad) + pad // 2 : c * (w + pad) + pad // 2 + w] = tiles[i]
     return out
 
 
@@ -266,7 +267,8 @@ def pareto_plot(path: Path, points: Sequence[dict], front: Sequence[dict], keys:
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     ax.scatter([p[x] for p in points], [p[y] for p in points], color="0.6", label=f"members ({len(points)})")
     ordered = sorted(front, key=lambda p: p[x])
-    ax.plot([p[x] for p in ordered], [p[y] for p in ordered], marker="o", color="C3", label=f"Pareto front ({len(front)})")
+    ax.plot([p[x] for p in ordered], [p[y] for p in ordered], marker="o", color="C3",
+            label=f"Pareto front ({len(front)})")
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title("search objectives: each finished member, and the front")
@@ -277,7 +279,8 @@ def pareto_plot(path: Path, points: Sequence[dict], front: Sequence[dict], keys:
 
 
 def importance_plot(path: Path, rows: Sequence[dict], members: int, evaluator: str = "PED-ANOVA") -> Path:
-    """A sweep's parameter importance (rows ``param, importance``, most important first) as horizontal bars, the first on top."""
+    """A sweep's parameter importance (rows ``param, importance``, most important first) as horizontal bars, the first
+    on top."""
     import matplotlib
 
     matplotlib.use("Agg")

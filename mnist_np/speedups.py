@@ -63,7 +63,8 @@ def enabled(name: str) -> bool:
 
 
 def in_children(groups: Sequence[Sequence[Callable[[], object]]]) -> Callable[[], str | None]:
-    """Run each group of calls in its own forked process; returns ``wait``, giving the errors in one line (None if none).
+    """Run each group of calls in its own forked process; returns ``wait``, giving the errors in one line (None if
+    none).
 
     Without ``figures_in_background``, or where forking is unsafe (not
     Linux), the calls run here, now, and ``wait`` only reports.

@@ -100,7 +100,8 @@ def read_holder(path: Path) -> Holder | None:
     for _ in range(3):  # the holder writes it right after locking: a reader may come in between
         try:
             info = json.loads(path.read_text())
-            return Holder(str(info["host"]), int(info["pid"]), str(info.get("since", "?")), str(info.get("command", "")))
+            return Holder(str(info["host"]), int(info["pid"]), str(info.get("since", "?")),
+                          str(info.get("command", "")))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):
@@ -152,8 +153,9 @@ def acquire(folder: Path, what: str, name: str = RUN_LOCK) -> Path:
         os.close(fd)
         if e.errno in _NO_LOCKS:
             raise LockUnsupported(
-                f"cannot lock {path} ({os.strerror(e.errno or 0)}): this filesystem does not support locks, so a second "
-                "process could write the same run; put the outputs on one that does (hydra.run.dir / hydra.sweep.dir)"
+                f"cannot lock {path} ({os.strerror(e.errno or 0)}): this filesystem does not support locks, so a "
+                "second process could write the same run; put the outputs on one that does "
+                "(hydra.run.dir / hydra.sweep.dir)"
             ) from None
         raise
     me = {"host": socket.gethostname(), "pid": os.getpid(), "identity": process_identity(),

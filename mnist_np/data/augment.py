@@ -103,7 +103,8 @@ def _bilinear_block(images: np.ndarray, y: np.ndarray, x: np.ndarray, out: np.nd
     y0, x0 = np.floor(y), np.floor(x)
     y -= y0  # the fractions, in place
     x -= x0
-    # The flat index of each top-left neighbour: within its image in float32 (exact, < PAD_PIXELS), then the image's start.
+    # The flat index of each top-left neighbour: within its image in float32 (exact, < PAD_PIXELS),
+    # then the image's start.
     y0 *= PAD_SIDE
     y0 += x0
     idx = y0.astype(np.intp)
@@ -224,7 +225,8 @@ class Elastic:
 
     @cached_property
     def _basis(self) -> np.ndarray:
-        """``C: (28, r) float32``, the top-``r`` part of the smoothing, times ``sqrt(alpha)`` (C appears twice in a field)."""
+        """``C: (28, r) float32``, the top-``r`` part of the smoothing, times ``sqrt(alpha)`` (C appears twice in a
+        field)."""
         a, s, _ = np.linalg.svd(gaussian_matrix(self.sigma))
         # Variance of C Z C^T over all pixels ~ (sum of s_i^2 over i <= r)^2.
         kept = np.cumsum(s**2) ** 2 / np.sum(s**2) ** 2
@@ -232,7 +234,8 @@ class Elastic:
         return (a[:, :r] * s[:r] * math.sqrt(self.alpha)).astype(np.float32)
 
     def draws(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """The random part of ``n`` images' fields: ``(2, n, r, r) float32`` normals of variance 1/3 (row, then column fields)."""
+        """The random part of ``n`` images' fields: ``(2, n, r, r) float32`` normals of variance 1/3 (row, then column
+        fields)."""
         r = self._basis.shape[1]
         z = rng.standard_normal((2 * n, r, r), dtype=np.float32)
         z *= np.float32(math.sqrt(1 / 3))  # the variance of a uniform on [-1, 1]

@@ -31,7 +31,8 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-logp[np.arange(len(labels)), labels].mean())
 
 
-def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, grad_scale: float | None = None) -> tuple[float, np.ndarray]:
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray,
+                          grad_scale: float | None = None) -> tuple[float, np.ndarray]:
     """Fused loss and gradient.
 
     Args:

@@ -24,4 +24,5 @@ def score_logits(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 10) -> np.ndarray:
     """``(C, C)`` int counts: row = true class, column = predicted class."""
-    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return np.bincount(y_true * num_classes + y_pred,
+                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)

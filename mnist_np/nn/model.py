@@ -143,7 +143,8 @@ class MLP:
         return logits
 
     def backward(
-        self, ws: Workspace, n: int, dlogits: np.ndarray, grads: dict[str, np.ndarray], masks: list[np.ndarray] | None = None
+        self, ws: Workspace, n: int, dlogits: np.ndarray, grads: dict[str, np.ndarray],
+        masks: list[np.ndarray] | None = None
     ) -> None:
         """Backward pass from ``dlogits: (n, C)`` through the activations :meth:`forward_train` kept in ``ws``.
 

@@ -38,7 +38,8 @@ def open_npz(path: str | os.PathLike[str]) -> Iterator[Any]:
     except ValueError as e:
         if "allow_pickle" not in str(e):
             raise
-        raise ValueError(f"{path}: not a file of plain arrays (reading it would take pickle, which is never used)") from None
+        raise ValueError(f"{path}: not a file of plain arrays (reading it would take pickle, "
+                         "which is never used)") from None
     except (zipfile.BadZipFile, EOFError) as e:  # truncated or damaged
         raise ValueError(f"{path}: not a readable .npz ({e})") from None
 

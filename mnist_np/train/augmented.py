@@ -143,7 +143,8 @@ class AugmentedEpochs:
             wait, self._wake = os.pipe()
             parent = os.getpid()
             wake = self._wake
-            self._worker = fork_worker(lambda: self._serve(wait, parent), self._reports, 0, before=lambda: os.close(wake))
+            self._worker = fork_worker(lambda: self._serve(wait, parent), self._reports, 0,
+                                       before=lambda: os.close(wake))
             os.close(wait)
         return self
 
@@ -187,7 +188,8 @@ class AugmentedEpochs:
         return job
 
     def _finish(self, job: EpochJob) -> None:
-        """The chunks of ``job`` the worker has not reached, from the last backwards; then wait for the worker to stop."""
+        """The chunks of ``job`` the worker has not reached, from the last backwards; then wait for the worker to
+        stop."""
         if self._worker is None:
             job.run()
             return
@@ -216,7 +218,8 @@ class AugmentedEpochs:
     # ------------------------------------------------------------------ worker process
 
     def _serve(self, wait: int, parent: int) -> None:
-        """The worker: at the lowest priority, each epoch handed over, chunk by chunk from the first, until told to stop."""
+        """The worker: at the lowest priority, each epoch handed over, chunk by chunk from the first, until told to
+        stop."""
         os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
         ctl = self._ctl
         while True:

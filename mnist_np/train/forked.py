@@ -66,7 +66,8 @@ class Reports:
         return bytes(self.messages[slot]).rstrip(b"\0").decode(errors="replace")
 
 
-def fork_worker(serve: Callable[[], None], reports: Reports, slot: int, before: Callable[[], None] | None = None) -> int:
+def fork_worker(serve: Callable[[], None], reports: Reports, slot: int,
+                before: Callable[[], None] | None = None) -> int:
     """Fork a worker that runs ``serve()`` and exits (status 1 after reporting an exception); returns its pid.
 
     ``before()`` runs first in the child (closing the parent's ends of pipes, say).

@@ -108,7 +108,8 @@ class FitResult:
         else:
             self.since_best += 1
         patience = settings.early_stopping_patience
-        self.stopped_early = patience is not None and has_val and self.since_best >= patience and epoch < settings.epochs
+        self.stopped_early = (patience is not None and has_val and self.since_best >= patience
+                              and epoch < settings.epochs)
         self.stop_reason = PATIENCE if self.stopped_early else None
         return is_best
 
@@ -154,8 +155,7 @@ def fit(
             result); ``y_train: (N,)`` int labels.
         x_val, y_val: validation split (may be empty: then the last epoch is the best).
         shuffle_rng: reshuffles the training set every epoch.
-        dropout_rng: draws dropout masks (its own stream, so turning dropout
-            on does not change the shuffling order).
+        dropout_rng: draws dropout masks (its own stream, so turning dropout on does not change the shuffling order).
         result: the state of an interrupted training (from a checkpoint) to
             continue after its last epoch; with the model, optimizer and
             generators restored too, the outcome is bit-identical to an
@@ -174,14 +174,15 @@ def fit(
     # A run that stopped early has nothing left to do, even when resumed.
     first = settings.epochs if result.stopped_early else result.epochs_done
     augmented = AugmentedEpochs.of(x_train, augmentation, augment_rng, settings.epochs, alloc=shared_zeros)
-    stepper = make_stepper(model, optimizer, x_train if augmented is None else augmented.images, y_train, settings.batch_size,
-                           settings.threads, dropout_rng)
+    stepper = make_stepper(model, optimizer, x_train if augmented is None else augmented.images, y_train,
+                           settings.batch_size, settings.threads, dropout_rng)
     # The evaluation between epochs runs with the stepper's BLAS threads too:
     # BLAS threads, once woken, spin for a while after every product and
     # would take the shard workers' cores. The augmentation thread starts after the fork.
     with threadpool_limits(limits=stepper.blas_threads, user_api="blas"), stepper, augmented or nullcontext():
         for epoch in range(first, settings.epochs):
-            metrics = epoch_and_evaluation(stepper, augmented, schedule, epoch, shuffle_rng.permutation(len(y_train)), x_val, y_val, settings)
+            metrics = epoch_and_evaluation(stepper, augmented, schedule, epoch, shuffle_rng.permutation(len(y_train)),
+                                           x_val, y_val, settings)
             is_best = result.add_epoch(metrics, model, settings, has_val=len(y_val) > 0)
             reason = stop_rule(epoch + 1, metrics) if stop_rule is not None and not result.stopped_early else None
             if reason is not None and epoch + 1 < settings.epochs:
@@ -195,8 +196,9 @@ def fit(
     return result
 
 
-def epoch_and_evaluation(stepper: Stepper | ShardedStepper, augmented: AugmentedEpochs | None, schedule: Schedule, epoch: int,
-                         order: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, settings: TrainSettings) -> dict[str, float]:
+def epoch_and_evaluation(stepper: Stepper | ShardedStepper, augmented: AugmentedEpochs | None, schedule: Schedule,
+                         epoch: int, order: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                         settings: TrainSettings) -> dict[str, float]:
     """Epoch ``epoch`` (0-based) trained on the rows in ``order``, its augmented images loaded first if any, then
     the validation split scored: the epoch's metrics (its ``epoch_seconds`` include any wait for the images)."""
     waited = augmented.load(epoch) if augmented is not None else 0.0
@@ -219,7 +221,8 @@ def epoch_metrics(train_loss: float, train_acc: float, val_loss: float, val_acc:
     }
 
 
-def train_epoch(stepper: Stepper | ShardedStepper, schedule: Schedule, epoch: int, order: np.ndarray, settings: TrainSettings) -> tuple[float, float, float, float]:
+def train_epoch(stepper: Stepper | ShardedStepper, schedule: Schedule, epoch: int, order: np.ndarray,
+                settings: TrainSettings) -> tuple[float, float, float, float]:
     """One pass over the training rows in ``order: (N,)``, one step per mini-batch.
 
     Returns ``(train_loss, train_accuracy, lr, seconds)``: the running mean
