@@ -42,7 +42,8 @@ def rng_streams(seed: int) -> dict[str, np.random.Generator]:
 def build_model(cfg: DictConfig, rng: np.random.Generator, dtype: np.dtype) -> MLP:
     """The network the config describes: ``784 -> hidden_size x num_hidden_layers -> 10``."""
     m = cfg.model
-    activation = registry.lookup(registry.ACTIVATIONS, m.activation, "model.activation")(negative_slope=m.negative_slope)
+    activation = registry.lookup(registry.ACTIVATIONS, m.activation, "model.activation")(
+        negative_slope=m.negative_slope)
     init = registry.lookup(registry.INITIALIZERS, m.init, "model.init")
     sizes = [INPUTS] + [m.hidden_size] * m.num_hidden_layers + [CLASSES]
     return MLP.initialize(sizes, activation, init, rng, init_scale=m.init_scale, dropout=m.dropout, dtype=dtype)
@@ -60,8 +61,8 @@ def build_optimizer(cfg: DictConfig) -> Optimizer:
 def build_schedule(cfg: DictConfig) -> Schedule:
     """The learning-rate schedule, from ``optimizer.lr`` over ``trainer.epochs``."""
     s = cfg.schedule
-    return Schedule(name=s.name, base_lr=cfg.optimizer.lr, total_epochs=cfg.trainer.epochs, warmup_epochs=s.warmup_epochs,
-                    step_size=s.step_size, gamma=s.gamma, min_lr=s.min_lr)
+    return Schedule(name=s.name, base_lr=cfg.optimizer.lr, total_epochs=cfg.trainer.epochs,
+                    warmup_epochs=s.warmup_epochs, step_size=s.step_size, gamma=s.gamma, min_lr=s.min_lr)
 
 
 def build_augmentation(cfg: DictConfig) -> Augmentation | None:
@@ -90,14 +91,15 @@ def load_splits(cfg: DictConfig) -> tuple[data.RawDataset, data.Splits]:
     """The dataset and its train/val/test split as the config describes them (training images as uint8 pixels)."""
     started = time.perf_counter()
     raw = data.load_dataset(cfg.data.name, data_dir=cfg.data.dir, cache_dir=cfg.data.cache_dir)
-    splits = data.make_splits(raw, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed, train_limit=cfg.data.train_limit,
-                              dtype=np.dtype(cfg.trainer.dtype), train_pixels=True)
+    splits = data.make_splits(raw, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
+                              train_limit=cfg.data.train_limit, dtype=np.dtype(cfg.trainer.dtype), train_pixels=True)
     log.info("data %s: %s (%.1fs)", cfg.data.name, splits.sizes, time.perf_counter() - started)
     return raw, splits
 
 
 def default_run_name(cfg: DictConfig) -> str:
-    """Readable run name from the config, e.g. ``mlp128-sgd-lr0.1-bs128`` (``mlp256x2-...`` for 2 layers, ``...-elastic`` augmented)."""
+    """Readable run name from the config, e.g. ``mlp128-sgd-lr0.1-bs128`` (``mlp256x2-...`` for 2 layers,
+    ``...-elastic`` augmented)."""
     m, o, t = cfg.model, cfg.optimizer, cfg.trainer
     layers = f"x{m.num_hidden_layers}" if m.num_hidden_layers != 1 else ""
     data_prefix = "" if cfg.data.name == "mnist" else f"{cfg.data.name}-"

@@ -86,7 +86,8 @@ def composition_error(parsed: list[Any]) -> str | None:
                 rest = [line for line in lines if parse_override(line)[0] != key]
                 try:
                     chosen = _compose(rest)[group]
-                    return f"{key} is not a key of {group}={chosen.get('name', '?')}; its keys: {', '.join(sorted(chosen))}"
+                    return (f"{key} is not a key of {group}={chosen.get('name', '?')}; "
+                            f"its keys: {', '.join(sorted(chosen))}")
                 except (HydraException, OmegaConfBaseException):
                     pass
             first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
@@ -136,7 +137,8 @@ def compose(overrides: typing.Sequence[str] = ()) -> DictConfig:
 
 
 def _compose(overrides: typing.Sequence[str], with_hydra: bool = False) -> DictConfig:
-    """Hydra's composition of ``conf/config.yaml`` with ``overrides`` (no checks of ours); ``with_hydra``: and ``hydra.*``."""
+    """Hydra's composition of ``conf/config.yaml`` with ``overrides`` (no checks of ours); ``with_hydra``: and
+    ``hydra.*``."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 

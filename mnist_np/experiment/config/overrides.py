@@ -19,7 +19,8 @@ from mnist_np.experiment.config.schema import GROUP_SCHEMAS, PRESET_GROUPS, Conf
 
 
 def parse_override(line: str) -> tuple[str, str]:
-    """``"+optimizer.lr=0.1"`` -> ``("optimizer.lr", "0.1")``: the key without Hydra's ``+``/``++``/``~`` prefix, and the value."""
+    """``"+optimizer.lr=0.1"`` -> ``("optimizer.lr", "0.1")``: the key without Hydra's ``+``/``++``/``~`` prefix, and
+    the value."""
     key, _, value = line.partition("=")
     return key.lstrip("+~"), value
 

@@ -46,7 +46,8 @@ def described(default: Any, text: str) -> Any:
 class DataConfig:
     name: str = described(MISSING, "`mnist`, `fashion_mnist` (set by the group option)")
     dir: Optional[str] = described(None, "an existing folder with the four IDX files (raw or `.gz`), tried first")
-    cache_dir: Optional[str] = described(None, "a folder (made if missing); `null`: `$MNIST_NP_DATA_DIR`, else `~/.cache/mnist-np`")
+    cache_dir: Optional[str] = described(None, "a folder (made if missing); `null`: `$MNIST_NP_DATA_DIR`, "
+                                               "else `~/.cache/mnist-np`")
     val_size: int = described(5_000, "0 … 59,999 images taken from the training set for validation")
     split_seed: int = described(0, "the validation split's own seed (one split for all runs of a sweep)")
     train_limit: Optional[int] = described(None, "train on the first N training images (smoke runs)")
@@ -86,7 +87,8 @@ class AdamConfig:
 @dataclass
 class ScheduleConfig:
     name: str = described(MISSING, "`constant`, `step`, `cosine` (set by the group option)")
-    warmup_epochs: float = described(0.0, "linear warm-up over this many epochs (fractions allowed), ≤ `trainer.epochs`")
+    warmup_epochs: float = described(0.0,
+                                     "linear warm-up over this many epochs (fractions allowed), ≤ `trainer.epochs`")
     step_size: int = described(10, "step: epochs between decays, ≥ 1")
     gamma: float = described(0.1, "step: decay factor, in [0, 1]")
     min_lr: float = described(0.0, "cosine: final learning rate, below `optimizer.lr`")
@@ -113,8 +115,9 @@ class TrainerConfig:
 
 @dataclass
 class NoAugmentConfig:
-    name: str = described("none", "`none` (the training images as they are; nothing runs), `shift`, `affine`, `elastic` "
-                              "(set by the group option); validation and test images are never augmented")
+    name: str = described("none",
+                          "`none` (the training images as they are; nothing runs), `shift`, `affine`, `elastic` "
+                          "(set by the group option); validation and test images are never augmented")
 
 
 @dataclass
@@ -136,7 +139,8 @@ class AffineConfig:
 class ElasticConfig:
     name: str = "elastic"  # described in NoAugmentConfig
     alpha: float = described(34.0, "elastic: displacement scale, 0 … 100 (Simard et al. 2003: 34)")
-    sigma: float = described(4.0, "elastic: pixels of the Gaussian smoothing the random field, 1 … 10 (Simard et al.: 4)")
+    sigma: float = described(4.0,
+                             "elastic: pixels of the Gaussian smoothing the random field, 1 … 10 (Simard et al.: 4)")
 
 
 @dataclass
@@ -146,14 +150,17 @@ class MlflowConfig:
         "`<project root>/mlartifacts/`; or `http(s)://host:port` for a server, `sqlite:///<absolute path>`, a database "
         "URI (`postgresql://`, `mysql://`, `mssql://`)")
     experiment_name: str = described("mnist-np", "the MLflow experiment")
-    run_name: Optional[str] = described(None, "up to 250 characters; `null`: built from the config, e.g. `mlp128-sgd-lr0.1-bs128`")
+    run_name: Optional[str] = described(None, "up to 250 characters; `null`: built from the config, e.g. "
+                                              "`mlp128-sgd-lr0.1-bs128`")
     sweep_name: Optional[str] = described(None, "name of a sweep's parent run; `null`: from the swept overrides")
     log_plots: bool = described(True, "make and log the plots")
     log_checkpoints: bool = described(False, "also upload each checkpoint to the run")
     log_system_metrics: bool = described(
-        True, "CPU, memory, disk and network use every 5 s while the run trains (MLflow's own monitor, psutil): metrics `system/*`")
+        True, "CPU, memory, disk and network use every 5 s while the run trains (MLflow's own monitor, "
+              "psutil): metrics `system/*`")
     register_as: Optional[str] = described(
-        None, "a registered model name: a run's model becomes a new version of it; a sweep registers only its best member "
+        None,
+        "a registered model name: a run's model becomes a new version of it; a sweep registers only its best member "
         "and points the alias `champion` at it (see [the Model Registry](predicting.md#the-model-registry))")
 
 
@@ -171,7 +178,8 @@ class Config:
         [], "labels for the run (and a sweep's parent), e.g. `tags=[baseline,lr-study]`: MLflow tags `<label>=true`; "
         "lowercase letters, digits, `_`, `-`, at most 40 characters, not one of the project's own tag names")
     notes: Optional[str] = described(
-        None, "the run's description in the MLflow UI (tag `mlflow.note.content`), e.g. `notes=\"first try with dropout\"`")
+        None,
+        "the run's description in the MLflow UI (tag `mlflow.note.content`), e.g. `notes=\"first try with dropout\"`")
     resume: Optional[str] = described(None, "a run id or output dir: continue that interrupted run with its own config")
     dry_run: bool = described(
         False, "`true`: print what the command would launch (each member's overrides and run name; a search's space "
@@ -198,8 +206,9 @@ class SearchSweeperConfig:
 
     _target_: str = SEARCH_SWEEPER
     n_trials: int = described(20, "trials in the study, counting COMPLETE, PRUNED and FAIL ones")
-    n_jobs: int = described(1, "workers, each running its next trial as its last one ends, side by side with a parallel "
-                               "launcher (`+sweep=[optuna,parallel]`); trials per batch when not `asynchronous`")
+    n_jobs: int = described(1,
+                            "workers, each running its next trial as its last one ends, side by side with a parallel "
+                            "launcher (`+sweep=[optuna,parallel]`); trials per batch when not `asynchronous`")
     asynchronous: bool = described(True, "each worker asks for its next trial at once; `false`: batches of `n_jobs` "
                                          "trials, each batch waiting for its slowest")
     objectives: list[str] = described(
@@ -213,12 +222,15 @@ class SearchSweeperConfig:
     min_epochs: int = described(1, "epochs before the pruner may stop a member")
     reduction_factor: int = described(3, "hyperband, successive_halving: one in this many members goes on at each rung")
     storage: Optional[str] = described(
-        None, "`null`: `sqlite:///<project>/optuna.db`, beside `mlflow.db`; any Optuna database URL (`postgresql://...`); "
+        None,
+        "`null`: `sqlite:///<project>/optuna.db`, beside `mlflow.db`; any Optuna database URL (`postgresql://...`); "
         "or a journal file (a path ending in `.log`) on a filesystem a cluster's nodes share")
     study_name: Optional[str] = described(
-        None, "`null`: `<experiment>-<date>-<time>` of the sweep dir, one study per sweep; a name of your own continues that study")
+        None, "`null`: `<experiment>-<date>-<time>` of the sweep dir, one study per sweep; a name of your own "
+              "continues that study")
     params: dict[str, str] = described(
-        {}, "the search space: `choice(a, b)` or `a,b`; `range(lo, hi[, step])`; `interval(lo, hi)`; each may be wrapped "
+        {},
+        "the search space: `choice(a, b)` or `a,b`; `range(lo, hi[, step])`; `interval(lo, hi)`; each may be wrapped "
         "in `tag(log, ...)` (log scale) or `tag(int, ...)`; a swept key on the command line joins (and wins over) them")
 
 

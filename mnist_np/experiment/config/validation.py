@@ -29,7 +29,8 @@ from mnist_np.train.loop import MONITORS
 # wherever the process happens to run; the project's store is one absolute place.
 LABEL = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")  # a run's label: short, one word, safe in a search filter
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "postgresql+", "mysql://", "mysql+", "mssql://", "mssql+")
+TRACKING_SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "postgresql+", "mysql://", "mysql+",
+                    "mssql://", "mssql+")
 
 Check = Iterator[str | None]  # each item: None, or the one line saying what is wrong
 
@@ -92,7 +93,8 @@ def _data(cfg: DictConfig) -> Check:
     yield _choice("data.name", d.name, DATASETS)
     yield _at_least("data.split_seed", d.split_seed, 0)
     if not (isinstance(d.val_size, int) and 0 <= d.val_size < TRAIN_IMAGES):
-        yield _bad("data.val_size", d.val_size, f"an integer in [0, {TRAIN_IMAGES - 1}] (the training set has {TRAIN_IMAGES} images)")
+        yield _bad("data.val_size", d.val_size,
+                   f"an integer in [0, {TRAIN_IMAGES - 1}] (the training set has {TRAIN_IMAGES} images)")
     if d.train_limit is not None and not (isinstance(d.train_limit, int) and d.train_limit >= 1):
         yield _bad("data.train_limit", d.train_limit, "null or an integer >= 1")
 
@@ -101,7 +103,8 @@ def _data_folders(cfg: DictConfig) -> Check:
     d = cfg.data
     if d.dir is not None and not Path(d.dir).expanduser().is_dir():
         yield _bad("data.dir", d.dir, "null or an existing folder holding the four IDX files")
-    if d.cache_dir is not None and Path(d.cache_dir).expanduser().exists() and not Path(d.cache_dir).expanduser().is_dir():
+    if (d.cache_dir is not None and Path(d.cache_dir).expanduser().exists()
+            and not Path(d.cache_dir).expanduser().is_dir()):
         yield _bad("data.cache_dir", d.cache_dir, "null or a folder (it is created when missing)")
 
 
@@ -157,7 +160,8 @@ def _trainer(cfg: DictConfig) -> Check:
     if t.early_stopping_patience is not None:
         yield _at_least("trainer.early_stopping_patience", t.early_stopping_patience, 1)
         if cfg.data.val_size == 0:
-            yield _bad("trainer.early_stopping_patience", t.early_stopping_patience, "null when data.val_size=0 (nothing to monitor)")
+            yield _bad("trainer.early_stopping_patience", t.early_stopping_patience,
+                       "null when data.val_size=0 (nothing to monitor)")
     if t.threads is not None:
         yield _at_least("trainer.threads", t.threads, 1)
     yield _at_least("trainer.checkpoint_every", t.checkpoint_every, 1)
@@ -201,11 +205,13 @@ def _mlflow(cfg: DictConfig) -> Check:
         if name is not None and not (str(name).strip() and len(str(name)) <= MAX_NAME_CHARS):
             yield _bad(f"mlflow.{key}", name, f"null or a non-empty name of at most {MAX_NAME_CHARS} characters")
     if ml.register_as is not None and not (isinstance(ml.register_as, str) and MODEL_NAME.fullmatch(ml.register_as)):
-        yield _bad("mlflow.register_as", ml.register_as, "null or a model name of letters, digits, '_', '.', '-' (at most 100)")
+        yield _bad("mlflow.register_as", ml.register_as,
+                   "null or a model name of letters, digits, '_', '.', '-' (at most 100)")
     labels = list(cfg.tags)
     for label in labels:
         if not (isinstance(label, str) and LABEL.fullmatch(label)):
-            yield _bad("tags", labels, "a list of short labels: lowercase letters, digits, '_' and '-', at most 40 characters each")
+            yield _bad("tags", labels,
+                       "a list of short labels: lowercase letters, digits, '_' and '-', at most 40 characters each")
         elif label in OWN_TAGS:
             yield _bad("tags", labels, f"labels other than the project's own tag names ({label!r} is one)")
     if len(set(labels)) != len(labels):

@@ -67,7 +67,8 @@ class Job:
     register_as: str | None = None  # a registered model the finished run's model becomes a version of (not in sweeps)
 
 
-def execute(job: Job, state: TrainingState | None = None, resumed: bool = False, log_dataset: bool | None = None) -> RunResult:
+def execute(job: Job, state: TrainingState | None = None, resumed: bool = False,
+            log_dataset: bool | None = None) -> RunResult:
     """Train (from scratch, or on from ``state``) inside the job's open MLflow run and always close it.
 
     ``resumed``: the run existed before (its system metrics go on from their last step);
@@ -94,13 +95,15 @@ def execute(job: Job, state: TrainingState | None = None, resumed: bool = False,
                 result = record(job, model, fitted)
         except KeyboardInterrupt:
             interrupted = RunInterrupted(tracker.run_id or "", latest_checkpoint(output_dir / "checkpoints"))
-            _close(tracker, output_dir, "KILLED", f"interrupted by the user (KeyboardInterrupt); {interrupted.advice}", now=False)
+            _close(tracker, output_dir, "KILLED", f"interrupted by the user (KeyboardInterrupt); {interrupted.advice}",
+                   now=False)
             raise interrupted from None
         except BaseException as e:
             if preemption.requeued_exit(e):
                 # Slurm took the node back and requeued the job: its next attempt continues this run.
-                _close(tracker, output_dir, "KILLED", f"{preemption.signal_name} from Slurm (preempted or out of time): "
-                                                      "requeued; it resumes from its newest checkpoint into this run", now=False)
+                _close(tracker, output_dir, "KILLED",
+                       f"{preemption.signal_name} from Slurm (preempted or out of time): "
+                       "requeued; it resumes from its newest checkpoint into this run", now=False)
                 raise
             _close(tracker, output_dir, "FAILED", f"{type(e).__name__}: {e}")
             raise
@@ -138,14 +141,17 @@ def _last_words(tracker: MlflowTracker, output_dir: Path, line: str) -> None:
 
 
 def _register(job: Job, result: RunResult) -> None:
-    """The finished run's model as a new version of ``job.register_as``; a failure is a warning, the run stays FINISHED."""
+    """The finished run's model as a new version of ``job.register_as``; a failure is a warning, the run stays
+    FINISHED."""
     tracker = job.tracker
     if tracker.offline is not None:
-        log.warning("MLflow was unreachable: the model is not registered as %r (register it later from the run)", job.register_as)
+        log.warning("MLflow was unreachable: the model is not registered as %r (register it later from the run)",
+                    job.register_as)
         return
     try:
         tags = {"val_accuracy": result.metrics["best_val_accuracy"], "test_accuracy": result.metrics["test_accuracy"]}
-        version = register_run_model(tracker.tracking_uri, job.register_as or "", result.run_id, {k: f"{v:.4f}" for k, v in tags.items()})
+        version = register_run_model(tracker.tracking_uri, job.register_as or "", result.run_id,
+                                     {k: f"{v:.4f}" for k, v in tags.items()})
         log.info("model registered: models:/%s/%s", job.register_as, version)
     except Exception as e:  # noqa: BLE001 -- the run and its model are safe; only the registry entry is missing
         log.warning("could not register the model as %r: %s", job.register_as, error_line(e))
@@ -199,7 +205,8 @@ def record(job: Job, model: MLP, fitted: FitResult) -> RunResult:
         # Drawn (about a second of matplotlib) while this process records the
         # results, logs the model and uploads the other artifacts.
         wait_for_plots = plots.save_all_in_background(
-            output_dir / "plots", fitted.history, s.y_test, logits.argmax(axis=1), s.x_test, model.params["W1"], job.raw.spec.class_names,
+            output_dir / "plots", fitted.history, s.y_test, logits.argmax(axis=1), s.x_test, model.params["W1"],
+            job.raw.spec.class_names,
         )
     best = fitted.history[fitted.best_epoch - 1]
     final = {
@@ -218,7 +225,8 @@ def record(job: Job, model: MLP, fitted: FitResult) -> RunResult:
     pruned = {PRUNED_TAG: len(fitted.history)} if fitted.stop_reason == PRUNED else {}
     atomic_write_text(output_dir / "summary.json", json.dumps({"metrics": final, **hashes, **pruned}, indent=2))
     tracker.log_metrics(final, step=len(fitted.history))
-    tracker.set_tags({**hashes, "stopped_early": str(fitted.stopped_early).lower(), **{k: str(v) for k, v in pruned.items()}})
+    tracker.set_tags({**hashes, "stopped_early": str(fitted.stopped_early).lower(),
+                      **{k: str(v) for k, v in pruned.items()}})
     _upload(job, wait_for_plots)
     return RunResult(run_id="", output_dir=output_dir, metrics=final, history=fitted.history)
 

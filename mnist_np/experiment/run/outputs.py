@@ -39,7 +39,8 @@ class EpochLogger(Callback):
         atomic_write_text(path, "".join(json.dumps({"epoch": i, **m}) + "\n" for i, m in enumerate(history, start=1)))
 
     def on_train_start(self, model: MLP, settings: TrainSettings) -> None:
-        log.info("training %s for %d epochs, batch %d", "-".join(map(str, model.sizes)), self.epochs, settings.batch_size)
+        log.info("training %s for %d epochs, batch %d", "-".join(map(str, model.sizes)), self.epochs,
+                 settings.batch_size)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], model: MLP, is_best: bool) -> None:
         m = metrics
@@ -77,7 +78,8 @@ def log_also_to(path: Path) -> Iterator[None]:
         yield
         return
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-    handler.setFormatter(files[0].formatter if files and files[0].formatter else logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+    handler.setFormatter(files[0].formatter if files and files[0].formatter
+                         else logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
     root.addHandler(handler)
     try:
         yield

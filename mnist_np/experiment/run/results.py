@@ -38,7 +38,8 @@ class RunInterrupted(KeyboardInterrupt):
         if self.checkpoint is None:
             return (f"it had no checkpoint yet, so resuming starts it over in the same run: "
                     f"python scripts/train.py resume={self.run_id}")
-        return f"its last checkpoint is {self.checkpoint}; continue it with: python scripts/train.py resume={self.run_id}"
+        return (f"its last checkpoint is {self.checkpoint}; continue it with: "
+                f"python scripts/train.py resume={self.run_id}")
 
     def __str__(self) -> str:
         return f"interrupted: run {self.run_id} is closed KILLED; {self.advice}"

@@ -46,7 +46,8 @@ def resume(target: str, tracking_uri: str | None = None, sweep_member: bool = Fa
     config_file = output_dir / "config" / "config.yaml"
     info = read_run_file(output_dir)
     if not info or not config_file.exists():
-        raise ConfigError(f"resume={target}: {output_dir} holds no run to resume (expected {RUN_FILE} and config/config.yaml)")
+        raise ConfigError(f"resume={target}: {output_dir} holds no run to resume (expected {RUN_FILE} "
+                          "and config/config.yaml)")
     # First, before anything is read for real or written: one writer per run (a second resume,
     # a requeue, or the run's own process, still alive). The lock is held until the run is closed.
     with locked(output_dir, f"run {info['run_id']} ({output_dir})"):
@@ -91,7 +92,8 @@ def _output_dir(target: str, tracking_uri: str | None) -> Path:
     try:
         return run_output_dir(target, tracking_uri or default_tracking_uri())
     except ValueError as e:
-        raise ConfigError(f"resume={target!r} is not allowed: {e}; expected a run id in that store or a run's output dir") from None
+        raise ConfigError(f"resume={target!r} is not allowed: {e}; expected a run id in that store "
+                          "or a run's output dir") from None
 
 
 def _latest_state(target: str, output_dir: Path) -> TrainingState | None:
@@ -100,7 +102,8 @@ def _latest_state(target: str, output_dir: Path) -> TrainingState | None:
     try:
         return load_state(latest) if latest else None
     except (ValueError, KeyError, OSError) as e:  # a damaged or tampered file read back from the run
-        raise ConfigError(f"resume={target!r} is not allowed; expected a run with a readable checkpoint ({e})") from None
+        raise ConfigError(f"resume={target!r} is not allowed; expected a run with a "
+                          f"readable checkpoint ({e})") from None
 
 
 def _reconcile_epochs(tracker: MlflowTracker, history: list[dict[str, float]], probe: str = "train_loss") -> None:

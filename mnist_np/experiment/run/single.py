@@ -65,7 +65,8 @@ def run(
     if cfg.get("resume"):
         return resume(str(cfg.resume), cfg.mlflow.tracking_uri)
     ctx = hydra_context()
-    output_dir = Path(output_dir or ctx.output_dir or OUTPUTS_DIR / "runs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f"))
+    output_dir = Path(output_dir or ctx.output_dir
+                      or OUTPUTS_DIR / "runs" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S.%f"))
     # A continued sweep's member, or one Slurm started again, that had started before: kept, or resumed.
     if member is not None and member.continued is not None and (continued := member.continued(output_dir)) is not None:
         return continued
@@ -102,7 +103,8 @@ def _new_run(cfg: DictConfig, ctx: HydraContext, output_dir: Path, member: Membe
     return execute(Job(cfg, tracker, raw, splits, output_dir, config_yaml, threads, stop_rule, register_as))
 
 
-def _name_and_tags(cfg: DictConfig, overrides: list[str], output_dir: Path, member: Member | None) -> tuple[str, dict[str, str]]:
+def _name_and_tags(cfg: DictConfig, overrides: list[str], output_dir: Path,
+                   member: Member | None) -> tuple[str, dict[str, str]]:
     """The run's name (a sweep member's shows what it sweeps) and its tags: origin, process, sweep, git."""
     run_name = cfg.mlflow.run_name or default_run_name(cfg)
     if member is not None:

@@ -1,4 +1,5 @@
-"""A dry run (``dry_run=true``): what a command of ``scripts/train.py`` would launch, every member checked, nothing created.
+"""A dry run (``dry_run=true``): what a command of ``scripts/train.py`` would launch, every member checked, nothing
+created.
 
     python scripts/train.py --multirun model.hidden_size=64,128 optimizer.lr=0.01,0.1,0.3 dry_run=true
 
@@ -62,7 +63,8 @@ def dry_run_requested(args: Sequence[str]) -> bool:
 
 @dataclasses.dataclass
 class Checked:
-    """One member (or a search's corner) as the dry run shows it: a label (``#3``: job 3), its overrides, its run name, its error."""
+    """One member (or a search's corner) as the dry run shows it: a label (``#3``: job 3), its overrides, its run name,
+    its error."""
 
     label: str
     shown: list[str]
@@ -75,7 +77,8 @@ class Checked:
 
 
 def dry_run(args: Sequence[str], out: TextIO, err: TextIO) -> int:
-    """Print what the command line would launch, check every member, create nothing; 0, or 2 when something is invalid."""
+    """Print what the command line would launch, check every member, create nothing; 0, or 2 when something is
+    invalid."""
     try:
         checked, count = _plan([a for a in args if parse_override(a)[0] != KEY], out)  # members run without dry_run
     except ConfigError as e:  # the command line itself: refused as scripts/train.py would refuse it
@@ -91,7 +94,8 @@ def dry_run(args: Sequence[str], out: TextIO, err: TextIO) -> int:
 
 
 def _plan(args: list[str], out: TextIO) -> tuple[list[Checked], str]:
-    """The command line checked as ``scripts/train.py`` checks it, its header printed; its members checked, and the count line."""
+    """The command line checked as ``scripts/train.py`` checks it, its header printed; its members checked, and the
+    count line."""
     overrides = command_line_overrides(args) or []
     if any(parse_override(o)[0] == "resume" and parse_override(o)[1] not in ("", "null") for o in overrides):
         raise ConfigError(f"{KEY}=true is not allowed with resume=: a resumed run or sweep repeats its own saved "
@@ -108,7 +112,8 @@ def _plan(args: list[str], out: TextIO) -> tuple[list[Checked], str]:
 
 
 def _grid(config: DictConfig, overrides: list[str], composer: Composer, out: TextIO) -> tuple[list[Checked], str]:
-    """A grid sweep's members, numbered and ordered as Hydra's basic sweeper makes them (:mod:`mnist_np.experiment.sweep.grid`)."""
+    """A grid sweep's members, numbered and ordered as Hydra's basic sweeper makes them
+    (:mod:`mnist_np.experiment.sweep.grid`)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -124,7 +129,8 @@ def _grid(config: DictConfig, overrides: list[str], composer: Composer, out: Tex
         raise ConfigError(f"the grid's members cannot be listed: {str(e).strip().splitlines()[0]}") from None
     swept = swept_parameters(task, params or None)
     fixed = [line for line in jobs[0] if parse_override(line)[0] not in swept]
-    print(f"dry run: a grid sweep of {len(jobs)} members (launcher: {_short(config.hydra.launcher)}); nothing is created", file=out)
+    print(f"dry run: a grid sweep of {len(jobs)} members (launcher: "
+          f"{_short(config.hydra.launcher)}); nothing is created", file=out)
     if fixed:
         print(f"every member: {' '.join(fixed)}", file=out)
     return [composer.check(f"#{number}", job, swept) for number, job in enumerate(jobs)], f"{len(jobs)} members"
@@ -138,15 +144,17 @@ def _search(config: DictConfig, overrides: list[str], composer: Composer, out: T
     task = _task(overrides)
     distributions, fixed = search_space(params, task)
     swept = swept_parameters(task, params)
-    print(f"dry run: a guided search of {sweeper.n_trials} trials (sampler {sweeper.sampler}, pruner {sweeper.pruner or 'none'}, "
-          f"{sweeper.n_jobs} at a time; launcher: {_short(config.hydra.launcher)}); nothing is created", file=out)
+    print(f"dry run: a guided search of {sweeper.n_trials} trials (sampler {sweeper.sampler}, pruner "
+          f"{sweeper.pruner or 'none'}, {sweeper.n_jobs} at a time; launcher: "
+          f"{_short(config.hydra.launcher)}); nothing is created", file=out)
     if fixed:
         print(f"every trial: {' '.join(fixed)}", file=out)
     for key, dist in distributions.items():
         print(f"  {key}: {swept.get(key, '')}  ({describe(dist)})", file=out)
     corners = _corners(distributions)
     print(f"checked: {len(corners)} configs, each value of a choice and both ends of each range and interval", file=out)
-    checked = [composer.check("check", fixed + [as_override(k, v) for k, v in corner.items()], swept) for corner in corners]
+    checked = [composer.check("check", fixed + [as_override(k, v) for k, v in corner.items()], swept)
+               for corner in corners]
     return checked, f"{sweeper.n_trials} trials"
 
 

@@ -44,7 +44,8 @@ def counted(study: Any) -> int:
 
 @dataclasses.dataclass
 class StudySource:
-    """The trials of a stored study (a :class:`~mnist_np.experiment.sweep.workers.JobSource`), asked until ``n_trials``."""
+    """The trials of a stored study (a :class:`~mnist_np.experiment.sweep.workers.JobSource`), asked until
+    ``n_trials``."""
 
     settings: SearchSettings
     distributions: dict[str, Any]
@@ -59,7 +60,8 @@ class StudySource:
         self._studies[worker] = load_study(dataclasses.replace(self.settings, seed=seed))
 
     def next(self, worker: int) -> tuple[list[str], int] | None:
-        """The trial ``worker`` was running when it was requeued, else a new trial while fewer than ``n_trials`` count."""
+        """The trial ``worker`` was running when it was requeued, else a new trial while fewer than ``n_trials``
+        count."""
         from optuna.trial import TrialState
 
         study = self._studies[worker]

@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 
 from mnist_np.experiment.config.schema import ConfigError
 
-ALLOWED = "choice(a, b, ...), a,b,..., range(start, stop[, step]), interval(low, high), each optionally in tag(log, ...) or tag(int, ...)"
+ALLOWED = ("choice(a, b, ...), a,b,..., range(start, stop[, step]), interval(low, high), "
+           "each optionally in tag(log, ...) or tag(int, ...)")
 
 
 def search_space(params: Mapping[str, Any] | None, arguments: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
@@ -46,7 +47,8 @@ def search_space(params: Mapping[str, Any] | None, arguments: Sequence[str]) -> 
             distributions.pop(o.get_key_element(), None)  # the command line fixes what params would search
             fixed.append(o.input_line)
     if not distributions:
-        raise ConfigError(f"the search has nothing to search: set hydra.sweeper.params or sweep a key on the command line ({ALLOWED})")
+        raise ConfigError("the search has nothing to search: set hydra.sweeper.params or sweep a key on the "
+                          f"command line ({ALLOWED})")
     return distributions, fixed
 
 
@@ -63,7 +65,8 @@ def distribution(key: str, sweep: Any) -> Any:
         return CategoricalDistribution([_plain(v) for v in sweep.list])
     if isinstance(sweep, RangeSweep):
         if not all(isinstance(v, int) for v in (sweep.start, sweep.stop, sweep.step)) or sweep.stop <= sweep.start:
-            raise ConfigError(f"{key}: range({sweep.start}, {sweep.stop}, {sweep.step}) must count up in integers; expected {ALLOWED}")
+            raise ConfigError(f"{key}: range({sweep.start}, {sweep.stop}, {sweep.step}) must count up in "
+                              f"integers; expected {ALLOWED}")
         last = range(int(sweep.start), int(sweep.stop), int(sweep.step))[-1]
         return IntDistribution(int(sweep.start), last, log=log, step=1 if log else int(sweep.step))
     if isinstance(sweep, IntervalSweep):

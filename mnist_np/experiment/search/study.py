@@ -80,16 +80,18 @@ def default_storage() -> str:
 
 
 def settings_from(sweeper: Mapping[str, Any], max_epochs: int) -> SearchSettings:
-    """The settings ``hydra.sweeper`` holds (every key of the sweeper's schema), checked; one line naming the key for anything wrong."""
+    """The settings ``hydra.sweeper`` holds (every key of the sweeper's schema), checked; one line naming the key for
+    anything wrong."""
     objectives, directions = _as_list(sweeper["objectives"]), _as_list(sweeper["direction"])
     if len(directions) == 1 and len(objectives) > 1:
         raise ConfigError(f"hydra.sweeper.direction={directions[0]} is not allowed with {len(objectives)} objectives; "
                           f"expected one direction per objective, e.g. [maximize,minimize]")
     settings = SearchSettings(
         n_trials=sweeper["n_trials"], n_jobs=sweeper["n_jobs"], objectives=objectives, directions=directions,
-        study_name=str(sweeper["study_name"]), storage=str(sweeper["storage"] or default_storage()), sampler=str(sweeper["sampler"]),
-        seed=sweeper["seed"], pruner=sweeper["pruner"], min_epochs=sweeper["min_epochs"],
-        reduction_factor=sweeper["reduction_factor"], max_epochs=max_epochs, asynchronous=bool(sweeper["asynchronous"]),
+        study_name=str(sweeper["study_name"]), storage=str(sweeper["storage"] or default_storage()),
+        sampler=str(sweeper["sampler"]), seed=sweeper["seed"], pruner=sweeper["pruner"],
+        min_epochs=sweeper["min_epochs"], reduction_factor=sweeper["reduction_factor"], max_epochs=max_epochs,
+        asynchronous=bool(sweeper["asynchronous"]),
     )
     check(settings)
     return settings
@@ -125,7 +127,8 @@ def check(s: SearchSettings) -> None:
         if s.pruner not in PRUNERS:
             raise bad("pruner", s.pruner, f"null or one of {', '.join(PRUNERS)}")
         if s.reported is None:
-            raise bad("pruner", s.pruner, "null with these objectives: pruning needs one objective, val_accuracy or val_loss")
+            raise bad("pruner", s.pruner,
+                      "null with these objectives: pruning needs one objective, val_accuracy or val_loss")
     if not (s.storage.endswith(".log") or "://" in s.storage):
         raise bad("storage", s.storage, "null (optuna.db at the project root), an Optuna database URL (sqlite:///..., "
                                         "postgresql://...) or a journal file path ending in .log")
@@ -139,7 +142,8 @@ def open_storage(url: str) -> Any:
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(url))
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
 
 
 def pruner(s: SearchSettings) -> Any:

@@ -58,8 +58,8 @@ class SearchSweeperImpl(Sweeper):
         from hydra.core.plugins import Plugins
 
         self.hydra_context, self.config = hydra_context, config
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function,
-                                                                config=config)
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> list[Sequence[Any]]:
         assert self.config is not None and self.launcher is not None
@@ -85,7 +85,8 @@ class SearchSweeperImpl(Sweeper):
         """``n_jobs`` workers, each asking the stored study for its next trial as its last one ends."""
         workers = loop_count(self.launcher, settings.n_jobs)
         note_workers(workers)
-        log.info("search: %d trials, %d worker(s) asking for the next one as their last one ends", settings.n_trials, workers)
+        log.info("search: %d trials, %d worker(s) asking for the next one as their last one ends", settings.n_trials,
+                 workers)
         ran = run_workers(self.launcher, settings.n_jobs, StudySource(settings, distributions, fixed, str(sweep_dir)))
         return [[r for _, r in sorted(ran, key=lambda pair: pair[0]) if r is not None]]
 
@@ -97,7 +98,8 @@ class SearchSweeperImpl(Sweeper):
             batch = [study.ask(distributions) for _ in range(min(settings.n_jobs, settings.n_trials - done))]
             overrides = [fixed + [as_override(k, v) for k, v in trial.params.items()] for trial in batch]
             log.info("search: trials %d-%d of %d", batch[0].number, batch[-1].number, settings.n_trials)
-            # A launch that fails (a joblib worker killed) loses no trial: each is settled from its dir, told FAIL if it failed.
+            # A launch that fails (a joblib worker killed) loses no trial: each is settled from its dir,
+            # told FAIL if it failed.
             results = launch_members(self.launcher, overrides, batch[0].number, sweep_dir,
                                      job_composer(self.hydra_context, self.config))
             returns.append([r for r in results if r is not None])
@@ -126,7 +128,8 @@ class SearchSweeperImpl(Sweeper):
                          "optuna.objectives": ",".join(settings.objectives), "optuna.pruner": str(settings.pruner)})
 
     def _output_dir(self, number: int, result: Any) -> Path:
-        """Where trial ``number``'s member wrote its files (Hydra's job dir; the sweep dir's ``<number>/`` if unknown)."""
+        """Where trial ``number``'s member wrote its files (Hydra's job dir; the sweep dir's ``<number>/`` if
+        unknown)."""
         try:
             return Path(result.hydra_cfg.hydra.runtime.output_dir)
         except AttributeError:
@@ -147,7 +150,8 @@ def check_search(sweep: tuple[DictConfig, list[str]] | None) -> None:
         return
     sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
     assert isinstance(sweeper, dict)
-    settings_from({**sweeper, "study_name": sweeper["study_name"] or "(named after the sweep)"}, max_epochs=int(config.trainer.epochs))
+    settings_from({**sweeper, "study_name": sweeper["study_name"] or "(named after the sweep)"},
+                  max_epochs=int(config.trainer.epochs))
     search_space(sweeper.get("params"), [o for o in overrides if not o.startswith("hydra.")])
 
 
@@ -156,7 +160,8 @@ def write_results(study: Any, settings: SearchSettings, path: Path) -> None:
     from optuna.trial import TrialState
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        results: dict[str, Any] = {"name": "optuna", "best_params": None, "best_value": None}  # every trial failed or was pruned
+        # Every trial failed or was pruned.
+        results: dict[str, Any] = {"name": "optuna", "best_params": None, "best_value": None}
     elif len(settings.objectives) == 1:
         results = {"name": "optuna", "best_params": study.best_params, "best_value": study.best_value,
                    "best_trial": study.best_trial.number}

@@ -35,7 +35,8 @@ def trial_stop_rule(sweep: SweepInfo | None, job_num: int | None) -> StopRule | 
     if metric is None:
         return None
     trial = _trial(load_study(settings), job_num)
-    log.info("search member: trial %d of study %r in %s, reporting %s", job_num, settings.study_name, settings.storage, metric)
+    log.info("search member: trial %d of study %r in %s, reporting %s", job_num, settings.study_name, settings.storage,
+             metric)
     failed: list[str] = []
 
     def report(epoch: int, metrics: dict[str, float]) -> str | None:

@@ -33,7 +33,8 @@ class GridSweeperImpl(BasicSweeper):
     def sweep(self, arguments: list[str]) -> list[Sequence[Any]]:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        self.overrides = self.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]), self.max_batch_size)
+        self.overrides = self.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]),
+                                              self.max_batch_size)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))  # resume= reads it
@@ -44,7 +45,8 @@ class GridSweeperImpl(BasicSweeper):
         while not self.is_done():
             batch = self.get_job_batch()
             self.validate_batch_is_legal(batch)
-            results = launch_members(self.launcher, batch, first, sweep_dir, job_composer(self.hydra_context, self.config))
+            results = launch_members(self.launcher, batch, first, sweep_dir,
+                                     job_composer(self.hydra_context, self.config))
             returns.append([r for r in results if r is not None])
             first += len(batch)
         return returns

@@ -58,7 +58,8 @@ IMPORTANCE_FILE = "importance.csv"  # among the parent's sweep_summary/ artifact
 
 
 def param_importance(rows: Sequence[Mapping[str, Any]], swept: Mapping[str, str]) -> list[dict[str, Any]] | None:
-    """``[{"param", "importance"}, ...]``, most important first (ties by name), summing to 1; None when fewer than two keys vary.
+    """``[{"param", "importance"}, ...]``, most important first (ties by name), summing to 1; None when fewer than two
+    keys vary.
 
     Args:
         rows: the sweep table's rows (:func:`mnist_np.experiment.sweep.summary.summarize`): ``status``,
@@ -73,7 +74,8 @@ def param_importance(rows: Sequence[Mapping[str, Any]], swept: Mapping[str, str]
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
     from optuna.trial import create_trial
 
-    distributions = {k: distribution([r.get(k, "") for r in done], swept[k], categorical=k == SEED_KEY) for k in varying}
+    distributions = {k: distribution([r.get(k, "") for r in done], swept[k], categorical=k == SEED_KEY)
+                     for k in varying}
     with _quiet(optuna):
         study = optuna.create_study(direction="maximize")  # in memory: nothing is stored
         study.add_trials([create_trial(params={k: as_value(r.get(k, ""), distributions[k]) for k in varying},
@@ -85,12 +87,14 @@ def param_importance(rows: Sequence[Mapping[str, Any]], swept: Mapping[str, str]
 
 
 def top_quantile(members: int) -> float:
-    """The share of members PED-ANOVA calls the best: 10 %, but at least :data:`TOP_MEMBERS` of them and at most half."""
+    """The share of members PED-ANOVA calls the best: 10 %, but at least :data:`TOP_MEMBERS` of them and at most
+    half."""
     return min(0.5, max(0.1, TOP_MEMBERS / max(members, 1)))
 
 
 def distribution(values: Sequence[Any], spec: str, categorical: bool = False) -> Any:
-    """The Optuna distribution of one swept key, from the values its finished members took (see the module's docstring)."""
+    """The Optuna distribution of one swept key, from the values its finished members took (see the module's
+    docstring)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     numbers = [_number(v) for v in values]

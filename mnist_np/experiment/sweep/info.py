@@ -22,8 +22,8 @@ OBJECTIVES = {
 }
 # Keys that default_run_name already spells out (mlp128x2-sgd-lr0.1-bs128, -elastic when augmented).
 NAME_KEYS = frozenset(
-    {"model.hidden_size", "model.num_hidden_layers", "optimizer", "optimizer.name", "optimizer.lr", "trainer.batch_size", "data", "data.name",
-     "augment", "augment.name"}
+    {"model.hidden_size", "model.num_hidden_layers", "optimizer", "optimizer.name", "optimizer.lr",
+     "trainer.batch_size", "data", "data.name", "augment", "augment.name"}
 )
 
 

@@ -57,7 +57,8 @@ def launch_members(launcher: Any, jobs: Sequence[Sequence[str]], first: int, swe
         failed = False
         for group in _consecutive(pending):
             try:
-                for i, r in zip(group, launcher.launch([list(jobs[i]) for i in group], initial_job_idx=first + group[0])):
+                for i, r in zip(group,
+                                launcher.launch([list(jobs[i]) for i in group], initial_job_idx=first + group[0])):
                     returns[i] = r
             except Exception as e:  # noqa: BLE001 -- e.g. joblib's TerminatedWorkerError: settled below
                 error, failed = launcher_error(e), True
@@ -74,7 +75,8 @@ def launch_members(launcher: Any, jobs: Sequence[Sequence[str]], first: int, swe
         pending = never
         if not pending:
             break
-    # A member with no JobReturn (the launch failed) or a failed one (its process died: submitit) is settled from its dir.
+    # A member with no JobReturn (the launch failed) or a failed one (its process died: submitit)
+    # is settled from its dir.
     unsettled = {i: error if i not in returns else _failure(returns[i]) for i in range(len(jobs))}
     unsettled = {i: why for i, why in unsettled.items() if why is not None}
     info = SweepInfo.load(sweep_dir) if unsettled else None
@@ -112,7 +114,8 @@ def settle_member(info: SweepInfo, job_num: int, overrides: Sequence[str], outpu
         _close_dead_run(info, output_dir, f"{KILLED_REASON}; the launcher said: {launcher_said}")
     elif state == Fate.DIED_EARLY:
         record_failure(info, job_num, overrides, output_dir, _compose(compose_job, overrides),
-                       f"killed: its process ended before its run started; the launcher said: {launcher_said}", retry=True)
+                       f"killed: its process ended before its run started; the launcher said: {launcher_said}",
+                       retry=True)
     elif state == Fate.NOT_STARTED:
         record_failure(info, job_num, overrides, output_dir, _compose(compose_job, overrides),
                        f"never started: the launcher failed ({launcher_said})", retry=True)
@@ -142,7 +145,8 @@ def _compose(compose_job: ComposeJob | None, overrides: Sequence[str]) -> DictCo
 
 
 def member_dir(sweep_dir: Path, job_num: int) -> Path:
-    """Where job ``job_num`` of the sweep writes: ``<sweep dir>/<job number>`` (``hydra.sweep.subdir`` in conf/config.yaml)."""
+    """Where job ``job_num`` of the sweep writes: ``<sweep dir>/<job number>`` (``hydra.sweep.subdir`` in
+    conf/config.yaml)."""
     return Path(sweep_dir) / str(job_num)
 
 

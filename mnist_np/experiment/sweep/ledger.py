@@ -36,7 +36,8 @@ class Ledger:
     @classmethod
     def write(cls, sweep_dir: Path, jobs: Sequence[Sequence[str]], first: int) -> "Ledger":
         """A new ledger of jobs ``first, first + 1, ...`` (their overrides), none taken yet."""
-        entries = [{"number": first + i, "overrides": list(o), "worker": None, "done": False} for i, o in enumerate(jobs)]
+        entries = [{"number": first + i, "overrides": list(o), "worker": None, "done": False}
+                   for i, o in enumerate(jobs)]
         with exclusive(Path(sweep_dir) / LEDGER_LOCK):
             atomic_write_text(Path(sweep_dir) / LEDGER, json.dumps({"jobs": entries}, indent=1))
         return cls(str(sweep_dir))

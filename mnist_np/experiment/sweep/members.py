@@ -68,7 +68,8 @@ def _expected(e: Exception) -> bool:
 
 
 def record_failed_member(cfg: DictConfig | None, reason: str, retry: bool, base_name: str | None = None) -> None:
-    """This process's sweep member stopped with ``reason``: record it from its output dir (see :func:`record_failure`)."""
+    """This process's sweep member stopped with ``reason``: record it from its output dir (see
+    :func:`record_failure`)."""
     ctx = hydra_context()
     info = SweepInfo.load(ctx.sweep_dir) if ctx.sweep_dir else None
     if info is None or ctx.output_dir is None or ctx.job_num is None:

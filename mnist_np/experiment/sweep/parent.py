@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def open_sweep(config: DictConfig) -> SweepInfo:
-    """Create the store (once, before parallel workers could race to migrate it), the parent run, and ``mlflow_sweep.json``."""
+    """Create the store (once, before parallel workers could race to migrate it), the parent run, and
+    ``mlflow_sweep.json``."""
     sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
     task = list(config.hydra.overrides.task)
     search_space = config.hydra.sweeper.get("params")  # Optuna's; the basic sweeper's is null

@@ -136,7 +136,8 @@ def unrecorded_members(sweep_dir: Path) -> list[Path]:
 
 
 def resumable(output_dir: Path) -> bool:
-    """Whether ``--multirun resume=`` would train member ``output_dir`` (again): killed, interrupted, or failed for want of something."""
+    """Whether ``--multirun resume=`` would train member ``output_dir`` (again): killed, interrupted, or failed for want
+    of something."""
     journal = output_dir / JOURNAL_FILE
     if not journal.is_file():
         return output_dir.is_dir()

@@ -38,7 +38,8 @@ NOT_REPEATED = ("hydra.sweep.dir", "hydra.mode", "hydra.run.dir", "hydra.job.nam
 
 @dataclass
 class ResumedSweep:
-    """The command line that continues a sweep, and the sweep's dir; ``done``: the sweep had ended, nothing to continue."""
+    """The command line that continues a sweep, and the sweep's dir; ``done``: the sweep had ended, nothing to
+    continue."""
 
     argv: list[str]
     sweep_dir: Path
@@ -71,7 +72,8 @@ def sweep_dir_given(args: list[str]) -> Path | None:
     """The sweep dir a ``--multirun`` command line names with ``hydra.sweep.dir=`` (None: Hydra picks a new one)."""
     if not ({"-m", "--multirun"} & set(args)):
         return None
-    given = [parse_override(o)[1] for o in command_line_overrides(args) or [] if parse_override(o)[0] == "hydra.sweep.dir"]
+    given = [parse_override(o)[1] for o in command_line_overrides(args) or []
+             if parse_override(o)[0] == "hydra.sweep.dir"]
     if not given or "${" in given[-1]:  # an interpolation: Hydra's to resolve (the sweep's callback locks it then)
         return None
     return Path(given[-1]).expanduser().resolve()
@@ -82,13 +84,16 @@ def sweep_dir_of(target: str, tracking_uri: str) -> Path:
     path = Path(target).expanduser()
     if not (path / SWEEP_FILE).is_file():
         if path.exists():
-            raise ConfigError(f"resume={target} is not allowed: {path} holds no {SWEEP_FILE}; expected a sweep dir or its parent run id")
+            raise ConfigError(f"resume={target} is not allowed: {path} holds no {SWEEP_FILE}; expected a sweep dir "
+                              "or its parent run id")
         try:
             path = Path(run_tags(target, tracking_uri).get("sweep_dir", ""))
         except ValueError as e:
-            raise ConfigError(f"resume={target} is not allowed: {e}; expected a sweep dir or its parent run id") from None
+            raise ConfigError(f"resume={target} is not allowed: {e}; expected a sweep dir "
+                              "or its parent run id") from None
         if SweepInfo.load(path) is None:
-            raise ConfigError(f"resume={target} is not allowed: run {target} is not a sweep's parent with its dir on this machine")
+            raise ConfigError(f"resume={target} is not allowed: run {target} is not a sweep's parent with "
+                              "its dir on this machine")
     if not (path / "multirun.yaml").is_file():
         raise ConfigError(f"resume={target} is not allowed: {path} holds no multirun.yaml")
     return path.resolve()
@@ -111,10 +116,12 @@ def continued_member(output_dir: Path) -> RunResult | None:
     journal = output_dir / JOURNAL_FILE
     end = read_journal(journal).end if journal.is_file() else None
     if end is None or end.get("status") == "KILLED" or end.get("retry"):
-        # Killed, interrupted, or failed for want of something outside it (its data, its store): trained on, into its run.
+        # Killed, interrupted, or failed for want of something outside it (its data, its store):
+        # trained on, into its run.
         log.info("continuing sweep member %s (run %s) from its newest checkpoint", output_dir, run["run_id"])
         return resume(str(output_dir), sweep_member=True)
     log.info("sweep member %s (run %s) had ended %s; kept", output_dir, run["run_id"], end.get("status"))
     summary = output_dir / "summary.json"
-    metrics = json.loads(summary.read_text())["metrics"] if end.get("status") == "FINISHED" and summary.is_file() else {}
+    metrics = (json.loads(summary.read_text())["metrics"] if end.get("status") == "FINISHED" and summary.is_file()
+               else {})
     return RunResult(run["run_id"], output_dir, metrics)

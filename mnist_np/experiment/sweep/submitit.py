@@ -53,7 +53,8 @@ class WaitingLauncher(BaseSubmititLauncher):
         jobs = executor.map_array(self, *zip(*job_params))
         return [_result(job, overrides) for job, overrides in zip(jobs, job_overrides)]  # every job, in order
 
-    def run_workers(self, workers: int, source: Any, work: Callable[..., list[tuple[int, Any]]]) -> list[tuple[int, Any]]:
+    def run_workers(self, workers: int, source: Any,
+                    work: Callable[..., list[tuple[int, Any]]]) -> list[tuple[int, Any]]:
         """Loops over ``source`` (see :mod:`mnist_np.experiment.sweep.workers`): ``self.workers`` cluster jobs each a
         loop when set, else ``workers`` lanes here, each job a cluster job of its own."""
         if not self.workers:

@@ -1,4 +1,5 @@
-"""A sweep's outcome on its parent run: counts, the best member on validation, a sorted table, seed groups, importance, plots.
+"""A sweep's outcome on its parent run: counts, the best member on validation, a sorted table, seed groups, importance,
+plots.
 
 The best member is chosen by validation accuracy, never by test accuracy,
 which is shown but never decides.
@@ -81,7 +82,8 @@ def summarize(children: Sequence[Mapping[str, Any]], swept_keys: Sequence[str]) 
             }
         )
     # Finished members first, best validation accuracy first; test accuracy is shown, never used.
-    rows.sort(key=lambda r: (r["status"] != "FINISHED", -(r["val_accuracy"] if finite_number(r["val_accuracy"]) else -1.0), r["name"]))
+    rows.sort(key=lambda r: (r["status"] != "FINISHED",
+                             -(r["val_accuracy"] if finite_number(r["val_accuracy"]) else -1.0), r["name"]))
     finished = [r for r in rows if r["status"] == "FINISHED" and finite_number(r["val_accuracy"])]
     return SweepSummary(
         total=len(rows),
@@ -89,7 +91,8 @@ def summarize(children: Sequence[Mapping[str, Any]], swept_keys: Sequence[str]) 
         failed=sum(r["status"] != "FINISHED" for r in rows),
         best=finished[0] if finished else None,
         # The column only where a pruner ran: a grid's table stays as it was.
-        rows=rows if any(r[PRUNED_TAG] for r in rows) else [{k: v for k, v in r.items() if k != PRUNED_TAG} for r in rows],
+        rows=(rows if any(r[PRUNED_TAG] for r in rows)
+              else [{k: v for k, v in r.items() if k != PRUNED_TAG} for r in rows]),
         pruned=sum(bool(r[PRUNED_TAG]) for r in rows),
     )
 
@@ -103,7 +106,8 @@ def _choice(child: Mapping[str, Any], key: str) -> str:
     return ""
 
 
-def close_sweep(info: SweepInfo, crash: str | None = None, status: str = "FAILED", members_done: bool = False) -> SweepSummary:
+def close_sweep(info: SweepInfo, crash: str | None = None, status: str = "FAILED",
+                members_done: bool = False) -> SweepSummary:
     """Give the parent run its summary and final status.
 
     A member run still RUNNING whose output dir shows it ended (it lost MLflow
@@ -157,7 +161,8 @@ def _crown(tracker: MlflowTracker, info: SweepInfo, best: Mapping[str, Any]) -> 
             version = register_run_model(info.tracking_uri, info.register_as or "", best["run_id"], tags)
         set_champion(info.tracking_uri, info.register_as or "", version)
         tracker.set_tags({CHAMPION_TAG: f"models:/{info.register_as}/{version}"})
-        log.info("best member %s registered: models:/%s@%s is version %s", best["name"], info.register_as, CHAMPION, version)
+        log.info("best member %s registered: models:/%s@%s is version %s", best["name"], info.register_as, CHAMPION,
+                 version)
     except Exception as e:  # noqa: BLE001 -- the sweep and its members are safe; only the registry entry is missing
         log.warning("could not register the best member as %r: %s", info.register_as, e)
 
@@ -187,7 +192,8 @@ def _settle_members(tracker: MlflowTracker, info: SweepInfo, members_done: bool)
             # Every member has returned (or this one's process is gone): nobody will close this run.
             close_run(tracker.client, c["run_id"], "FAILED", KILLED_REASON)
         else:
-            raise ValueError(f"member run {c['run_id']} of sweep {info.name!r} is still running; sync the sweep when it is over")
+            raise ValueError(f"member run {c['run_id']} of sweep {info.name!r} is still running; sync the "
+                             "sweep when it is over")
 
 
 def _record(tracker: MlflowTracker, info: SweepInfo, summary: SweepSummary, pareto: Pareto | None) -> None:
@@ -239,7 +245,8 @@ def _record(tracker: MlflowTracker, info: SweepInfo, summary: SweepSummary, pare
     tracker.log_artifacts(out, SUMMARY_DIR)
 
 
-def _record_importance(tracker: MlflowTracker, out: Path, summary: SweepSummary, info: SweepInfo) -> list[dict[str, Any]] | None:
+def _record_importance(tracker: MlflowTracker, out: Path, summary: SweepSummary,
+                       info: SweepInfo) -> list[dict[str, Any]] | None:
     """``importance.csv`` and the tag ``most_important_param``, where two swept keys or more vary (see
     :mod:`mnist_np.experiment.sweep.importance`); None where they do not, or where it could not be computed."""
     try:
@@ -254,7 +261,8 @@ def _record_importance(tracker: MlflowTracker, out: Path, summary: SweepSummary,
 
 
 def recorded_importance(tracking_uri: str, parent_run_id: str) -> tuple[str, list[dict[str, Any]]]:
-    """What a sweep's parent recorded (``sweep_summary/importance.csv``, as its summary wrote it): a title line and the rows.
+    """What a sweep's parent recorded (``sweep_summary/importance.csv``, as its summary wrote it): a title line and the
+    rows.
 
     Raises:
         ValueError: one line -- no such run, not a sweep's parent, or a sweep without importance (and why).
@@ -270,8 +278,8 @@ def recorded_importance(tracking_uri: str, parent_run_id: str) -> tuple[str, lis
         artifact = f"{SUMMARY_DIR}/{IMPORTANCE_FILE}"
         with open(fetch_run(parent_run_id, tracking_uri, Path(tmp), (artifact,))["files"][artifact], newline="") as f:
             rows = [{"param": r["param"], "importance": float(r["importance"])} for r in csv.DictReader(f)]
-    title = (f"sweep {tags.get('mlflow.runName', parent_run_id)!r}: importance of {len(rows)} swept parameters to validation "
-             f"accuracy over {tags.get('members_finished', '?')} finished members ({EVALUATOR})")
+    title = (f"sweep {tags.get('mlflow.runName', parent_run_id)!r}: importance of {len(rows)} swept parameters to "
+             f"validation accuracy over {tags.get('members_finished', '?')} finished members ({EVALUATOR})")
     return title, rows
 
 

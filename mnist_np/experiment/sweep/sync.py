@@ -41,7 +41,8 @@ def sync_paths(paths: list[str], tracking_uri: str | None = None) -> Iterator[st
         except ValueError as e:
             yield f"{path}: sweep parent not summarised yet: {e}"
             continue
-        yield f"{path}: sweep {info.name!r} ({info.parent_run_id}): {summary.finished} of {summary.total} members finished"
+        yield (f"{path}: sweep {info.name!r} ({info.parent_run_id}): "
+               f"{summary.finished} of {summary.total} members finished")
 
 
 def parent_in_store(info: SweepInfo, tracking_uri: str, current: bool = True) -> SweepInfo:

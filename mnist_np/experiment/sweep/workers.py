@@ -87,7 +87,8 @@ def work(source: JobSource, worker: int, run_job: RunJob) -> list[tuple[int, Any
 
 
 def run_workers(launcher: Any, workers: int, source: JobSource) -> list[tuple[int, Any]]:
-    """Run ``workers`` loops over ``source`` where ``launcher`` runs its jobs; returns ``(job number, JobReturn)`` pairs."""
+    """Run ``workers`` loops over ``source`` where ``launcher`` runs its jobs; returns ``(job number, JobReturn)``
+    pairs."""
     ran: list[tuple[int, Any]] = []
     for _ in range(1 + RESTARTS):
         before = source.taken()
