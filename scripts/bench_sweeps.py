@@ -51,7 +51,8 @@ def machine_cpu_seconds() -> float | None:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def time_sweep(extra: list[str], members: int, epochs: int, workdir: Path, speedups: str = "all") -> tuple[float, float | None]:
+def time_sweep(extra: list[str], members: int, epochs: int, workdir: Path,
+               speedups: str = "all") -> tuple[float, float | None]:
     """Wall seconds and machine CPU seconds of one ``--multirun`` sweep of ``members`` runs, from launch to exit."""
     store = workdir / "mlflow.db"
     cmd = [
@@ -116,7 +117,8 @@ def bench_sweep(args: argparse.Namespace) -> dict:
     print(f"speed-up of +sweep=parallel (median of paired ratios): {result['speedup_median_of_ratios']:.2f}x")
     if "cold" in times:
         result["warm_workers_saves_s"] = statistics.median(c - w for c, w in zip(times["cold"], times["parallel"]))
-        print(f"warm_workers saves {result['warm_workers_saves_s']:+.2f} s per parallel sweep (median of paired differences)")
+        print(f"warm_workers saves {result['warm_workers_saves_s']:+.2f} s per parallel sweep (median "
+              "of paired differences)")
     if "basic" in cpu_medians:
         # Even with every core busy all the time, the basic launcher's CPU work takes this long.
         bound = medians["basic"] / (cpu_medians["basic"] / cores)
@@ -126,11 +128,13 @@ def bench_sweep(args: argparse.Namespace) -> dict:
 
 
 def time_search(args: argparse.Namespace, pruner: str | None, seed: int, workdir: Path) -> dict[str, Any]:
-    """One guided search as a subprocess: wall seconds, epochs its members trained, best validation accuracy, trials pruned."""
+    """One guided search as a subprocess: wall seconds, epochs its members trained, best validation accuracy, trials
+    pruned."""
     cmd = [
         sys.executable, str(TRAIN), "--multirun", "+sweep=optuna", f"hydra.sweeper.n_trials={args.trials}",
         f"hydra.sweeper.seed={seed}", f"hydra.sweeper.pruner={pruner or 'null'}", f"trainer.epochs={args.epochs}",
-        f"hydra.sweeper.storage=sqlite:///{workdir / 'optuna.db'}", f"mlflow.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
+        f"hydra.sweeper.storage=sqlite:///{workdir / 'optuna.db'}",
+        f"mlflow.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
         "mlflow.experiment_name=bench-search", "mlflow.log_plots=false", "trainer.progress=false",
         f"hydra.sweep.dir={workdir / 'sweep'}", *args.overrides,
     ]
@@ -164,8 +168,9 @@ def bench_search(args: argparse.Namespace) -> dict[str, Any]:
             with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
                 row = time_search(args, pruner, args.seed + i, Path(tmp))
             rows[name].append({"seed": args.seed + i, **row})
-            print(f"  round {i + 1}/{args.repeats} seed {args.seed + i}  {name:18s} {row['seconds']:7.1f} s  {row['epochs']:4d} epochs  "
-                  f"best val_accuracy {row['best_val_accuracy']:.4f}  pruned {row['pruned']}/{row['finished']}", flush=True)
+            print(f"  round {i + 1}/{args.repeats} seed {args.seed + i}  {name:18s} {row['seconds']:7.1f} s  "
+                  f"{row['epochs']:4d} epochs  best val_accuracy {row['best_val_accuracy']:.4f}  pruned "
+                  f"{row['pruned']}/{row['finished']}", flush=True)
     full = rows["unpruned"]
     result: dict[str, Any] = {
         "benchmark": "search", "trials": args.trials, "epochs": args.epochs, "seed": args.seed, "pruners": args.pruner,
@@ -188,7 +193,8 @@ def bench_search(args: argparse.Namespace) -> dict[str, Any]:
         result["paired"][pruner] = paired
         print(f"{pruner} trains {100 * paired['median_epoch_fraction']:.0f}% of the epochs in "
               f"{100 * paired['median_time_ratio']:.0f}% of the time; its best val_accuracy is "
-              f"{paired['median_val_accuracy_gap_pp']:+.2f} points below the unpruned search's (medians of paired runs)")
+              f"{paired['median_val_accuracy_gap_pp']:+.2f} points below the unpruned search's "
+              "(medians of paired runs)")
     return result
 
 
@@ -199,7 +205,8 @@ def tracked(result: dict[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
         return params, {f"{k}.{pruner}": v for pruner, paired in result["paired"].items() for k, v in paired.items()}
     params = dict(members=str(result["members"]), epochs=str(result["epochs"]), n_jobs=str(result["n_jobs"]),
                   overrides=" ".join(result["overrides"]))
-    metrics = dict(speedup=result["speedup_median_of_ratios"], **{f"median_s.{k}": v for k, v in result["median_seconds"].items()},
+    metrics = dict(speedup=result["speedup_median_of_ratios"],
+                   **{f"median_s.{k}": v for k, v in result["median_seconds"].items()},
                    **{f"median_cpu_s.{k}": v for k, v in result["median_cpu_seconds"].items()})
     if "speedup_bound_at_basic_cpu" in result:
         metrics["speedup_bound_at_basic_cpu"] = result["speedup_bound_at_basic_cpu"]
@@ -213,7 +220,8 @@ def add_parsers(sub: Any, outputs: Path) -> tuple[argparse.ArgumentParser, argpa
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="joblib workers (default: one per core)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--speedups", action="store_true", help="also time the parallel sweep without the warm_workers shortcut")
+    p.add_argument("--speedups", action="store_true",
+                   help="also time the parallel sweep without the warm_workers shortcut")
     p.add_argument("--json", type=Path, default=outputs / "bench-sweep.json")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for both sweeps' members (e.g. trainer.threads=1)")
     q = sub.add_parser("search", help="the same guided search with and without a pruner")
@@ -221,8 +229,10 @@ def add_parsers(sub: Any, outputs: Path) -> tuple[argparse.ArgumentParser, argpa
     q.add_argument("--epochs", type=int, default=10, help="the members' trainer.epochs (the pruner's full budget)")
     q.add_argument("--seed", type=int, default=0, help="the sampler's seed in the first round (then +1 per round)")
     q.add_argument("--pruner", nargs="+", default=["hyperband", "successive_halving"],
-                   choices=("median", "hyperband", "successive_halving"), help="each is paired with the same unpruned search")
+                   choices=("median", "hyperband", "successive_halving"),
+                   help="each is paired with the same unpruned search")
     q.add_argument("--repeats", type=int, default=3, help="rounds of searches, their order alternated")
     q.add_argument("--json", type=Path, default=outputs / "bench-search.json")
-    q.add_argument("overrides", nargs="*", help="Hydra overrides for both searches (e.g. hydra.sweeper.reduction_factor=2)")
+    q.add_argument("overrides", nargs="*",
+                   help="Hydra overrides for both searches (e.g. hydra.sweeper.reduction_factor=2)")
     return p, q

@@ -28,11 +28,14 @@ import sys
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("target", nargs="?", default="mnist-np", help="an experiment name or a sweep's parent run id")
-    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlflow.db)")
+    parser.add_argument("--tracking-uri",
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlflow.db)")
     parser.add_argument("--csv", action="store_true", help="CSV on stdout, for scripts")
     parser.add_argument("--by-config", action="store_true", help="one row per config, aggregated over its seeds")
-    parser.add_argument("--importance", action="store_true", help="a sweep's parameter importance, most important first")
-    parser.add_argument("--filter", default="", help="an MLflow search filter, e.g. \"tags.`lr-study` = 'true'\" or \"metrics.test_accuracy > 0.98\"")
+    parser.add_argument("--importance", action="store_true",
+                        help="a sweep's parameter importance, most important first")
+    parser.add_argument("--filter", default="", help="an MLflow search filter, e.g. \"tags.`lr-study` = 'true'\" or "
+                                                     "\"metrics.test_accuracy > 0.98\"")
     args = parser.parse_args()
 
     from mnist_np.experiment.run.tables import table_csv, table_text, varying_params

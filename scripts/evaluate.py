@@ -26,8 +26,10 @@ from mnist_np.nn.weights import load_weights
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", help="a weights .npz or an MLflow run id")
-    parser.add_argument("--tracking-uri", default=None, help="store of the run (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    parser.add_argument("--which", choices=("final", "best"), default="final", help="which weights of a run (default: final)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="store of the run (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    parser.add_argument("--which", choices=("final", "best"), default="final",
+                        help="which weights of a run (default: final)")
     args = parser.parse_args(argv)
     try:
         with tempfile.TemporaryDirectory(prefix="mnist-np-evaluate-") as tmp:

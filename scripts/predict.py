@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", help="a weights .npz, an MLflow run id, or models:/<name>@<alias>")
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or IDX image files")
-    parser.add_argument("--tracking-uri", default=None, help="store of the run (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    parser.add_argument("--which", choices=("final", "best"), default="final", help="which weights of a run (default: final)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="store of the run (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    parser.add_argument("--which", choices=("final", "best"), default="final",
+                        help="which weights of a run (default: final)")
     args = parser.parse_args(argv)
     try:
         x, names = load_images(args.images)  # first: a bad image fails before MLflow is even imported

@@ -22,8 +22,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_id", nargs="?", help="the MLflow run to reproduce")
     parser.add_argument("--from-dir", type=Path, help="reproduce from a run's output dir instead")
-    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlflow.db)")
-    parser.add_argument("--output-dir", type=Path, help="where the reproduction's files go (default: outputs/runs/<date>/<time>)")
+    parser.add_argument("--tracking-uri",
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the project's mlflow.db)")
+    parser.add_argument("--output-dir", type=Path,
+                        help="where the reproduction's files go (default: outputs/runs/<date>/<time>)")
     args = parser.parse_args()
     if (args.run_id is None) == (args.from_dir is None):
         parser.error("give either a RUN_ID or --from-dir DIR")

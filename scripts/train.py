@@ -5,7 +5,8 @@
     python scripts/train.py --multirun +sweep=optuna
     python scripts/train.py --multirun resume=<sweep dir or parent run id>   # continue a killed sweep or search
     python scripts/train.py +experiment=seed_baseline
-    python scripts/train.py --multirun model.hidden_size=64,128 optimizer.lr=0.01,0.1,0.3 dry_run=true   # what it would run
+    # what it would run:
+    python scripts/train.py --multirun model.hidden_size=64,128 optimizer.lr=0.01,0.1,0.3 dry_run=true
 
 A thin shell over :func:`mnist_np.experiment.run.single.run`: it checks the command
 line, lets Hydra compose the config, and turns the errors a user can fix into

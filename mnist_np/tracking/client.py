@@ -130,7 +130,8 @@ def experiment_id(client: MlflowClient, tracking_uri: str, name: str) -> str:
 
 
 def log_batches(
-    client: MlflowClient, run_id: str, metrics: Sequence[Metric] = (), params: Sequence[Param] = (), tags: Sequence[RunTag] = ()
+    client: MlflowClient, run_id: str, metrics: Sequence[Metric] = (), params: Sequence[Param] = (),
+    tags: Sequence[RunTag] = ()
 ) -> None:
     """``log_batch`` in as many requests as MLflow's per-request limits need."""
     for i in range(0, len(params), MAX_PARAMS_PER_BATCH):

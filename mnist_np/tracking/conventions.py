@@ -27,8 +27,8 @@ OWN_TAGS = frozenset({
     PROCESS_TAG, OUTPUT_DIR_TAG, FAILURE_TAG, OFFLINE_TAG, "overrides", "host", "pid", "test_weights", "sweep_job_num",
     "sweep_dir", "sweeper", "launcher", "resumed", "resumed_from_epoch", "reproduces", "stopped_early", PRUNED_TAG,
     "warnings", "weights_sha256", "tested_weights_sha256", "members_failed", "members_finished", "best_run_id",
-    "best_run_name", "pareto_run_ids", "numpy_version", "python_version", "platform", "blas", "blas_threads", "git_dirty",
-    "train_shards", "cores", "cores_source", "cores_found", REGISTERED_TAG, CHAMPION_TAG,
+    "best_run_name", "pareto_run_ids", "numpy_version", "python_version", "platform", "blas", "blas_threads",
+    "git_dirty", "train_shards", "cores", "cores_source", "cores_found", REGISTERED_TAG, CHAMPION_TAG,
 })
 NOTE_TAG = "mlflow.note.content"  # what MLflow's UI shows as a run's description
 LABEL_VALUE = "true"  # a label is a tag <label>=true: searchable as tags.`<label>` = 'true'

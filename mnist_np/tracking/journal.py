@@ -25,7 +25,8 @@ RUN_FILE = "mlflow_run.json"  # in the output dir: which MLflow run its files be
 
 
 class Journal:
-    """Appends calls to ``path``; with ``path=None`` (a tracker replaying a journal, a sweep's parent) it keeps nothing."""
+    """Appends calls to ``path``; with ``path=None`` (a tracker replaying a journal, a sweep's parent) it keeps
+    nothing."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path

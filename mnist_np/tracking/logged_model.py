@@ -109,8 +109,10 @@ def _signature(weights_path: Path, example: np.ndarray) -> Any:
         return infer_signature(example, probe.predict(None, example))
 
 
-def _save_model_files(client: MlflowClient, run_id: str, model: Any, weights_path: Path, example: np.ndarray, signature: Any) -> None:
-    """Write the pyfunc model's folder (code, weights, MLmodel, requirements) and upload it as the logged model's files."""
+def _save_model_files(client: MlflowClient, run_id: str, model: Any, weights_path: Path, example: np.ndarray,
+                      signature: Any) -> None:
+    """Write the pyfunc model's folder (code, weights, MLmodel, requirements) and upload it as the logged model's
+    files."""
     import mlflow.pyfunc
     import mlflow.utils.environment
     from mlflow.models import Model
@@ -128,12 +130,14 @@ def _save_model_files(client: MlflowClient, run_id: str, model: Any, weights_pat
             input_example=example,
             pip_requirements=pyfunc_requirements(),
             # MLmodel records which run and logged model it belongs to.
-            mlflow_model=Model(artifact_path=model.artifact_location, run_id=run_id, model_uuid=model.model_id, model_id=model.model_id),
+            mlflow_model=Model(artifact_path=model.artifact_location, run_id=run_id, model_uuid=model.model_id,
+                               model_id=model.model_id),
         )
         client.log_model_artifacts(model.model_id, str(local))
 
 
-def resolve_weights(run_id_or_path: str, tracking_uri: str | None, which: str = "final", dst_dir: Path | None = None) -> Path:
+def resolve_weights(run_id_or_path: str, tracking_uri: str | None, which: str = "final",
+                    dst_dir: Path | None = None) -> Path:
     """A local weights file: ``run_id_or_path`` itself if it is a file, else the run's ``weights/{which}.npz``.
 
     Args:

@@ -86,7 +86,8 @@ class MnistNpModel(PythonModel):
     # Any) makes it warn at import. With the model's tensor signature MLflow
     # converts a DataFrame to an array before calling predict anyway; the
     # DataFrame branch below serves direct calls.
-    def predict(self, context: PythonModelContext, model_input: np.ndarray, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context: PythonModelContext, model_input: np.ndarray,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
         """``model_input``: ``(N, 784)`` array (or DataFrame) -> DataFrame ``label, probability, p0..p9``."""
         x = model_input.to_numpy() if isinstance(model_input, pd.DataFrame) else np.asarray(model_input)
         width = self.layers[0][0].shape[0]

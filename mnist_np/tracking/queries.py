@@ -30,7 +30,8 @@ def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: 
     ]
 
 
-def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, filter_string: str = "") -> list[dict[str, Any]]:
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
+               filter_string: str = "") -> list[dict[str, Any]]:
     """Runs whose ``mlflow.parentRunId`` is ``parent_run_id`` (a sweep's members), as :func:`search_runs` gives them,
     narrowed by ``filter_string`` if given."""
     members = f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'"
@@ -54,7 +55,8 @@ def runs_to_compare(tracking_uri: str, target: str, filter_string: str = "") -> 
             parent = client.get_run(target)
         except MlflowError:
             names = sorted(e.name for e in client.search_experiments())
-            raise ValueError(f"{target!r} is neither an experiment ({', '.join(names) or 'none'}) nor a run in {tracking_uri}") from None
+            raise ValueError(f"{target!r} is neither an experiment ({', '.join(names) or 'none'}) nor a "
+                             f"run in {tracking_uri}") from None
         return f"sweep {parent.info.run_name!r}", child_runs(client, parent.info.experiment_id, target, filter_string)
     except MlflowError as e:
         first = str(e.message if hasattr(e, "message") else e).strip().splitlines()[0]
@@ -98,7 +100,8 @@ def fetch_run(run_id: str, tracking_uri: str, dest: Path, artifacts: tuple[str, 
             files[path] = Path(client.download_artifacts(run_id, path, str(dest)))
         except (MlflowError, OSError):
             raise ValueError(f"run {run_id} has no artifact {path}") from None
-    return {"tags": dict(run.data.tags), "metrics": dict(run.data.metrics), "history": history, "files": files, "status": run.info.status}
+    return {"tags": dict(run.data.tags), "metrics": dict(run.data.metrics), "history": history, "files": files,
+            "status": run.info.status}
 
 
 def run_snapshot(client: MlflowClient, run_id: str) -> dict[str, Any] | None:

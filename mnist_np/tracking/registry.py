@@ -51,7 +51,8 @@ def register_run_model(tracking_uri: str, name: str, run_id: str, tags: Mapping[
 
 def set_champion(tracking_uri: str, name: str, version: str) -> None:
     """Point ``models:/<name>@champion`` at ``version``."""
-    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(name, CHAMPION, version)
+    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(
+        name, CHAMPION, version)
 
 
 def registered_run_id(model_uri: str, tracking_uri: str) -> str:
@@ -62,7 +63,8 @@ def registered_run_id(model_uri: str, tracking_uri: str) -> str:
     """
     match = MODEL_URI.fullmatch(model_uri)
     if match is None:
-        raise ValueError(f"{model_uri!r} is not a registered model; expected models:/<name>@<alias> or models:/<name>/<version>")
+        raise ValueError(f"{model_uri!r} is not a registered model; expected models:/<name>@<alias> or "
+                         "models:/<name>/<version>")
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         if match["alias"]:

@@ -17,14 +17,16 @@ from mnist_np.tracking.client import MlflowError, log_batches, refusal
 from mnist_np.tracking.conventions import FAILURE_TAG, KILLED_REASON, PROCESS_TAG, cap_tag
 
 
-def close_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None, end_time: int | None = None) -> None:
+def close_run(client: MlflowClient, run_id: str, status: str, reason: str | None = None,
+              end_time: int | None = None) -> None:
     """End ``run_id`` with ``status`` (FINISHED, FAILED, KILLED), the reason as its ``failure_reason`` tag."""
     if reason:
         client.set_tag(run_id, FAILURE_TAG, cap_tag(reason))
     client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)), end_time=end_time)
 
 
-def reap_dead_runs(client: MlflowClient, experiment_id: str, reason: str = KILLED_REASON, keep: str | None = None) -> list[str]:
+def reap_dead_runs(client: MlflowClient, experiment_id: str, reason: str = KILLED_REASON,
+                   keep: str | None = None) -> list[str]:
     """Close (FAILED, with ``reason``) every RUNNING run of the experiment whose process is gone; returns their ids.
 
     Runs carry a ``process`` tag (see :mod:`mnist_np.common.procs`); runs of

@@ -45,7 +45,8 @@ def system_metrics(tracking_uri: str, run_id: str, enabled: bool, resumed: bool 
 
         # MLflow reports at INFO that it found no GPU and when it starts and stops: not news in a run's log.
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=SAMPLING_SECONDS, resume_logging=resumed, tracking_uri=tracking_uri)
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SAMPLING_SECONDS, resume_logging=resumed,
+                                       tracking_uri=tracking_uri)
         monitor.start()
     except Exception as e:  # noqa: BLE001 -- e.g. psutil missing: the run trains without them
         log.warning("system metrics are not logged: %s", e)
@@ -80,7 +81,8 @@ def _resume(monitor: object) -> None:
 
 
 def _stop(monitor: object) -> None:
-    """Stop the monitor's thread and send what it sampled, with a last sample; give up after :data:`STOP_SECONDS` (a server gone)."""
+    """Stop the monitor's thread and send what it sampled, with a last sample; give up after :data:`STOP_SECONDS` (a
+    server gone)."""
     # SystemMetricsMonitor.finish() joins its thread without a timeout; its thread may be
     # inside a call to a server that no longer answers (retried for minutes).
     monitor._shutdown_event.set()  # type: ignore[attr-defined]
@@ -88,7 +90,8 @@ def _stop(monitor: object) -> None:
     if thread is not None:
         thread.join(STOP_SECONDS)
         if thread.is_alive():
-            log.warning("system metrics: the monitor did not stop within %.0f s (tracking server unreachable?); left behind", STOP_SECONDS)
+            log.warning("system metrics: the monitor did not stop within %.0f s (tracking server "
+                        "unreachable?); left behind", STOP_SECONDS)
             return
     try:
         # The samples since the last upload, with one taken now: a run shorter than the interval still gets a point.

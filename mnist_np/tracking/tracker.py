@@ -112,11 +112,13 @@ class MlflowTracker(Callback):
             return False
 
     # -- the run -------------------------------------------------------------
-    def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str], start_time: int | None = None) -> str:
+    def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str],
+              start_time: int | None = None) -> str:
         """Create the run with its params and tags; returns the run id."""
         tags = self.journal.note_start(run_name, params, tags, self.experiment_name, self.tracking_uri, start_time)
         run = guarded(self.tracking_uri,
-                      lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags, start_time=start_time))
+                      lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags,
+                                                     start_time=start_time))
         self.run_id, self.run_name = run.info.run_id, run_name
         self.log_params(params)
         return self.run_id
@@ -140,7 +142,8 @@ class MlflowTracker(Callback):
 
         return self._send("reopening the run", send)
 
-    def log_dataset(self, name: str, digest: str, source: str, sizes: Mapping[str, int], context: str = "training") -> bool:
+    def log_dataset(self, name: str, digest: str, source: str, sizes: Mapping[str, int],
+                    context: str = "training") -> bool:
         """Record the data as an MLflow dataset input: name, digest of the pinned files, split sizes."""
         self.journal.note("dataset", name=name, digest=digest, source=source, sizes=dict(sizes), context=context)
         return self._send("the dataset", lambda: self._log_dataset(name, digest, source, sizes, context))
@@ -183,17 +186,20 @@ class MlflowTracker(Callback):
         self._last_sent = time.monotonic()
         if not batch:
             return True
-        steps = f"steps {batch[0].step}-{batch[-1].step}" if batch[0].step != batch[-1].step else f"step {batch[0].step}"
+        steps = (f"steps {batch[0].step}-{batch[-1].step}" if batch[0].step != batch[-1].step
+                 else f"step {batch[0].step}")
         return self._send(f"metrics at {steps}", lambda: log_batches(self.client, self._id, metrics=batch))
 
     def set_tags(self, tags: Mapping[str, str]) -> bool:
         tags = {k: cap_tag(str(v)) for k, v in tags.items()}
         self.journal.note("tags", tags=tags)
-        return self._send("tags", lambda: log_batches(self.client, self._id, tags=[RunTag(k, v) for k, v in tags.items()]))
+        return self._send("tags",
+                          lambda: log_batches(self.client, self._id, tags=[RunTag(k, v) for k, v in tags.items()]))
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> bool:
         self.journal.note("artifacts", path=self.journal.local(local_dir), artifact_path=artifact_path)
-        return self._send(f"{local_dir.name}/", lambda: self.client.log_artifacts(self._id, str(local_dir), artifact_path))
+        return self._send(f"{local_dir.name}/",
+                          lambda: self.client.log_artifacts(self._id, str(local_dir), artifact_path))
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> bool:
         self.journal.note("artifacts", path=self.journal.local(local_path), artifact_path=artifact_path)
@@ -204,7 +210,8 @@ class MlflowTracker(Callback):
         # The example is a few [0, 1] images: as bytes (x 255) it fits a journal line.
         example = np.rint(np.asarray(input_example, dtype=np.float64) * 255).clip(0, 255).astype(np.uint8)
         self.journal.note("model", weights=self.journal.local(weights_path), example=example.tolist())
-        return self._send("the model", lambda: log_pyfunc_model(self._id, self.tracking_uri, weights_path, input_example))
+        return self._send("the model",
+                          lambda: log_pyfunc_model(self._id, self.tracking_uri, weights_path, input_example))
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> bool:
         """Close the run with ``status`` (FINISHED, FAILED, KILLED) and, if given, the reason."""
@@ -217,7 +224,8 @@ class MlflowTracker(Callback):
         def send() -> None:
             if reason:
                 self.client.set_tag(self._id, FAILURE_TAG, reason)
-            self.client.set_terminated(self._id, status=RunStatus.to_string(RunStatus.from_string(status)), end_time=now)
+            self.client.set_terminated(self._id, status=RunStatus.to_string(RunStatus.from_string(status)),
+                                       end_time=now)
 
         return self._send(f"the final status {status}", send)
 

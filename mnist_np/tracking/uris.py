@@ -16,7 +16,8 @@ from mnist_np.common.paths import PROJECT_ROOT
 SERVER_PROBE_SECONDS = 5.0
 SQLITE = "sqlite:///"
 # MLflow's server answers 403 to a Host header it does not know (a guard against DNS rebinding).
-HOST_REFUSED = "refused this host name (403: Invalid Host header); start the server with --allowed-hosts <host:port as clients write it>"
+HOST_REFUSED = ("refused this host name (403: Invalid Host header); "
+                "start the server with --allowed-hosts <host:port as clients write it>")
 
 
 class TrackingUnavailable(RuntimeError):
@@ -75,7 +76,8 @@ def check_server(tracking_uri: str, timeout: float = SERVER_PROBE_SECONDS) -> No
             raise TrackingUnavailable(f"MLflow server {tracking_uri} {HOST_REFUSED}") from None
         if e.code in (401, 403):
             return  # a server with authentication: it is up; credentials are MLflow's business
-        raise TrackingUnavailable(f"MLflow server {tracking_uri} answered {e.code} at /health; is it an MLflow server?") from None
+        raise TrackingUnavailable(f"MLflow server {tracking_uri} answered {e.code} at /health; "
+                                  "is it an MLflow server?") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise TrackingUnavailable(
@@ -94,7 +96,8 @@ def server_reachable(tracking_uri: str, timeout: float = 2.0) -> bool:
 
 
 def how_to_see(tracking_uri: str, experiment_id: str, run_id: str, project_root: Path = PROJECT_ROOT) -> str:
-    """How a user opens a run: its URL on a server, ``make ui`` for the project's store, else ``mlflow ui`` on the store."""
+    """How a user opens a run: its URL on a server, ``make ui`` for the project's store, else ``mlflow ui`` on the
+    store."""
     if is_server(tracking_uri):
         return f"see it at {tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     if tracking_uri == default_tracking_uri(project_root):
