@@ -41,7 +41,8 @@ CONCERNS: dict[str, set[str]] = {
     "search": {"config", "run", "sweep"},
 }
 # Third-party packages only one layer may import.
-OWNERS = {"mlflow": "tracking", "hydra": "experiment", "omegaconf": "experiment", "hydra_plugins": "experiment", "optuna": "experiment"}
+OWNERS = {"mlflow": "tracking", "hydra": "experiment", "omegaconf": "experiment", "hydra_plugins": "experiment",
+          "optuna": "experiment"}
 TEST_ONLY = ("playwright", "pytest")  # drivers of tests: they live under tests/helpers
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
@@ -74,8 +75,8 @@ def imports(module: str) -> list[tuple[str, int]]:
             if node.level:  # relative: from the package, up level - 1
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            # `from mnist_np.experiment.sweep import session as sweep` imports the module mnist_np.experiment.sweep.session;
-            # `from mnist_np.data import DataError` the package's __init__.
+            # `from mnist_np.experiment.sweep import session as sweep` imports the module
+            # mnist_np.experiment.sweep.session; `from mnist_np.data import DataError` the package's __init__.
             submodules = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
             found += [(name, node.lineno) for name in submodules]
             if len(submodules) < len(node.names):
@@ -119,7 +120,8 @@ def concern_of(module: str) -> str | None:
 def test_experiment_concerns_import_one_way() -> None:
     unknown = sorted({c for m in MODULES if (c := concern_of(m)) is not None} - set(CONCERNS))
     assert unknown == [], f"add these folders of experiment/ to CONCERNS (and the docs' layout): {unknown}"
-    loose = sorted(m for m in MODULES if layer_of(m) == "experiment" and concern_of(m) is None and m != "mnist_np.experiment")
+    loose = sorted(m for m in MODULES if layer_of(m) == "experiment" and concern_of(m) is None
+                   and m != "mnist_np.experiment")
     assert loose == [], f"every module of experiment/ belongs to one of its folders: {loose}"
     upward = []
     for module in MODULES:
@@ -143,7 +145,8 @@ def test_each_folder_lists_its_modules() -> None:
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         listed = re.findall(rf"^- :mod:`~?{re.escape(folder)}\.(\w+)`", doc, re.M)
         if sorted(listed) != sorted(modules | packages):
-            wrong.append(f"{init.relative_to(PROJECT_ROOT)}: lists {sorted(listed)}, holds {sorted(modules | packages)}")
+            wrong.append(f"{init.relative_to(PROJECT_ROOT)}: lists {sorted(listed)}, holds "
+                         f"{sorted(modules | packages)}")
     assert wrong == []
 
 
@@ -198,7 +201,8 @@ def test_modules_and_functions_are_small() -> None:
 def test_the_checks_see_the_real_package() -> None:
     """The rules above would pass vacuously on an empty or unparsed tree."""
     graph = internal_graph()
-    assert {"mnist_np.nn.model", "mnist_np.train.loop", "mnist_np.tracking.tracker", "mnist_np.experiment.run.single"} <= set(MODULES)
+    assert ({"mnist_np.nn.model", "mnist_np.train.loop", "mnist_np.tracking.tracker", "mnist_np.experiment.run.single"}
+            <= set(MODULES))
     assert "mnist_np.nn.model" in graph["mnist_np.train.loop"]
     assert "mnist_np.train.loop" in graph["mnist_np.tracking.tracker"]
     assert any(name == "mlflow" or name.startswith("mlflow.") for name, _ in imports("mnist_np.tracking.client"))
@@ -207,10 +211,12 @@ def test_the_checks_see_the_real_package() -> None:
 @pytest.mark.parametrize("upward", [
     ("mnist_np.nn.model", "from mnist_np.train.loop import fit", test_layers_import_one_way),
     ("mnist_np.tracking.tracker", "from mnist_np.experiment.run.single import run", test_layers_import_one_way),
-    ("mnist_np.experiment.run.single", "from mnist_np.experiment.sweep.info import SweepInfo", test_experiment_concerns_import_one_way),
+    ("mnist_np.experiment.run.single", "from mnist_np.experiment.sweep.info import SweepInfo",
+     test_experiment_concerns_import_one_way),
     ("mnist_np.experiment.sweep.summary", "from mnist_np.experiment.search.study import OBJECTIVES",
      test_experiment_concerns_import_one_way),
-    ("mnist_np.experiment.config.compose", "from mnist_np.experiment.run.single import run", test_experiment_concerns_import_one_way),
+    ("mnist_np.experiment.config.compose", "from mnist_np.experiment.run.single import run",
+     test_experiment_concerns_import_one_way),
 ])
 def test_an_upward_import_is_caught(upward: tuple, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     module, line, check = upward

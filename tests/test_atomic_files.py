@@ -42,7 +42,8 @@ sys.addaudithook(_audit)
 
 
 @pytest.mark.fault("training faults", "atomic")
-def test_a_run_writes_every_file_it_replaces_atomically(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_writes_every_file_it_replaces_atomically(tracking_uri: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     global _recording
     monkeypatch.setenv("MNIST_NP_SPEEDUPS", "-figures_in_background")  # figures in this process, where the hook is
     out = tmp_path / "run"
@@ -58,11 +59,13 @@ def test_a_run_writes_every_file_it_replaces_atomically(tracking_uri: str, tmp_p
     # The run did write what later commands read...
     for name in ("summary.json", "environment.json", "mlflow_run.json", "config/config.yaml", "weights/final.npz",
                  "checkpoints/epoch_0002.npz", "plots/confusion_matrix.png"):
-        assert any(n.endswith(".tmp") and Path(n).parent == Path(name).parent for n in names), f"{name}: no temporary file"
+        assert any(n.endswith(".tmp") and Path(n).parent == Path(name).parent
+                   for n in names), f"{name}: no temporary file"
         assert (out / name).is_file(), name
     # ...and opened nothing in place but the files it appends to.
     in_place = sorted({p.relative_to(out).as_posix() for p, mode in mine
-                       if not p.name.endswith(".tmp") and not (p.name in APPENDED and "a" in mode) and p.name != "run.lock"})
+                       if not p.name.endswith(".tmp") and not (p.name in APPENDED and "a" in mode)
+                       and p.name != "run.lock"})
     assert in_place == [], f"written in place: {in_place}"
 
 
@@ -80,4 +83,5 @@ def test_the_train_log_artifact_ends_with_the_runs_last_line(tracking_uri: str, 
     (r,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     uploaded = Path(client.download_artifacts(r.info.run_id, "train.log", str(tmp_path / "artifact"))).read_text()
     assert "model registered: models:/digits/1" in local
-    assert uploaded == local, f"the artifact stops at: {uploaded.splitlines()[-1]!r}; the run's last line: {local.splitlines()[-1]!r}"
+    assert uploaded == local, (f"the artifact stops at: {uploaded.splitlines()[-1]!r}; the run's last line: "
+                               f"{local.splitlines()[-1]!r}")

@@ -59,8 +59,10 @@ BAD: dict[str, list[tuple[list[str], str]]] = {
     "optimizer": [(["optimizer=lbfgs"], "'lbfgs'"), (["~optimizer"], "optimizer is missing")],
     "optimizer.name": [(["optimizer.name=lbfgs"], "'lbfgs'")],
     "optimizer.lr": [(["optimizer.lr=0"], "0.0"), (["optimizer.lr=fast"], "'fast'"), (["optimizer.lr=inf"], "inf")],
-    "optimizer.momentum": [(["optimizer.momentum=1.0"], "1.0"), (["optimizer=adam", "optimizer.momentum=0.9"], "optimizer=adam")],
-    "optimizer.nesterov": [(["optimizer.momentum=0", "optimizer.nesterov=true"], "True"), (["optimizer.nesterov=3"], "3")],
+    "optimizer.momentum": [(["optimizer.momentum=1.0"], "1.0"),
+                           (["optimizer=adam", "optimizer.momentum=0.9"], "optimizer=adam")],
+    "optimizer.nesterov": [(["optimizer.momentum=0", "optimizer.nesterov=true"], "True"),
+                           (["optimizer.nesterov=3"], "3")],
     "optimizer.weight_decay": [(["optimizer.weight_decay=-1"], "-1.0")],
     "optimizer.betas": [
         (["optimizer=adam", "optimizer.betas=[0.9,1.0]"], "[0.9, 1.0]"),
@@ -70,13 +72,15 @@ BAD: dict[str, list[tuple[list[str], str]]] = {
     "optimizer.eps": [(["optimizer=adam", "optimizer.eps=0"], "0.0")],
     "schedule": [(["schedule=poly"], "'poly'"), (["~schedule"], "schedule is missing")],
     "schedule.name": [(["schedule.name=poly"], "'poly'")],
-    "schedule.warmup_epochs": [(["trainer.epochs=5", "schedule.warmup_epochs=6"], "6.0"), (["schedule.warmup_epochs=-1"], "-1.0")],
+    "schedule.warmup_epochs": [(["trainer.epochs=5", "schedule.warmup_epochs=6"], "6.0"),
+                               (["schedule.warmup_epochs=-1"], "-1.0")],
     "schedule.step_size": [(["schedule=step", "schedule.step_size=0"], "0")],
     "schedule.gamma": [(["schedule=step", "schedule.gamma=1.5"], "1.5")],
     "schedule.min_lr": [(["schedule=cosine", "optimizer.lr=0.1", "schedule.min_lr=0.5"], "0.5")],
     "trainer": [(["trainer=fast"], "'fast'"), (["~trainer"], "trainer is missing")],
     "trainer.epochs": [(["trainer.epochs=0"], "0"), (["trainer.epochs=abc"], "'abc'")],
-    "trainer.batch_size": [(["data.train_limit=100", "trainer.batch_size=128"], "128"), (["trainer.batch_size=0"], "0")],
+    "trainer.batch_size": [(["data.train_limit=100", "trainer.batch_size=128"], "128"),
+                           (["trainer.batch_size=0"], "0")],
     "trainer.eval_batch_size": [(["trainer.eval_batch_size=0"], "0")],
     "trainer.dtype": [(["trainer.dtype=float16"], "'float16'")],
     "trainer.monitor": [(["trainer.monitor=test_accuracy"], "'test_accuracy'")],
@@ -90,7 +94,8 @@ BAD: dict[str, list[tuple[list[str], str]]] = {
     "trainer.checkpoint_every": [(["trainer.checkpoint_every=0"], "0")],
     "trainer.keep_checkpoints": [(["trainer.keep_checkpoints=0"], "0")],
     "mlflow": [(["mlflow=remote"], "'remote'"), (["~mlflow"], "mlflow is missing")],
-    "mlflow.tracking_uri": [(["mlflow.tracking_uri=mlruns"], "'mlruns'"), (["mlflow.tracking_uri=ftp://host/x"], "'ftp://host/x'")],
+    "mlflow.tracking_uri": [(["mlflow.tracking_uri=mlruns"], "'mlruns'"),
+                            (["mlflow.tracking_uri=ftp://host/x"], "'ftp://host/x'")],
     "mlflow.experiment_name": [(["mlflow.experiment_name=' '"], "' '")],
     "mlflow.run_name": [(["mlflow.run_name=''"], "''"), ([f"mlflow.run_name={LONG}"], LONG)],
     "mlflow.sweep_name": [(["mlflow.sweep_name=''"], "''")],
@@ -100,15 +105,23 @@ BAD: dict[str, list[tuple[list[str], str]]] = {
     "mlflow.register_as": [(["mlflow.register_as='a b'"], "'a b'"), (["mlflow.register_as=''"], "''")],
     "augment": [(["augment=cutout"], "'cutout'"), (["~augment"], "augment is missing")],
     "augment.name": [(["augment.name=cutout"], "'cutout'")],
-    "augment.max_shift": [(["augment=shift", "augment.max_shift=-1"], "-1"), (["augment=shift", "augment.max_shift=11"], "11"),
-                          (["augment=shift", "augment.max_shift=1.5"], "1.5"), (["augment=elastic", "augment.max_shift=2"], "augment=elastic")],
-    "augment.rotation": [(["augment=affine", "augment.rotation=-5"], "-5.0"), (["augment=affine", "augment.rotation=181"], "181.0")],
-    "augment.scale": [(["augment=affine", "augment.scale=1"], "1.0"), (["augment=affine", "augment.scale=-0.1"], "-0.1")],
-    "augment.shear": [(["augment=affine", "augment.shear=46"], "46.0"), (["augment=affine", "augment.shear=nan"], "nan")],
-    "augment.translate": [(["augment=affine", "augment.translate=-1"], "-1.0"), (["augment=affine", "augment.translate=11"], "11.0")],
-    "augment.alpha": [(["augment=elastic", "augment.alpha=-1"], "-1.0"), (["augment=elastic", "augment.alpha=101"], "101.0"),
+    "augment.max_shift": [(["augment=shift", "augment.max_shift=-1"], "-1"),
+                          (["augment=shift", "augment.max_shift=11"], "11"),
+                          (["augment=shift", "augment.max_shift=1.5"], "1.5"),
+                          (["augment=elastic", "augment.max_shift=2"], "augment=elastic")],
+    "augment.rotation": [(["augment=affine", "augment.rotation=-5"], "-5.0"),
+                         (["augment=affine", "augment.rotation=181"], "181.0")],
+    "augment.scale": [(["augment=affine", "augment.scale=1"], "1.0"),
+                      (["augment=affine", "augment.scale=-0.1"], "-0.1")],
+    "augment.shear": [(["augment=affine", "augment.shear=46"], "46.0"),
+                      (["augment=affine", "augment.shear=nan"], "nan")],
+    "augment.translate": [(["augment=affine", "augment.translate=-1"], "-1.0"),
+                          (["augment=affine", "augment.translate=11"], "11.0")],
+    "augment.alpha": [(["augment=elastic", "augment.alpha=-1"], "-1.0"),
+                      (["augment=elastic", "augment.alpha=101"], "101.0"),
                       (["augment=shift", "augment.alpha=34"], "augment=shift")],
-    "augment.sigma": [(["augment=elastic", "augment.sigma=0.5"], "0.5"), (["augment=elastic", "augment.sigma=inf"], "inf")],
+    "augment.sigma": [(["augment=elastic", "augment.sigma=0.5"], "0.5"),
+                      (["augment=elastic", "augment.sigma=inf"], "inf")],
 }
 KEYS = sorted(schema_keys() | set(GROUP_SCHEMAS))
 CASES = [pytest.param(key, overrides, shown, id=f"{key}:{' '.join(overrides)}"[:90])
@@ -135,7 +148,8 @@ def refuse(overrides: list[str], tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("key,overrides,shown", CASES)
 @pytest.mark.fault("bad config", "refused")
-def test_bad_value_is_refused_with_one_line_and_nothing_created(key: str, overrides: list[str], shown: str, tmp_path: Path) -> None:
+def test_bad_value_is_refused_with_one_line_and_nothing_created(key: str, overrides: list[str], shown: str,
+                                                                tmp_path: Path) -> None:
     message = refuse(overrides, tmp_path)
     assert "\n" not in message, message
     assert key in message and shown in message, message
@@ -145,8 +159,10 @@ def test_bad_value_is_refused_with_one_line_and_nothing_created(key: str, overri
 CLI_CASES = [
     (["~model"], "model is missing; expected one of mlp"),
     (["optimizer.betas=[0.9,0.99]"], "optimizer.betas is not a key of optimizer=sgd; its keys: "),
-    (["trainer.epochs=5", "schedule.warmup_epochs=6"], "schedule.warmup_epochs=6.0 is not allowed; expected a number in [0, 5]"),
-    (["data.train_limit=100", "trainer.batch_size=128"], "trainer.batch_size=128 is not allowed; expected at most the training split's 100 images"),
+    (["trainer.epochs=5", "schedule.warmup_epochs=6"],
+     "schedule.warmup_epochs=6.0 is not allowed; expected a number in [0, 5]"),
+    (["data.train_limit=100", "trainer.batch_size=128"],
+     "trainer.batch_size=128 is not allowed; expected at most the training split's 100 images"),
     (["mlflow.log_plots=3"], "mlflow.log_plots=3 has the wrong type; expected true or false"),
 ]
 
@@ -156,7 +172,8 @@ CLI_CASES = [
 def test_cli_refuses_with_one_line_exit_2(overrides: list[str], line: str, tmp_path: Path) -> None:
     store = tmp_path / "store" / "mlflow.db"
     proc = subprocess.run(
-        [PYTHON, str(TRAIN_SCRIPT), *overrides, f"mlflow.tracking_uri=sqlite:///{store}", f"hydra.run.dir={tmp_path / 'out'}"],
+        [PYTHON, str(TRAIN_SCRIPT), *overrides, f"mlflow.tracking_uri=sqlite:///{store}",
+         f"hydra.run.dir={tmp_path / 'out'}"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr

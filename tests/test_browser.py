@@ -4,8 +4,8 @@ One module-scoped setup serves every test here: a real ``mlflow server`` on
 loopback, a 3-member sweep logged to it by ``scripts/train.py --multirun``
 (a subprocess, as users run it), and one browser page. The tests then read
 the UI the way a user would -- the runs table, the compare page, a run's
-artifacts, the Model Registry's page of the sweep's champion -- and save a screenshot of each, in the test's temp dir and in
-``outputs/browser-test/`` (git-ignored) for a human to look at.
+artifacts, the Model Registry's page of the sweep's champion -- and save a screenshot of each, in the test's temp dir
+and in ``outputs/browser-test/`` (git-ignored) for a human to look at.
 
 Skipped, with the reason, only when no Chromium binary can be found
 (``.ci/run`` installs Debian's ``chromium`` when it runs as root).

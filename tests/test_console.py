@@ -26,8 +26,8 @@ RESULT = re.compile(r"\] run (\S+) \(([0-9a-f]{32})\) FINISHED: test accuracy 0\
 
 def console(*args: str, env: dict[str, str] | None = None) -> list[str]:
     """The lines a user sees (stdout and stderr interleaved) of ``scripts/train.py args``; it must succeed."""
-    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=600, env={**os.environ, **(env or {})})
+    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=600, env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stdout[-3000:]
     return proc.stdout.splitlines()
 
@@ -43,11 +43,13 @@ def test_a_run_prints_its_own_lines_and_ends_with_its_result(tracking_uri: str, 
     assert (out / "mlflow_run.json").read_text().count(run_id) == 1
 
     # MLflow's own switch brings its INFO lines back.
-    loud = console(*small_overrides(tracking_uri), f"hydra.run.dir={tmp_path / 'loud'}", env={"MLFLOW_LOGGING_LEVEL": "INFO"})
+    loud = console(*small_overrides(tracking_uri), f"hydra.run.dir={tmp_path / 'loud'}",
+                   env={"MLFLOW_LOGGING_LEVEL": "INFO"})
     assert any("INFO mlflow" in line for line in loud)
 
 
-def test_each_sweep_member_ends_with_its_result_and_the_sweep_with_its_summary(tracking_uri: str, tmp_path: Path) -> None:
+def test_each_sweep_member_ends_with_its_result_and_the_sweep_with_its_summary(tracking_uri: str,
+                                                                               tmp_path: Path) -> None:
     lines = console("--multirun", "seed=0,1", *small_overrides(tracking_uri), f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert [line for line in lines if any(n in line for n in NOISE)] == []
     starts = [i for i, line in enumerate(lines) if re.search(r"\[HYDRA\] \t#\d : ", line)]

@@ -834,7 +834,8 @@ def _valid_idx(dims: tuple[int, ...]) -> bytes:
     import struct as _struct
 
     body = bytes(range(256)) * (int(np.prod(dims)) // 256 + 1)
-    return _struct.pack(">BBBB", 0, 0, 0x08, len(dims)) + _struct.pack(f">{len(dims)}I", *dims) + body[: int(np.prod(dims))]
+    return (_struct.pack(">BBBB", 0, 0, 0x08, len(dims)) + _struct.pack(f">{len(dims)}I", *dims)
+            + body[: int(np.prod(dims))])
 
 
 @settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.too_slow])

@@ -35,17 +35,22 @@ from mnist_np.experiment.config.schema import ConfigError
 
 MAKEFILE = (PROJECT_ROOT / "Makefile").read_text()
 PYPROJECT = (PROJECT_ROOT / "pyproject.toml").read_text()
-SCRIPTS = {p.relative_to(PROJECT_ROOT).as_posix() for p in (PROJECT_ROOT / "scripts").glob("*.py")} | {"tests/helpers/readme_images.py"}
+SCRIPTS = ({p.relative_to(PROJECT_ROOT).as_posix() for p in (PROJECT_ROOT / "scripts").glob("*.py")}
+           | {"tests/helpers/readme_images.py"})
 
 # Programs the docs show that no parser here can check; each is run for real by the test named.
 RUN_ELSEWHERE = {
-    "optuna-dashboard": "tests/test_search.py::test_optuna_dashboard_opens_the_stored_study serves a search's study with it",
+    "optuna-dashboard": "tests/test_search.py::test_optuna_dashboard_opens_the_stored_study serves a "
+                        "search's study with it",
     "curl": "tests/test_security.py sends the users/create request as the admin, tests/test_labels_and_registry.py "
             "the POST /invocations (both from Python, with the same URL, headers and body)",
-    "createuser": "tests/test_postgres.py's team server: tests/helpers/postgres.py makes the role (initdb -U) and the database (createdb)",
+    "createuser": "tests/test_postgres.py's team server: tests/helpers/postgres.py makes the role (initdb -U) and "
+                  "the database (createdb)",
     "createdb": "tests/test_postgres.py's team server: tests/helpers/postgres.py runs createdb",
-    "source": "activates the venv `make` builds; tests/test_labels_and_registry.py puts its bin/ first on PATH, as activating does",
-    "export": "sets variables: tests/test_security.py sets the basic-auth server's and the user's as the page exports them",
+    "source": "activates the venv `make` builds; tests/test_labels_and_registry.py puts its bin/ first on "
+              "PATH, as activating does",
+    "export": "sets variables: tests/test_security.py sets the basic-auth server's and the user's as "
+              "the page exports them",
 }
 
 
@@ -61,7 +66,8 @@ def check(words: tuple[str, ...] | list[str], error: str | None = None) -> None:
         (check_train if script == "scripts/train.py" else check_script)(script, words[2:], error)
         return
     assert error is None, f"only scripts/train.py's error lines are checked, not {program}'s"
-    checks: dict[str, Callable[[list[str]], None]] = {"make": check_make, "pip": check_pip, "mlflow": check_mlflow, "eval": check_eval}
+    checks: dict[str, Callable[[list[str]], None]] = {"make": check_make, "pip": check_pip, "mlflow": check_mlflow,
+                                                      "eval": check_eval}
     if program in checks:
         checks[program](words[1:])
     else:
@@ -191,7 +197,8 @@ def check_pip(args: list[str]) -> None:
     for requirement in (a for a in args[1:] if not a.startswith("-")):
         if requirement.startswith("."):  # the project itself, with extras
             for extra in re.findall(r"\w+", requirement.partition("[")[2]):
-                assert re.search(rf"^{extra} = \[", PYPROJECT, re.M), f"pip install {requirement}: no extra {extra} in pyproject.toml"
+                assert re.search(rf"^{extra} = \[", PYPROJECT, re.M), (f"pip install {requirement}: no extra "
+                                                                       f"{extra} in pyproject.toml")
         else:
             assert f'"{requirement}' in PYPROJECT, f"pip install {requirement}: pyproject.toml does not declare it"
 

@@ -63,7 +63,8 @@ def test_every_key_has_one_description_beside_its_field() -> None:
     for group, schemas in [("", (Config,)), *GROUP_SCHEMAS.items(), ("hydra.sweeper", (SearchSweeperConfig,))]:
         names = {f.name for s in schemas for f in dataclasses.fields(s)} - set(GROUP_SCHEMAS) - {"_target_"}
         for name in names:
-            texts = [f.metadata["doc"] for s in schemas for f in dataclasses.fields(s) if f.name == name and "doc" in f.metadata]
+            texts = [f.metadata["doc"] for s in schemas for f in dataclasses.fields(s)
+                     if f.name == name and "doc" in f.metadata]
             assert len(texts) == 1 and texts[0].strip(), f"{group}.{name}: {len(texts)} descriptions"
 
 
@@ -93,7 +94,8 @@ def render(value: object) -> str:
 
 
 @pytest.mark.parametrize("key", sorted(schema_keys()))
-def test_documented_default_is_the_real_default(key: str, config_rows: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_documented_default_is_the_real_default(key: str, config_rows: dict[str, str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert f"`{render(default_of(key))}`" in config_rows[key], (key, config_rows[key])
 

@@ -45,8 +45,8 @@ def command(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_a_2x3_grid_prints_its_6_members_and_creates_nothing(tmp_path: Path) -> None:
-    proc = command(tmp_path, "--multirun", "model.hidden_size=64,128", "model.dropout=0.0,0.1,0.2", "data.train_limit=1000",
-                   f"hydra.sweep.dir={tmp_path / 'sweep'}", "dry_run=true")
+    proc = command(tmp_path, "--multirun", "model.hidden_size=64,128", "model.dropout=0.0,0.1,0.2",
+                   "data.train_limit=1000", f"hydra.sweep.dir={tmp_path / 'sweep'}", "dry_run=true")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     members = [m.groups() for line in lines if (m := MEMBER.match(line))]
@@ -82,7 +82,8 @@ def run_dry(*args: str) -> tuple[int, list[str], list[str]]:
 
 def test_a_search_prints_its_space_and_n_trials_and_checks_its_corners(tmp_path: Path) -> None:
     storage = tmp_path / "optuna.db"
-    status, out, err = run_dry("--multirun", "+sweep=optuna", "hydra.sweeper.n_trials=7", f"hydra.sweeper.storage=sqlite:///{storage}",
+    status, out, err = run_dry("--multirun", "+sweep=optuna", "hydra.sweeper.n_trials=7",
+                               f"hydra.sweeper.storage=sqlite:///{storage}",
                                "model.hidden_size=choice(16, 0)", "dry_run=true")
     assert status == 2 and out[-1] == "7 trials, 1 invalid", out
     assert out[0].startswith("dry run: a guided search of 7 trials (sampler tpe, pruner none")
@@ -95,7 +96,8 @@ def test_a_search_prints_its_space_and_n_trials_and_checks_its_corners(tmp_path:
 
 
 def test_a_single_run_is_one_line(tmp_path: Path) -> None:
-    status, out, err = run_dry("model.hidden_size=32", "optimizer=adam", f"hydra.run.dir={tmp_path / 'run'}", "dry_run=true")
+    status, out, err = run_dry("model.hidden_size=32", "optimizer=adam", f"hydra.run.dir={tmp_path / 'run'}",
+                               "dry_run=true")
     assert (status, err) == (0, [])
     assert out[-2:] == ["  run  model.hidden_size=32 optimizer=adam  mlp32-adam-lr0.001-bs128", "1 run"]
     assert not (tmp_path / "run").exists()
@@ -123,16 +125,21 @@ def test_a_run_that_gets_dry_run_from_a_config_refuses_it() -> None:
 
 
 @pytest.mark.parametrize("first,second", [
-    (["optimizer=adam", "optimizer.lr=0.1"], ["optimizer=adam", "optimizer.lr=0.01", "seed=3", "tags=[a,b]", "model.hidden_size=32"]),
-    (["+experiment=seed_baseline", "trainer.epochs=3"], ["+experiment=seed_baseline", "trainer.epochs=2", "optimizer.momentum=0.5"]),
-    (["augment=affine", "data=fashion_mnist"], ["augment=affine", "augment.rotation=5", "data=fashion_mnist", "notes=x"]),
+    (["optimizer=adam", "optimizer.lr=0.1"],
+     ["optimizer=adam", "optimizer.lr=0.01", "seed=3", "tags=[a,b]", "model.hidden_size=32"]),
+    (["+experiment=seed_baseline", "trainer.epochs=3"],
+     ["+experiment=seed_baseline", "trainer.epochs=2", "optimizer.momentum=0.5"]),
+    (["augment=affine", "data=fashion_mnist"],
+     ["augment=affine", "augment.rotation=5", "data=fashion_mnist", "notes=x"]),
 ])
-def test_a_member_set_on_a_base_composed_before_equals_hydras_own_composition(first: list[str], second: list[str]) -> None:
+def test_a_member_set_on_a_base_composed_before_equals_hydras_own_composition(first: list[str],
+                                                                              second: list[str]) -> None:
     composed: list[list[str]] = []
     composer = Composer(lambda job: composed.append(job) or compose(job))
     composer.config(first)  # composes the base the second member shares
     assert OmegaConf.to_container(composer.config(second)) == OmegaConf.to_container(compose(second))
-    assert OmegaConf.to_container(composer.config(first)) == OmegaConf.to_container(compose(first))  # the base left as it was
+    # The base left as it was.
+    assert OmegaConf.to_container(composer.config(first)) == OmegaConf.to_container(compose(first))
     assert len(composed) == 1, composed  # once for both members
 
 

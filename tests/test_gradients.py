@@ -82,7 +82,8 @@ def masked_forward(model: MLP, x: np.ndarray, masks: list[np.ndarray] | None) ->
 def test_two_hidden_layer_mlp_gradient(activation: str, dropout: float) -> None:
     rng = np.random.default_rng(2)
     model = MLP.initialize(
-        [7, 6, 5, 4], ACTIVATIONS[activation](negative_slope=0.1), INITIALIZERS["xavier"], rng, dropout=dropout, dtype=np.float64
+        [7, 6, 5, 4], ACTIVATIONS[activation](negative_slope=0.1), INITIALIZERS["xavier"], rng, dropout=dropout,
+        dtype=np.float64
     )
     x = rng.normal(size=(5, 7))
     y = rng.integers(0, 4, size=5)
@@ -128,7 +129,8 @@ def test_dropout_masks_are_inverted_and_evaluation_has_none() -> None:
     assert abs((mask == 0).mean() - 0.5) < 0.02
     ws = model.workspace(50)
     ws.x[:] = x
-    model.gradients(ws, 50, rng.integers(0, 3, 50), {k: np.empty_like(v) for k, v in model.params.items()}, 1 / 50, [mask])
+    model.gradients(ws, 50, rng.integers(0, 3, 50), {k: np.empty_like(v) for k, v in model.params.items()}, 1 / 50,
+                    [mask])
     hidden = np.maximum(x @ model.params["W1"] + model.params["b1"], 0)
     assert np.allclose(ws.h[0], hidden)  # the activation before the mask, as the backward pass needs it
     assert np.allclose(ws.a[0], hidden * mask)

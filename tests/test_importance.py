@@ -77,7 +77,8 @@ def test_values_become_distributions(values: list[str], spec: str, expected: obj
 
 
 def test_seeds_are_categories_whatever_their_number() -> None:
-    assert distribution([str(s) for s in range(8)], "range(8)", categorical=True) == CategoricalDistribution(list(range(8)))
+    assert (distribution([str(s) for s in range(8)], "range(8)", categorical=True)
+            == CategoricalDistribution(list(range(8))))
     # The three best members have three different seeds: the seed did not matter.
     seeded = [{**r, "seed": str(seed)} for r, seed in zip(rows(), (0, 1, 2, 2, 0, 1))]
     ranked = param_importance(seeded, {**SWEPT, "seed": "0,1,2"})
@@ -88,8 +89,10 @@ def test_seeds_are_categories_whatever_their_number() -> None:
 def test_compare_explains_a_parent_without_importance(tmp_path: Path) -> None:
     uri = migrated_store(tmp_path / "store" / "mlflow.db")
     client = MlflowClient(uri)
-    parent = client.create_run(client.create_experiment("sweeps"), tags={"sweep_dir": "/x/sweep", "mlflow.runName": "sweep a"})
-    with pytest.raises(ValueError, match="sweep 'sweep a' has no importance: fewer than two swept parameters vary.*sync.py /x/sweep"):
+    parent = client.create_run(client.create_experiment("sweeps"),
+                               tags={"sweep_dir": "/x/sweep", "mlflow.runName": "sweep a"})
+    with pytest.raises(ValueError, match="sweep 'sweep a' has no importance: fewer than two swept parameters "
+                                         "vary.*sync.py /x/sweep"):
         recorded_importance(uri, parent.info.run_id)
     proc = subprocess.run([PYTHON, str(COMPARE), parent.info.run_id, "--importance", "--tracking-uri", uri],
                           capture_output=True, text=True, timeout=120)
@@ -102,8 +105,9 @@ def test_a_grid_where_only_the_learning_rate_matters(tmp_path: Path) -> None:
     uri = migrated_store(tmp_path / "store" / "mlflow.db")
     proc = subprocess.run(
         [PYTHON, str(TRAIN_SCRIPT), "--multirun", "optimizer.lr=0.001,0.01,0.1", "model.hidden_size=127,128",
-         f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=sweeps", "mlflow.log_plots=false", "data.train_limit=1000",
-         "data.val_size=500", "trainer.epochs=1", "trainer.progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+         f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=sweeps", "mlflow.log_plots=false",
+         "data.train_limit=1000", "data.val_size=500", "trainer.epochs=1", "trainer.progress=false",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     client = MlflowClient(uri)
@@ -117,19 +121,22 @@ def test_a_grid_where_only_the_learning_rate_matters(tmp_path: Path) -> None:
     assert parent.data.tags["most_important_param"] == "optimizer.lr"
     files = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "sweep_summary")}
     assert {"importance.csv", "importance.png"} <= files
-    assert Path(client.download_artifacts(parent.info.run_id, "sweep_summary/importance.csv", str(tmp_path))).read_text() == recorded
+    assert Path(client.download_artifacts(parent.info.run_id, "sweep_summary/importance.csv",
+                                          str(tmp_path))).read_text() == recorded
     assert (local / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     def compare(*flags: str) -> list[str]:
-        shown = subprocess.run([PYTHON, str(COMPARE), parent.info.run_id, "--importance", "--tracking-uri", uri, *flags],
+        shown = subprocess.run([PYTHON, str(COMPARE), parent.info.run_id, "--importance", "--tracking-uri", uri,
+                                *flags],
                                capture_output=True, text=True, timeout=120)
         assert shown.returncode == 0, shown.stderr
         return shown.stdout.splitlines()
 
     text = compare()
-    assert text[0].startswith(f"sweep {parent.info.run_name!r}: importance of 2 swept parameters") and "6 finished members" in text[0]
-    assert [line.split() for line in text[1:]] == [["param", "importance"]] + [[r["param"], f"{float(r['importance']):.4f}"]
-                                                                               for r in table]
+    assert (text[0].startswith(f"sweep {parent.info.run_name!r}: importance of 2 swept parameters")
+            and "6 finished members" in text[0])
+    assert ([line.split() for line in text[1:]]
+            == [["param", "importance"]] + [[r["param"], f"{float(r['importance']):.4f}"] for r in table])
     assert list(csv.DictReader(io.StringIO("\n".join(compare("--csv"))))) == table
 
 

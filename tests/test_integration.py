@@ -17,7 +17,8 @@ from mnist_np.experiment.run.single import run
 from mnist_np.train.loop import TrainingDiverged
 
 PER_EPOCH = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "samples_per_second"]
-PLOTS = ["accuracy_curves.png", "confusion_matrix.png", "first_layer_weights.png", "loss_curves.png", "misclassified.png"]
+PLOTS = ["accuracy_curves.png", "confusion_matrix.png", "first_layer_weights.png", "loss_curves.png",
+         "misclassified.png"]
 
 
 def only_run(tracking_uri: str, experiment: str = "tests"):
@@ -88,7 +89,8 @@ def test_same_config_gives_bit_identical_weights(tracking_uri: str, tmp_path: Pa
     cfg = compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false", "model.dropout=0.2"))
     a = run(cfg, output_dir=tmp_path / "a")
     b = run(cfg, output_dir=tmp_path / "b")
-    c = run(compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false", "model.dropout=0.2", "seed=1")),
+    c = run(compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false", "model.dropout=0.2",
+                                    "seed=1")),
             output_dir=tmp_path / "c")
     client = MlflowClient(tracking_uri)
     sha = [client.get_run(x.run_id).data.tags["weights_sha256"] for x in (a, b, c)]
@@ -119,7 +121,8 @@ def test_ctrl_c_ends_the_run_killed(tracking_uri: str, tmp_path: Path, monkeypat
     assert r.info.status == "KILLED" and "KeyboardInterrupt" in r.data.tags["failure_reason"]
     # Interrupted before the first checkpoint: resuming starts it over, in the same run.
     assert "no checkpoint yet, so resuming starts it over in the same run" in str(e.value)
-    assert str(e.value).endswith(f"resume={r.info.run_id}") and str(e.value).endswith(r.data.tags["failure_reason"].split("; ", 1)[1])
+    assert (str(e.value).endswith(f"resume={r.info.run_id}")
+            and str(e.value).endswith(r.data.tags["failure_reason"].split("; ", 1)[1]))
     monkeypatch.undo()
     result = run(compose(small_overrides(tracking_uri, f"resume={r.info.run_id}", "mlflow.log_plots=false")))
     _, done = only_run(tracking_uri)
@@ -131,15 +134,17 @@ def test_cli_core_overrides_reach_params_and_weight_shapes(tracking_uri: str, tm
     """The README's quickstart command, as written, plus a private store and run dir."""
     out = tmp_path / "run"
     proc = subprocess.run(
-        [PYTHON, str(TRAIN_SCRIPT), "model.hidden_size=256", "optimizer.lr=0.05", "trainer.batch_size=64", "trainer.epochs=5",
-         f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment_name=tests", "mlflow.log_plots=false", f"hydra.run.dir={out}"],
+        [PYTHON, str(TRAIN_SCRIPT), "model.hidden_size=256", "optimizer.lr=0.05", "trainer.batch_size=64",
+         "trainer.epochs=5", f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment_name=tests",
+         "mlflow.log_plots=false", f"hydra.run.dir={out}"],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     client, r = only_run(tracking_uri)
     assert r.info.status == "FINISHED" and r.info.run_name == "mlp256-sgd-lr0.05-bs64"
     p = r.data.params
-    assert (p["model.hidden_size"], p["optimizer.lr"], p["trainer.batch_size"], p["trainer.epochs"]) == ("256", "0.05", "64", "5")
+    assert ((p["model.hidden_size"], p["optimizer.lr"], p["trainer.batch_size"], p["trainer.epochs"])
+            == ("256", "0.05", "64", "5"))
     assert len(client.get_metric_history(r.info.run_id, "val_accuracy")) == 5
     with np.load(out / "weights" / "final.npz", allow_pickle=False) as f:
         assert f["W1"].shape == (784, 256) and f["W2"].shape == (256, 10) and f["W1"].dtype == np.float32
@@ -149,7 +154,8 @@ def test_cli_core_overrides_reach_params_and_weight_shapes(tracking_uri: str, tm
 
 
 def test_seed_baseline_preset_trains_in_float64(tracking_uri: str, tmp_path: Path) -> None:
-    cfg = compose(small_overrides(tracking_uri, "+experiment=seed_baseline", "trainer.epochs=1", "mlflow.log_plots=false"))
+    cfg = compose(small_overrides(tracking_uri, "+experiment=seed_baseline", "trainer.epochs=1",
+                                  "mlflow.log_plots=false"))
     result = run(cfg, output_dir=tmp_path / "out")
     with np.load(result.output_dir / "weights" / "final.npz", allow_pickle=False) as f:
         assert f["W1"].dtype == np.float64
@@ -166,7 +172,8 @@ def test_a_run_killed_with_sigkill_is_closed_by_the_next_run(tracking_uri: str, 
 
     proc = subprocess.Popen(
         [PYTHON, str(TRAIN_SCRIPT), f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment_name=tests",
-         "trainer.epochs=50", "mlflow.log_plots=false", "trainer.progress=false", f"hydra.run.dir={tmp_path / 'killed'}"],
+         "trainer.epochs=50", "mlflow.log_plots=false", "trainer.progress=false",
+         f"hydra.run.dir={tmp_path / 'killed'}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -183,13 +190,15 @@ def test_a_run_killed_with_sigkill_is_closed_by_the_next_run(tracking_uri: str, 
     client, killed = only_run(tracking_uri)
     assert killed.info.status == "RUNNING"  # nobody could close it
 
-    run(compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false")), output_dir=tmp_path / "next")
+    run(compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false")),
+        output_dir=tmp_path / "next")
     after = client.get_run(killed.info.run_id)
     assert after.info.status == "FAILED" and "killed from outside" in after.data.tags["failure_reason"]
 
 
 @pytest.mark.fault("training faults", "warning")
-def test_a_failing_plot_never_fails_a_finished_training(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_plot_never_fails_a_finished_training(tracking_uri: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("no font today")
 

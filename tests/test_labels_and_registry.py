@@ -32,8 +32,9 @@ PREDICT = TRAIN_SCRIPT.parent / "predict.py"
 
 
 def test_labels_and_notes_are_searchable_tags(tracking_uri: str, tmp_path: Path) -> None:
-    result = run(compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false", "tags=[baseline,lr-study]",
-                                         "notes=first try with the default recipe")), output_dir=tmp_path / "run")
+    result = run(compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false",
+                                         "tags=[baseline,lr-study]", "notes=first try with the default recipe")),
+                 output_dir=tmp_path / "run")
     client = MlflowClient(tracking_uri)
     r = client.get_run(result.run_id)
     assert r.data.tags["baseline"] == "true" and r.data.tags["lr-study"] == "true"
@@ -42,7 +43,8 @@ def test_labels_and_notes_are_searchable_tags(tracking_uri: str, tmp_path: Path)
     assert [x.info.run_id for x in client.search_runs([exp], "tags.`lr-study` = 'true'")] == [result.run_id]
     assert client.search_runs([exp], "tags.baseline = 'true' and tags.`other` = 'true'") == []
     compare = [PYTHON, str(TRAIN_SCRIPT.parent / "compare.py"), "tests", "--tracking-uri", tracking_uri]
-    found = subprocess.run([*compare, "--filter", "tags.`lr-study` = 'true'"], capture_output=True, text=True, timeout=120)
+    found = subprocess.run([*compare, "--filter", "tags.`lr-study` = 'true'"], capture_output=True, text=True,
+                           timeout=120)
     assert found.returncode == 0 and found.stdout.splitlines()[0].startswith("experiment 'tests': 1 runs"), found.stderr
     assert r.info.run_name in found.stdout
     bad = subprocess.run([*compare, "--filter", "tags.lr-study = 'true'"], capture_output=True, text=True, timeout=120)
@@ -74,13 +76,14 @@ def test_a_single_run_registers_a_new_version_each_time(tracking_uri: str, tmp_p
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     ids = []
     for i in range(2):
-        cfg = compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false", "mlflow.register_as=solo", f"seed={i}",
-                                      "mlflow.log_system_metrics=false"))
+        cfg = compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false",
+                                      "mlflow.register_as=solo", f"seed={i}", "mlflow.log_system_metrics=false"))
         ids.append(run(cfg, output_dir=tmp_path / str(i)).run_id)
     assert not [k for k in client.get_run(ids[0]).data.metrics if k.startswith("system/")]
     versions = sorted(client.search_model_versions("name = 'solo'"), key=lambda v: int(v.version))
     assert [(str(v.version), v.run_id) for v in versions] == [("1", ids[0]), ("2", ids[1])]
-    assert float(versions[1].tags["val_accuracy"]) == pytest.approx(client.get_run(ids[1]).data.metrics["best_val_accuracy"], abs=1e-4)
+    assert (float(versions[1].tags["val_accuracy"])
+            == pytest.approx(client.get_run(ids[1]).data.metrics["best_val_accuracy"], abs=1e-4))
     assert client.get_run(ids[0]).data.tags["registered_model"] == "solo/1"
     assert client.get_registered_model("solo").aliases == {}  # only a sweep names a champion
 
@@ -88,10 +91,11 @@ def test_a_single_run_registers_a_new_version_each_time(tracking_uri: str, tmp_p
 @pytest.mark.slow
 def test_a_sweeps_best_member_is_the_champion_and_serves_over_http(tmp_path: Path) -> None:
     uri = migrated_store(tmp_path / "store" / "mlflow.db")
-    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--multirun", "model.hidden_size=16,32", "mlflow.register_as=digits",
-                           f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=registry", "mlflow.log_plots=false",
-                           "data.train_limit=3000", "data.val_size=1000", "trainer.epochs=1", "trainer.progress=false",
-                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--multirun", "model.hidden_size=16,32",
+                           "mlflow.register_as=digits", f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=registry",
+                           "mlflow.log_plots=false", "data.train_limit=3000", "data.val_size=1000", "trainer.epochs=1",
+                           "trainer.progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(uri, registry_uri=uri)
     parent = next(r for r in client.search_runs([client.get_experiment_by_name("registry").experiment_id])
@@ -120,19 +124,21 @@ def test_a_sweeps_best_member_is_the_champion_and_serves_over_http(tmp_path: Pat
     # mlflow models serve, as docs/predicting.md shows it, answering one MNIST image with its label.
     port = free_port()
     # As in an activated venv (docs/predicting.md says so): `mlflow models serve` starts `uvicorn` from PATH.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
-        server = subprocess.Popen([mlflow_executable(), "models", "serve", "-m", "models:/digits@champion", "--env-manager", "local",
-                                   "-h", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                  env=env, start_new_session=True)
+        server = subprocess.Popen([mlflow_executable(), "models", "serve", "-m", "models:/digits@champion",
+                                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], stdout=out,
+                                  stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not is_healthy(f"http://127.0.0.1:{port}") and time.monotonic() < deadline:
             assert server.poll() is None, log.read_text()[-3000:]
             time.sleep(0.5)
         x = images_to_features(mnist.test_images[:1])
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": x.tolist()}).encode(),
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"inputs": x.tolist()}).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())

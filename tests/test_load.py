@@ -32,7 +32,8 @@ def check_members(client, children, epochs: int, lost, members: int = MEMBERS) -
     assert len(children) == members and len(finished) == members, [c.info.status for c in children]
     for c in children:
         for name in PER_EPOCH:
-            assert [m.step for m in client.get_metric_history(c.info.run_id, name)] == list(range(1, epochs + 1)), (c.info.run_name, name)
+            assert ([m.step for m in client.get_metric_history(c.info.run_id, name)]
+                    == list(range(1, epochs + 1))), (c.info.run_name, name)
         assert "test_accuracy" in c.data.metrics and len(c.outputs.model_outputs) == 1
     assert gaps == [{"metrics": 0, "duplicates": 0, "files": 0}] * members
 
@@ -50,14 +51,16 @@ def test_eight_parallel_members_against_the_server(mlflow_server: LiveServer, tm
 
 def crash_mid_sweep_then_sync(server: LiveServer, tmp_path: Path, members: int, epochs: int) -> tuple[str, str]:
     """A ``members``-member joblib sweep (all at once) to ``server``, killed with SIGKILL once every member is
-    training and started again on the same store, then ``scripts/sync.py``; returns (the sweep's store, sync's stdout)."""
+    training and started again on the same store, then ``scripts/sync.py``; returns (the sweep's store, sync's
+    stdout)."""
     proc, uri = sweep(tmp_path, "+sweep=parallel", f"hydra.launcher.n_jobs={members}", f"seed=range({members})",
                       epochs=epochs, train_limit=3000, tracking_uri=server.url, wait=False)
     try:
         # Kill the server once every member is training (has written an epoch), then bring it back.
         logs = [tmp_path / "sweep" / str(i) / "metrics.jsonl" for i in range(members)]
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None and not all(p.exists() and p.stat().st_size for p in logs):
+        while (time.monotonic() < deadline and proc.poll() is None
+               and not all(p.exists() and p.stat().st_size for p in logs)):
             time.sleep(0.2)
         assert all(p.exists() and p.stat().st_size for p in logs), "not every member got to its first epoch"
         server.kill()

@@ -64,7 +64,8 @@ def test_a_member_whose_data_cannot_be_obtained_is_a_failed_child(tmp_path: Path
     empty = tmp_path / "empty-cache"
     empty.mkdir()
     uri = migrated_store(tmp_path / "store" / "mlflow.db")
-    # MNIST from data.dir; Fashion-MNIST from nowhere: data.dir holds MNIST's files, the cache is empty, no mirror answers.
+    # MNIST from data.dir; Fashion-MNIST from nowhere: data.dir holds MNIST's files, the cache is empty,
+    # no mirror answers.
     proc = multirun(tmp_path, "data=mnist,fashion_mnist", f"data.dir={mnist}", f"mlflow.tracking_uri={uri}",
                     env={"MNIST_NP_DATA_DIR": str(empty)})
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -72,16 +73,19 @@ def test_a_member_whose_data_cannot_be_obtained_is_a_failed_child(tmp_path: Path
     client, parent, children = sweep_runs(uri)
     assert sorted(c.data.params["data.name"] for c in children) == ["fashion_mnist", "mnist"]
     failed = next(c for c in children if c.data.params["data.name"] == "fashion_mnist")
-    assert failed.info.status == "FAILED" and failed.data.tags["failure_reason"].startswith("DataError: could not obtain dataset")
+    assert (failed.info.status == "FAILED"
+            and failed.data.tags["failure_reason"].startswith("DataError: could not obtain dataset"))
     assert failed.data.tags["sweep_job_num"] == "1" and failed.info.run_name == "fashion_mnist-mlp128-sgd-lr0.1-bs128"
     check_summary(client, parent, children, ["data"], finished=1, failed=1)
     rows = (tmp_path / "sweep" / "sweep_summary" / "summary.csv").read_text()
     assert "DataError: could not obtain dataset 'fashion_mnist'" in rows  # the reason, in the parent's table
 
-    # The data found (the cache the test suite uses holds Fashion-MNIST), the sweep continued: the member trains, into its run.
+    # The data found (the cache the test suite uses holds Fashion-MNIST), the sweep continued: the member trains,
+    # into its run.
     load_dataset("fashion_mnist")
     again = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--multirun", f"resume={tmp_path / 'sweep'}"],
-                           capture_output=True, text=True, timeout=600, env={**os.environ, "MNIST_NP_DATA_DIR": str(default_cache_dir())})
+                           capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "MNIST_NP_DATA_DIR": str(default_cache_dir())})
     assert again.returncode == 0, again.stderr[-3000:]
     client, parent, children = sweep_runs(uri)
     assert {c.info.run_id: c.info.status for c in children} == {c.info.run_id: "FINISHED" for c in children}
@@ -142,7 +146,8 @@ def test_a_sigkilled_joblib_worker_leaves_a_failed_child_and_the_sweep_goes_on(t
 
 @pytest.mark.fault("sweep members", "recorded")
 def test_a_killed_submitit_job_leaves_a_failed_child_and_the_others_are_waited_for(tmp_path: Path) -> None:
-    """A submitit job killed mid-run: its member is a FAILED child, the sweep waits for the other job and counts both."""
+    """A submitit job killed mid-run: its member is a FAILED child, the sweep waits for the other job and counts
+    both."""
     uri = migrated_store(tmp_path / "store" / "mlflow.db")
     members = 2
     proc = multirun(tmp_path, "hydra/launcher=mnist_np_submitit_local", "hydra.launcher.timeout_min=10",

@@ -13,7 +13,8 @@ from mnist_np.nn.weights import load_weights, save_weights, weights_sha256
 
 
 def make(sizes=(784, 128, 10), dtype=np.float32, seed=0, init="he") -> MLP:
-    return MLP.initialize(list(sizes), ACTIVATIONS["relu"](), INITIALIZERS[init], np.random.default_rng(seed), dtype=dtype)
+    return MLP.initialize(list(sizes), ACTIVATIONS["relu"](), INITIALIZERS[init], np.random.default_rng(seed),
+                          dtype=dtype)
 
 
 def test_shapes_dtype_and_names() -> None:
@@ -32,7 +33,8 @@ def test_initialisers_have_the_documented_scale() -> None:
     assert he.std() == pytest.approx(np.sqrt(2 / 784), rel=0.02)
     xavier = make((784, 512, 10), init="xavier").params["W1"]
     assert np.abs(xavier).max() <= np.sqrt(6 / (784 + 512))
-    normal = MLP.initialize([784, 512, 10], ACTIVATIONS["relu"](), INITIALIZERS["normal"], np.random.default_rng(0), init_scale=0.01)
+    normal = MLP.initialize([784, 512, 10], ACTIVATIONS["relu"](), INITIALIZERS["normal"], np.random.default_rng(0),
+                            init_scale=0.01)
     assert normal.params["W1"].std() == pytest.approx(0.01, rel=0.02)
     assert not normal.params["b1"].any()
 

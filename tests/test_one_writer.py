@@ -99,7 +99,8 @@ def _args(tmp_path: Path) -> list[str]:
 
 
 def _start_run(tmp_path: Path, out: Path, epochs: int) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, str(TRAIN_SCRIPT), *_args(tmp_path), f"trainer.epochs={epochs}", f"hydra.run.dir={out}"],
+    return subprocess.Popen([PYTHON, str(TRAIN_SCRIPT), *_args(tmp_path), f"trainer.epochs={epochs}",
+                             f"hydra.run.dir={out}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -111,7 +112,8 @@ def _wait_for_checkpoint(proc: subprocess.Popen, out: Path) -> None:
 
 
 def _resume(tmp_path: Path, run_id: str, name: str) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, str(TRAIN_SCRIPT), *_args(tmp_path), f"resume={run_id}", f"hydra.run.dir={tmp_path / name}"],
+    return subprocess.Popen([PYTHON, str(TRAIN_SCRIPT), *_args(tmp_path), f"resume={run_id}",
+                             f"hydra.run.dir={tmp_path / name}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -177,7 +179,8 @@ def test_two_resumes_racing_for_a_killed_run_one_wins(tmp_path: Path) -> None:
 @pytest.mark.fault("sweep killed", "refused")
 def test_resume_of_a_sweep_that_is_still_running_is_refused(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
-    cmd = [PYTHON, str(TRAIN_SCRIPT), "--multirun", "seed=0,1", *_args(tmp_path), "trainer.epochs=15", f"hydra.sweep.dir={sweep_dir}"]
+    cmd = [PYTHON, str(TRAIN_SCRIPT), "--multirun", "seed=0,1", *_args(tmp_path), "trainer.epochs=15",
+           f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_checkpoint(proc, sweep_dir / "0")

@@ -11,10 +11,12 @@ from PIL import Image
 from mnist_np.data import DATASETS
 from mnist_np.plots import confusion_matrix, save_all, save_all_in_background
 
-FILES = ["loss_curves.png", "accuracy_curves.png", "confusion_matrix.png", "misclassified.png", "first_layer_weights.png"]
+FILES = ["loss_curves.png", "accuracy_curves.png", "confusion_matrix.png", "misclassified.png",
+         "first_layer_weights.png"]
 
 
-def fake_run(seed: int, n: int = 400, errors: int = 40) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def fake_run(seed: int, n: int = 400,
+             errors: int = 40) -> tuple[list[dict[str, float]], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     history = [{"train_loss": 1.0 / e, "val_loss": 1.1 / e, "train_accuracy": 1 - 0.1 / e, "val_accuracy": 1 - 0.12 / e}
                for e in range(1, 8)]
@@ -56,7 +58,8 @@ def test_a_run_without_mistakes_still_gets_every_figure(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("forks", [True, False])
-def test_figures_drawn_in_the_background_match_the_plain_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forks: bool) -> None:
+def test_figures_drawn_in_the_background_match_the_plain_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              forks: bool) -> None:
     """In forked children (Linux) or in-process (elsewhere): the same files, and errors come back as one line."""
     monkeypatch.setattr("mnist_np.speedups.forks_safely", lambda: forks)
     history, y_true, y_pred, x, w1 = fake_run(2)

@@ -33,7 +33,8 @@ def test_a_team_server_on_postgresql_loses_nothing_when_it_crashes_mid_sweep(pos
         uri, _ = crash_mid_sweep_then_sync(server, tmp_path, MEMBERS, epochs)  # the same database after the restart
         client, parent, children = parent_and_children(uri)
         assert parent.info.status == "FINISHED" and parent.data.metrics["members_finished"] == MEMBERS
-        assert any(OFFLINE_TAG in c.data.tags for c in children), "no member ever lost the server: the fault did not happen"
+        assert any(OFFLINE_TAG in c.data.tags for c in children), (
+            "no member ever lost the server: the fault did not happen")
         check_members(client, children, epochs=epochs, lost=lost, members=MEMBERS)
         assert server.server.backend_store_uri.startswith("postgresql://")
     finally:

@@ -238,7 +238,8 @@ def test_resolve_weights(trained: dict, tmp_path: Path) -> None:
 # ----------------------------------------------------------------- the pyfunc model
 
 
-def test_pyfunc_model_predicts_like_the_training_code(logged: dict, mnist: data.RawDataset, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pyfunc_model_predicts_like_the_training_code(logged: dict, mnist: data.RawDataset,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     client = MlflowClient(logged["uri"])
     after = client.get_run(logged["run_id"])
     # Logging the model must not reopen or re-close the run.

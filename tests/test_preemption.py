@@ -57,7 +57,8 @@ def test_an_exit_without_the_signal_is_not_a_requeue(usr2_handler: None) -> None
 
 
 def test_outside_a_scheduler_the_watch_changes_nothing(usr2_handler: None) -> None:
-    signal.signal(signal.SIGUSR2, signal.SIG_DFL)  # nobody handles it: the signal keeps its default (it ends the process)
+    # Nobody handles it: the signal keeps its default (it ends the process).
+    signal.signal(signal.SIGUSR2, signal.SIG_DFL)
     with PreemptionWatch():
         assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL

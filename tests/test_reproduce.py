@@ -39,14 +39,16 @@ def _setup(optimizer: str, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.random((600, 784), dtype=np.float32)
     y = rng.integers(0, 10, 600)
-    model = MLP.initialize([784, 32, 10], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(1), dropout=0.2)
+    model = MLP.initialize([784, 32, 10], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(1),
+                           dropout=0.2)
     rngs = {"shuffle": np.random.default_rng(2), "dropout": np.random.default_rng(3)}
     return x, y, model, OPTIMIZERS[optimizer](), rngs
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
-def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tmp_path: Path, optimizer: str, threads: int) -> None:
+def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tmp_path: Path, optimizer: str,
+                                                                   threads: int) -> None:
     # Batch 100 of 600 training rows: 5 steps per epoch, an odd number, so the
     # resumed half starts where SGD's two state blocks stand the other way round.
     settings = TrainSettings(epochs=4, batch_size=100, threads=threads)
@@ -70,7 +72,8 @@ def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tmp_path: Pat
     model.load_params(saved.params)
     opt.load_state_dict(saved.optimizer)
     restore_rngs(rngs, saved.rng_states)
-    result = fit(model, opt, sched, x[100:], y[100:], x[:100], y[:100], settings, rngs["shuffle"], rngs["dropout"], result=saved.result)
+    result = fit(model, opt, sched, x[100:], y[100:], x[:100], y[:100], settings, rngs["shuffle"], rngs["dropout"],
+                 result=saved.result)
     assert len(result.history) == 4
     assert weights_sha256(model.params) == straight
 
@@ -103,8 +106,10 @@ def _train(tracking_uri: str, out: Path, *extra: str, wait: bool = True):
 
 @pytest.mark.slow
 def test_reproduce_a_run_gives_identical_hashes(tracking_uri: str, tmp_path: Path) -> None:
-    result = run(compose(small_overrides(tracking_uri, "mlflow.log_plots=false", "model.dropout=0.1")), output_dir=tmp_path / "orig")
-    proc = subprocess.run([PYTHON, str(REPRODUCE), result.run_id, "--tracking-uri", tracking_uri, "--output-dir", str(tmp_path / "copy")],
+    result = run(compose(small_overrides(tracking_uri, "mlflow.log_plots=false", "model.dropout=0.1")),
+                 output_dir=tmp_path / "orig")
+    proc = subprocess.run([PYTHON, str(REPRODUCE), result.run_id, "--tracking-uri", tracking_uri, "--output-dir",
+                           str(tmp_path / "copy")],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "verdict: IDENTICAL" in proc.stdout

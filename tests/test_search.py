@@ -38,15 +38,16 @@ def command(tmp_path: Path, *args: str, n_trials: int, epochs: int = 1, preset: 
     return [
         PYTHON, str(TRAIN_SCRIPT), "--multirun", f"+sweep={preset}", f"hydra.sweeper.n_trials={n_trials}",
         f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}", "hydra.sweeper.seed=0",
-        f"mlflow.tracking_uri={migrated_store(tmp_path / 'store' / 'mlflow.db')}", f"mlflow.experiment_name={EXPERIMENT}",
-        "mlflow.log_plots=false", "data.train_limit=1000", "data.val_size=500", f"trainer.epochs={epochs}",
-        "trainer.progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}", *args,
+        f"mlflow.tracking_uri={migrated_store(tmp_path / 'store' / 'mlflow.db')}",
+        f"mlflow.experiment_name={EXPERIMENT}", "mlflow.log_plots=false", "data.train_limit=1000", "data.val_size=500",
+        f"trainer.epochs={epochs}", "trainer.progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}", *args,
     ]
 
 
-def search(tmp_path: Path, *args: str, n_trials: int, epochs: int = 1, preset: str = "optuna") -> subprocess.CompletedProcess:
-    return subprocess.run(command(tmp_path, *args, n_trials=n_trials, epochs=epochs, preset=preset), capture_output=True, text=True,
-                          timeout=900)
+def search(tmp_path: Path, *args: str, n_trials: int, epochs: int = 1,
+           preset: str = "optuna") -> subprocess.CompletedProcess:
+    return subprocess.run(command(tmp_path, *args, n_trials=n_trials, epochs=epochs, preset=preset),
+                          capture_output=True, text=True, timeout=900)
 
 
 def outcome(tmp_path: Path):
@@ -58,7 +59,8 @@ def outcome(tmp_path: Path):
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == len(runs) - 1
-    study = optuna.load_study(study_name=parent.data.tags["optuna.study_name"], storage=open_storage(parent.data.tags["optuna.storage"]))
+    study = optuna.load_study(study_name=parent.data.tags["optuna.study_name"],
+                              storage=open_storage(parent.data.tags["optuna.storage"]))
     return client, study, parent, children
 
 
@@ -73,7 +75,8 @@ def test_a_stored_search_whose_trials_are_the_sweeps_children(tmp_path: Path) ->
     proc = search(tmp_path, n_trials=4)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, study, parent, children = outcome(tmp_path)
-    assert parent.info.status == "FINISHED" and parent.data.tags["optuna.storage"] == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert (parent.info.status == "FINISHED"
+            and parent.data.tags["optuna.storage"] == f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4 and len(children) == 4
     for number, child in by_trial(children).items():
         trial = study.trials[number]
@@ -95,7 +98,8 @@ def test_failing_trials_never_end_the_study(tmp_path: Path) -> None:
     states = [t.state for t in study.trials]
     failed = states.count(TrialState.FAIL)
     assert len(states) == 12 and states.count(TrialState.COMPLETE) == 12 - failed and 0 < failed < 12
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == f"error: {failed} of 12 sweep members failed"
+    assert (proc.returncode == 1
+            and proc.stderr.strip().splitlines()[-1] == f"error: {failed} of 12 sweep members failed")
     assert "Traceback" not in proc.stderr
     assert len(children) == 12 and sum(c.info.status == "FAILED" for c in children) == failed
     for number, child in by_trial(children).items():
@@ -133,7 +137,8 @@ def test_a_killed_search_resumes_to_exactly_n_trials(tmp_path: Path, lost) -> No
     client, study, after, children = outcome(tmp_path)
     states = [t.state for t in study.trials]
     lost.record(runs=sum(c.info.status == "RUNNING" for c in children) + int(after.info.status == "RUNNING"), metrics=0)
-    assert after.info.run_id == parent.info.run_id and after.info.status == "FINISHED" and after.data.tags["resumed"] == "true"
+    assert (after.info.run_id == parent.info.run_id and after.info.status == "FINISHED"
+            and after.data.tags["resumed"] == "true")
     assert len(states) == 6 and set(states) <= {TrialState.COMPLETE, TrialState.FAIL} and TrialState.FAIL in states
     members = by_trial(children)
     assert all(c.info.status in ("FINISHED", "FAILED") for c in children)
@@ -146,8 +151,8 @@ def test_a_killed_search_resumes_to_exactly_n_trials(tmp_path: Path, lost) -> No
     if failed:
         assert resumed.stderr.strip().splitlines()[-1] == f"error: {failed} of {len(children)} sweep members failed"
     # Resuming a finished search adds nothing.
-    again = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--multirun", f"resume={tmp_path / 'sweep'}"], capture_output=True, text=True,
-                           timeout=900)
+    again = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--multirun", f"resume={tmp_path / 'sweep'}"],
+                           capture_output=True, text=True, timeout=900)
     assert again.returncode == resumed.returncode and len(outcome(tmp_path)[1].trials) == 6
 
 
@@ -175,8 +180,9 @@ def test_a_pruned_search_stops_members_early_and_says_so(tmp_path: Path) -> None
 @pytest.mark.slow
 @pytest.mark.parametrize("asynchronous", [True, False])
 def test_joblib_workers_report_to_their_trials_and_are_pruned(tmp_path: Path, asynchronous: bool) -> None:
-    proc = search(tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner=hyperband", "hydra.sweeper.reduction_factor=2",
-                  f"hydra.sweeper.asynchronous={str(asynchronous).lower()}", n_trials=8, epochs=4, preset="[optuna,parallel]")
+    proc = search(tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner=hyperband",
+                  "hydra.sweeper.reduction_factor=2", f"hydra.sweeper.asynchronous={str(asynchronous).lower()}",
+                  n_trials=8, epochs=4, preset="[optuna,parallel]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, study, parent, children = outcome(tmp_path)
     assert len(study.trials) == 8 and len(children) == 8 and sorted(by_trial(children)) == list(range(8))
@@ -214,8 +220,8 @@ def test_a_journal_file_holds_the_study_for_a_cluster(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_objectives_give_the_parent_a_pareto_front(tmp_path: Path) -> None:
-    proc = search(tmp_path, "hydra.sweeper.objectives=[val_accuracy,train_seconds]", "hydra.sweeper.direction=[maximize,minimize]",
-                  n_trials=5)
+    proc = search(tmp_path, "hydra.sweeper.objectives=[val_accuracy,train_seconds]",
+                  "hydra.sweeper.direction=[maximize,minimize]", n_trials=5)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, study, parent, children = outcome(tmp_path)
     front = set(parent.data.tags["pareto_run_ids"].split(","))
@@ -246,7 +252,8 @@ def test_optuna_dashboard_opens_the_stored_study(tmp_path: Path) -> None:
     assert search(tmp_path, n_trials=2).returncode == 0
     _, study, _, _ = outcome(tmp_path)
     port = free_port()
-    server = subprocess.Popen([dashboard, f"sqlite:///{tmp_path / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)],
+    server = subprocess.Popen([dashboard, f"sqlite:///{tmp_path / 'optuna.db'}", "--host", "127.0.0.1", "--port",
+                               str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline, body = time.monotonic() + 60, ""
@@ -267,12 +274,15 @@ def test_optuna_dashboard_opens_the_stored_study(tmp_path: Path) -> None:
 
 
 def test_the_search_space_syntax() -> None:
-    distributions, fixed = search_space({"optimizer.lr": "tag(log, interval(0.001, 0.5))", "model.hidden_size": "choice(64, 128)"},
-                                        ["seed=range(0, 10, 2)", "trainer.epochs=3", "+x=tag(int, interval(16, 512))", "model.hidden_size=32"])
+    distributions, fixed = search_space({"optimizer.lr": "tag(log, interval(0.001, 0.5))",
+                                         "model.hidden_size": "choice(64, 128)"},
+                                        ["seed=range(0, 10, 2)", "trainer.epochs=3", "+x=tag(int, interval(16, 512))",
+                                         "model.hidden_size=32"])
     assert distributions["optimizer.lr"] == optuna.distributions.FloatDistribution(0.001, 0.5, log=True)
     assert distributions["seed"] == optuna.distributions.IntDistribution(0, 8, step=2)
     assert distributions["+x"] == optuna.distributions.IntDistribution(16, 512)
-    assert "model.hidden_size" not in distributions and fixed == ["trainer.epochs=3", "model.hidden_size=32"]  # fixed wins
+    # Fixed wins.
+    assert "model.hidden_size" not in distributions and fixed == ["trainer.epochs=3", "model.hidden_size=32"]
 
 
 @pytest.mark.parametrize("spec,fragment", [
@@ -291,14 +301,16 @@ def test_a_bad_search_space_is_one_line(spec: str, fragment: str | None) -> None
 
 
 def settings(**changes) -> SearchSettings:
-    base = dict(n_trials=4, n_jobs=1, objectives=["val_accuracy"], directions=["maximize"], study_name="s", storage="sqlite:///x.db",
-                sampler="tpe", seed=0, pruner=None, min_epochs=1, reduction_factor=3, max_epochs=4)
+    base = dict(n_trials=4, n_jobs=1, objectives=["val_accuracy"], directions=["maximize"], study_name="s",
+                storage="sqlite:///x.db", sampler="tpe", seed=0, pruner=None, min_epochs=1, reduction_factor=3,
+                max_epochs=4)
     return SearchSettings(**{**base, **changes})
 
 
 @pytest.mark.parametrize("changes,fragment", [
     ({"objectives": ["test_accuracy"]}, "never on test"),
-    ({"pruner": "median", "objectives": ["val_accuracy", "train_seconds"], "directions": ["maximize", "minimize"]}, "pruning needs one objective"),
+    ({"pruner": "median", "objectives": ["val_accuracy", "train_seconds"], "directions": ["maximize", "minimize"]},
+     "pruning needs one objective"),
     ({"directions": ["upward"]}, "maximize or minimize"),
     ({"storage": "optuna.db"}, "a journal file path ending in .log"),
     ({"sampler": "cma"}, "tpe, random, nsgaii"),
@@ -315,9 +327,11 @@ def test_a_trials_outcome_comes_from_its_members_summary(tmp_path: Path) -> None
     assert trial_outcome(tmp_path, s) is None  # no summary: the member failed or was killed
     (tmp_path / "summary.json").write_text(json.dumps({"metrics": {"best_val_accuracy": 0.9, "train_seconds": 3.0}}))
     assert trial_outcome(tmp_path, s) == ([0.9, 3.0], False)
-    (tmp_path / "summary.json").write_text(json.dumps({"metrics": {"best_val_accuracy": 0.5, "train_seconds": 1.0}, "pruned_at_epoch": 2}))
+    (tmp_path / "summary.json").write_text(json.dumps({"metrics": {"best_val_accuracy": 0.5, "train_seconds": 1.0},
+                                                       "pruned_at_epoch": 2}))
     assert trial_outcome(tmp_path, s) == ([0.5, 1.0], True)
-    (tmp_path / "summary.json").write_text(json.dumps({"metrics": {"best_val_accuracy": float("nan"), "train_seconds": 1.0}}))
+    (tmp_path / "summary.json").write_text(json.dumps({"metrics": {"best_val_accuracy": float("nan"),
+                                                                   "train_seconds": 1.0}}))
     assert trial_outcome(tmp_path, s) is None
 
 
@@ -336,11 +350,14 @@ def test_the_pareto_front_keeps_exactly_the_undominated() -> None:
 def test_resume_rewrites_the_command_into_the_sweeps_own(tmp_path: Path) -> None:
     info = SweepInfo("parent", "sqlite:///x", "e", "sweep", str(tmp_path))
     info.save()
-    (tmp_path / "multirun.yaml").write_text("hydra:\n  sweeper:\n    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper\n"
-                                            "  overrides:\n    hydra: [hydra.sweep.dir=old, hydra/launcher=joblib]\n    task: ['seed=0,1']\n")
+    (tmp_path / "multirun.yaml").write_text("hydra:\n  sweeper:\n"
+                                            "    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper\n"
+                                            "  overrides:\n    hydra: [hydra.sweep.dir=old, hydra/launcher=joblib]\n"
+                                            "    task: ['seed=0,1']\n")
     resumed = resume_command(["--multirun", f"resume={tmp_path}", "trainer.threads=1"])
     assert resumed is not None and not resumed.done and resumed.sweep_dir == tmp_path.resolve()
-    assert resumed.argv == ["--multirun", "hydra/launcher=joblib", "seed=0,1", "trainer.threads=1", f"hydra.sweep.dir={tmp_path.resolve()}"]
+    assert resumed.argv == ["--multirun", "hydra/launcher=joblib", "seed=0,1", "trainer.threads=1",
+                            f"hydra.sweep.dir={tmp_path.resolve()}"]
     info.completed = True
     info.save()
     assert resume_command(["--multirun", f"resume={tmp_path}"]).done  # a grid that ran to its end has nothing left
@@ -352,10 +369,11 @@ def test_resume_rewrites_the_command_into_the_sweeps_own(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_bench_search_pairs_each_pruner_with_the_unpruned_search(tmp_path: Path) -> None:
-    """``scripts/bench.py search`` (whose figures docs/sweeps.md quotes) on a tiny search: every variant runs, pairs are compared."""
+    """``scripts/bench.py search`` (whose figures docs/sweeps.md quotes) on a tiny search: every variant runs, pairs are
+    compared."""
     out = tmp_path / "bench-search.json"
-    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "bench.py"), "search", "--trials", "3", "--epochs", "2", "--repeats", "1",
-                           "--json", str(out), "data.train_limit=1000", "data.val_size=500"],
+    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "bench.py"), "search", "--trials", "3", "--epochs", "2",
+                           "--repeats", "1", "--json", str(out), "data.train_limit=1000", "data.val_size=500"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())

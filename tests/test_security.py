@@ -74,11 +74,13 @@ def test_the_code_never_unpickles_or_evaluates() -> None:
                 flag = [k for k in call.keywords if k.arg == "allow_pickle"]
                 if not (flag and isinstance(flag[0].value, ast.Constant) and flag[0].value.value is False):
                     offenders.append(f"{path.name}:{call.lineno} {fn} without allow_pickle=False")
-            if fn in ("eval", "exec", "yaml.load", "yaml.unsafe_load", "yaml.full_load", "instantiate", "hydra.utils.instantiate"):
+            if fn in ("eval", "exec", "yaml.load", "yaml.unsafe_load", "yaml.full_load", "instantiate",
+                      "hydra.utils.instantiate"):
                 offenders.append(f"{path.name}:{call.lineno} {fn}")
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                names = ([a.name for a in node.names]
+                         + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else []))
                 if any(n.split(".")[0] in ("pickle", "cloudpickle", "dill", "marshal", "shelve") for n in names):
                     offenders.append(f"{path.name}:{node.lineno} imports {names}")
     assert offenders == []
@@ -116,16 +118,19 @@ def test_scripts_refuse_pickled_files(tracking_uri: str, tmp_path: Path) -> None
     evil = evil_file(tmp_path / "final.npz", marker)
     png = tmp_path / "digit.png"
     Image.fromarray(np.eye(28, dtype=np.uint8) * 255).save(png)
-    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "predict.py"), str(evil), str(png)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "predict.py"), str(evil), str(png)], capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == f"error: {evil}: not a file of plain arrays (reading it would take pickle, which is never used)\n"
+    assert (proc.stderr
+            == f"error: {evil}: not a file of plain arrays (reading it would take pickle, which is never used)\n")
 
     # A run dir whose checkpoint was swapped for a pickle: resume refuses it before training.
     out = tmp_path / "run"
     run(compose(small_overrides(tracking_uri, "trainer.epochs=1", "mlflow.log_plots=false")), output_dir=out)
     (out / "summary.json").unlink()  # so it looks unfinished
     evil_file(latest := checkpoint.latest_checkpoint(out / "checkpoints"), marker, "checkpoint")
-    with pytest.raises(ConfigError, match=f"expected a run with a readable checkpoint .*{latest.name}: not a file of plain arrays"):
+    with pytest.raises(ConfigError,
+                       match=f"expected a run with a readable checkpoint .*{latest.name}: not a file of plain arrays"):
         run(compose(small_overrides(tracking_uri, f"resume={out}")))
     assert not marker.exists()
 
@@ -146,7 +151,8 @@ TAMPERED = {
     "_target_ in model": lambda t, m: t.replace("model:\n", "model:\n  _target_: subprocess.call\n", 1),
     "_target_ in optimizer": lambda t, m: t.replace("optimizer:\n", "optimizer:\n  _target_: builtins.exec\n", 1),
     "an unknown key": lambda t, m: t + "callbacks: [backdoor]\n",
-    "a python/object YAML tag": lambda t, m: t.replace("seed: 0", f"seed: !!python/object/apply:os.system ['touch {m}']", 1),
+    "a python/object YAML tag": lambda t, m: t.replace("seed: 0",
+                                                       f"seed: !!python/object/apply:os.system ['touch {m}']", 1),
     "a python/name YAML tag": lambda t, m: t.replace("name: mlp", "name: !!python/name:os.system", 1),
 }
 
@@ -166,7 +172,8 @@ def test_a_tampered_run_config_is_refused(how: str, tmp_path: Path) -> None:
     (out / "config").mkdir(parents=True)
     (out / "config" / "config.yaml").write_text(text)
     store = tmp_path / "store" / "mlflow.db"
-    (out / "mlflow_run.json").write_text(json.dumps({"run_id": "0" * 32, "tracking_uri": f"sqlite:///{store}", "experiment_name": "tests"}))
+    (out / "mlflow_run.json").write_text(json.dumps({"run_id": "0" * 32, "tracking_uri": f"sqlite:///{store}",
+                                                     "experiment_name": "tests"}))
     with pytest.raises(ConfigError):
         run(compose([f"resume={out}", f"mlflow.tracking_uri=sqlite:///{store}"]))
     assert not marker.exists() and not store.parent.exists()
@@ -181,7 +188,8 @@ def test_servers_bind_loopback() -> None:
 
     dry = subprocess.run(["make", "-n", "ui"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0 and "--host 127.0.0.1" in dry.stdout, dry.stdout
-    custom = subprocess.run(["make", "-n", "ui", "HOST=0.0.0.0"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    custom = subprocess.run(["make", "-n", "ui", "HOST=0.0.0.0"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=60)
     assert "--host 0.0.0.0" in custom.stdout  # only when asked
     docs = subprocess.run(["make", "-n", "docs"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert docs.returncode == 0 and "-a 127.0.0.1:8000" in docs.stdout, docs.stdout  # the docs site too
@@ -230,7 +238,8 @@ def test_the_readmes_basic_auth_server_lets_nobody_in_unasked(tmp_path: Path, mo
             login = base64.b64encode(f"admin:{admin_password}".encode()).decode()
             req = urllib.request.Request(f"{server.url}/api/2.0/mlflow/users/create", method="POST",
                                          data=json.dumps({"username": name, "password": password}).encode(),
-                                         headers={"Content-Type": "application/json", "Authorization": f"Basic {login}"})
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Basic {login}"})
             with urllib.request.urlopen(req, timeout=30) as response:
                 assert json.load(response)["user"]["username"] == name
 
@@ -242,7 +251,8 @@ def test_the_readmes_basic_auth_server_lets_nobody_in_unasked(tmp_path: Path, mo
         with pytest.raises(TrackingUnavailable) as anonymous:
             MlflowTracker(server.url, "tests")
         assert str(anonymous.value) == (f"MLflow server {server.url} refused the request (401: not authenticated); "
-                                        "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server")
+                                        "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to "
+                                        "a user of that server")
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
         with pytest.raises(TrackingUnavailable, match=r"\(401: not authenticated\)"):
@@ -257,7 +267,8 @@ def test_the_readmes_basic_auth_server_lets_nobody_in_unasked(tmp_path: Path, mo
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "bob-password-12")
         with pytest.raises(TrackingUnavailable) as bob:
-            run(compose(small_overrides(server.url, "trainer.epochs=1", "mlflow.log_plots=false")), output_dir=tmp_path / "bob")
+            run(compose(small_overrides(server.url, "trainer.epochs=1", "mlflow.log_plots=false")),
+                output_dir=tmp_path / "bob")
         assert str(bob.value) == (f"MLflow server {server.url} refused the request (403: user bob lacks permission); "
                                   "ask its admin for EDIT on the experiment")
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
@@ -285,5 +296,5 @@ def test_predict_refuses_files_that_are_not_images(name: str, tmp_path: Path) ->
     path.write_bytes(NOT_IMAGES[name])
     with pytest.raises(InferenceError) as e:
         load_images([str(path)])
-    assert str(e.value) == (f"{path}: neither an image nor an IDX file (accepted: images Pillow can open (PNG, JPEG, ...) "
-                            "and IDX image files (N, 28, 28), raw or .gz)")
+    assert str(e.value) == (f"{path}: neither an image nor an IDX file (accepted: images Pillow can open (PNG, JPEG, "
+                            "...) and IDX image files (N, 28, 28), raw or .gz)")

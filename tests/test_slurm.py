@@ -54,11 +54,13 @@ def test_a_preempted_slurm_member_resumes_into_its_own_run(slurm, postgres, tmp_
            "data.train_limit=30000", "data.val_size=1000", f"trainer.epochs={EPOCHS}", "trainer.progress=false",
            "mlflow.log_plots=false", f"hydra.sweep.dir={sweep_dir}"]
     env = {**os.environ, **slurm.env, "MLFLOW_TRACKING_URI": server.url}  # as docs/clusters.md exports it
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while epochs_done(sweep_dir / "0") < 2:  # a checkpoint written, the training going on
-            assert proc.poll() is None and time.monotonic() < deadline, (proc.stdout.read() if proc.poll() is not None else "")[-3000:] + slurm.log_tail()
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                (proc.stdout.read() if proc.poll() is not None else "")[-3000:] + slurm.log_tail())
             time.sleep(0.05)
         (job,) = [j["id"] for j in slurm.jobs() if j["id"].endswith("_0")]
         slurm.run("scancel", job, "--signal", "SIGTERM")
@@ -87,11 +89,13 @@ def test_a_preempted_slurm_member_resumes_into_its_own_run(slurm, postgres, tmp_
         assert journal_ops(member) == ["start", "end KILLED", "reopen", "end FINISHED"], journal_ops(member)
         assert json.loads((member / RUN_FILE).read_text())["run_id"] == preempted.info.run_id
         assert 1 <= int(preempted.data.tags["resumed_from_epoch"]) < EPOCHS
-        assert "resumed_from_epoch" not in uninterrupted.data.tags and journal_ops(sweep_dir / "1") == ["start", "end FINISHED"]
+        assert ("resumed_from_epoch" not in uninterrupted.data.tags
+                and journal_ops(sweep_dir / "1") == ["start", "end FINISHED"])
 
         # Bit-identical to the uninterrupted member: the weights and every epoch's validation score.
         assert preempted.data.tags["weights_sha256"] == uninterrupted.data.tags["weights_sha256"]
-        history = {c: [m.value for m in sorted(client.get_metric_history(c.info.run_id, "val_loss"), key=lambda m: m.step)]
+        history = {c: [m.value for m in sorted(client.get_metric_history(c.info.run_id, "val_loss"),
+                                               key=lambda m: m.step)]
                    for c in (preempted, uninterrupted)}
         assert history[preempted] == history[uninterrupted]
         # The preset's cores: the members trained in shard processes, which Slurm's signals reached too.
@@ -110,8 +114,8 @@ def test_a_packed_grid_runs_as_three_slurm_jobs_that_take_its_members(slurm, tmp
            "seed=range(6)", "model.hidden_size=16,32", f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=sweeps",
            "data.train_limit=1000", "data.val_size=500", "trainer.epochs=1", "trainer.progress=false",
            "mlflow.log_plots=false", f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.Popen(cmd, env={**os.environ, **slurm.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env={**os.environ, **slurm.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, stdin=subprocess.DEVNULL)
     seen: set[str] = set()  # the array tasks squeue showed while the sweep ran
     try:
         deadline = time.monotonic() + 900

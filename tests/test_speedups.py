@@ -39,7 +39,8 @@ def test_a_misspelt_switch_is_one_line_naming_what_is_known(monkeypatch: pytest.
 
 
 @pytest.mark.slow
-def test_results_are_the_same_with_every_shortcut_off(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_results_are_the_same_with_every_shortcut_off(tracking_uri: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     hashes = {}
     for value in ("all", "none"):
         monkeypatch.setenv(speedups.ENV, value)
@@ -47,7 +48,8 @@ def test_results_are_the_same_with_every_shortcut_off(tracking_uri: str, tmp_pat
         run(compose(small_overrides(tracking_uri, "trainer.epochs=1")), output_dir=out)
         hashes[value] = json.loads((out / "summary.json").read_text())["weights_sha256"]
         assert sorted(p.name for p in (out / "plots").glob("*.png")) == [
-            "accuracy_curves.png", "confusion_matrix.png", "first_layer_weights.png", "loss_curves.png", "misclassified.png"]
+            "accuracy_curves.png", "confusion_matrix.png", "first_layer_weights.png", "loss_curves.png",
+            "misclassified.png"]
     assert hashes["all"] == hashes["none"]
 
 
@@ -57,23 +59,26 @@ def test_the_exit_status_and_output_survive_a_fast_exit(value: str, tmp_path: Pa
     # A value refused inside the Hydra job (exit 2 raised there), in a run dir of the test's own.
     bad = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "optimizer.lr=0", f"hydra.run.dir={tmp_path / 'run'}"],
                          capture_output=True, text=True, timeout=120, env=env)
-    assert bad.returncode == 2 and bad.stderr == "error: invalid config: optimizer.lr=0.0 is not allowed; expected a number > 0\n"
+    assert (bad.returncode == 2
+            and bad.stderr == "error: invalid config: optimizer.lr=0.0 is not allowed; expected a number > 0\n")
     helped = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--help"], capture_output=True, text=True, timeout=120, env=env)
     assert helped.returncode == 0 and helped.stdout.rstrip().endswith("Hydra's own flags: --hydra-help")
 
 
 @pytest.mark.slow
 def test_bench_run_times_each_shortcut_off(tmp_path: Path) -> None:
-    """``scripts/bench.py run --speedups`` (what ``make bench`` runs) measures every run-time shortcut; here on a tiny run."""
+    """``scripts/bench.py run --speedups`` (what ``make bench`` runs) measures every run-time shortcut; here on a tiny
+    run."""
     out = tmp_path / "bench-run.json"
-    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "bench.py"), "run", "--speedups", "--repeats", "1", "--json", str(out),
-                           "data.train_limit=1000", "data.val_size=500", "trainer.epochs=1"],
+    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "bench.py"), "run", "--speedups", "--repeats", "1",
+                           "--json", str(out), "data.train_limit=1000", "data.val_size=500", "trainer.epochs=1"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["speedup_saves_s"]) == set(speedups.NAMES) - {"warm_workers"}  # that one is bench.py sweep's
     assert [len(runs) for runs in result["variants"].values()] == [1] * len(speedups.NAMES)
-    assert all(r["epochs"] == 1 and r["wall_s"] > r["epochs_s"] > 0 for runs in result["variants"].values() for r in runs)
+    assert all(r["epochs"] == 1 and r["wall_s"] > r["epochs_s"] > 0 for runs in result["variants"].values()
+               for r in runs)
 
 
 def test_mlflows_requirements_check_is_where_the_shortcut_skips_it(monkeypatch) -> None:

@@ -51,7 +51,8 @@ def runs_of(client: MlflowClient, name: str):
 
 
 def kill_mid_sweep(cmd: list[str], sweep_dir: Path) -> None:
-    """Start the sweep; SIGKILL its whole process group once members 0 and 1 finished and member 2 is into its second epoch."""
+    """Start the sweep; SIGKILL its whole process group once members 0 and 1 finished and member 2 is into its second
+    epoch."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
@@ -75,7 +76,8 @@ def test_a_killed_grid_sweep_resumes_without_training_anything_twice(tmp_path: P
     kill_mid_sweep(sweep_command(tmp_path, "killed", launcher), tmp_path / "killed")
     parent, before = runs_of(client, "killed")
     assert parent.info.status == "RUNNING" and before[2].info.status == "RUNNING"
-    kept = {j: (before[j].info.start_time, before[j].info.end_time, client.get_metric_history(before[j].info.run_id, "val_accuracy"))
+    kept = {j: (before[j].info.start_time, before[j].info.end_time,
+                client.get_metric_history(before[j].info.run_id, "val_accuracy"))
             for j in (0, 1)}
     assert all(before[j].info.status == "FINISHED" for j in (0, 1)) and 4 not in before
 
@@ -87,8 +89,10 @@ def test_a_killed_grid_sweep_resumes_without_training_anything_twice(tmp_path: P
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after, members = runs_of(client, "killed")
     lost.record(runs=sum(c.info.status != "FINISHED" for c in members.values()) + len(SEEDS) - len(members),
-                metrics=sum(EPOCHS - len(client.get_metric_history(c.info.run_id, "val_accuracy")) for c in members.values()))
-    assert after.info.run_id == parent.info.run_id and after.info.status == "FINISHED" and after.data.tags["resumed"] == "true"
+                metrics=sum(EPOCHS - len(client.get_metric_history(c.info.run_id, "val_accuracy"))
+                            for c in members.values()))
+    assert (after.info.run_id == parent.info.run_id and after.info.status == "FINISHED"
+            and after.data.tags["resumed"] == "true")
     assert sorted(members) == list(range(len(SEEDS))) and all(c.info.status == "FINISHED" for c in members.values())
     assert after.data.metrics["members"] == len(SEEDS) and after.data.metrics["members_finished"] == len(SEEDS)
     for j, (start, end, history) in kept.items():  # finished members were not trained again
@@ -96,9 +100,11 @@ def test_a_killed_grid_sweep_resumes_without_training_anything_twice(tmp_path: P
         assert run.info.run_id == before[j].info.run_id and (run.info.start_time, run.info.end_time) == (start, end)
         assert client.get_metric_history(run.info.run_id, "val_accuracy") == history
     interrupted = members[2]
-    assert interrupted.info.run_id == before[2].info.run_id and interrupted.data.tags["resumed_from_epoch"] in ("1", "2")
+    assert (interrupted.info.run_id == before[2].info.run_id
+            and interrupted.data.tags["resumed_from_epoch"] in ("1", "2"))
     for key in ("train_loss", "val_accuracy", "lr"):
-        assert sorted(m.step for m in client.get_metric_history(interrupted.info.run_id, key)) == list(range(1, EPOCHS + 1))
+        assert (sorted(m.step for m in client.get_metric_history(interrupted.info.run_id, key))
+                == list(range(1, EPOCHS + 1)))
     # Bit-identical to the same config trained uninterrupted (member 4, which started after the kill).
     sha = {j: json.loads((tmp_path / "killed" / str(j) / "summary.json").read_text())["weights_sha256"] for j in (2, 4)}
     assert sha[2] == sha[4] and "resumed_from_epoch" not in members[4].data.tags

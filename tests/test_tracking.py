@@ -44,16 +44,19 @@ def test_end_records_status_and_reason(tracking_uri: str) -> None:
     run_id = tracker.start("r", {"a": "1"}, {"t": "x"})
     tracker.end("FAILED", "because")
     run = tracker.client.get_run(run_id)
-    assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == "because" and run.data.params == {"a": "1"}
+    assert (run.info.status == "FAILED" and run.data.tags["failure_reason"] == "because"
+            and run.data.params == {"a": "1"})
 
 
 @pytest.mark.parametrize("status", ["FINISHED", "FAILED"])
-def test_epoch_metrics_are_sent_in_batches_and_none_is_lost(tracking_uri: str, monkeypatch: pytest.MonkeyPatch, status: str) -> None:
+def test_epoch_metrics_are_sent_in_batches_and_none_is_lost(tracking_uri: str, monkeypatch: pytest.MonkeyPatch,
+                                                            status: str) -> None:
     tracker = MlflowTracker(tracking_uri, "tests")
     run_id = tracker.start("r", {}, {})
     requests: list[int] = []
     real = tracker.client.log_batch
-    monkeypatch.setattr(tracker.client, "log_batch", lambda run, metrics=(), **kw: (requests.append(len(metrics)), real(run, metrics=metrics, **kw)))
+    monkeypatch.setattr(tracker.client, "log_batch",
+                        lambda run, metrics=(), **kw: (requests.append(len(metrics)), real(run, metrics=metrics, **kw)))
     for epoch in range(1, 11):  # ten quick epochs: the first goes out at once, the rest wait for the next batch
         tracker.on_epoch_end(epoch, {"train_loss": 1.0 / epoch, "val_loss": float("nan")}, None, False)
     assert requests == [1]
@@ -62,7 +65,8 @@ def test_epoch_metrics_are_sent_in_batches_and_none_is_lost(tracking_uri: str, m
     tracker.end(status)  # a failing run's held-back epochs go out before it closes
     assert requests == [1, 9]
     history = tracker.client.get_metric_history(run_id, "train_loss")
-    assert sorted(m.step for m in history) == list(range(1, 11)) and "val_loss" not in tracker.client.get_run(run_id).data.metrics
+    assert (sorted(m.step for m in history) == list(range(1, 11))
+            and "val_loss" not in tracker.client.get_run(run_id).data.metrics)
 
 
 @pytest.mark.fault("tracking faults", "store race")
@@ -105,7 +109,8 @@ def test_a_server_that_is_down_fails_fast_with_one_line(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     start = time.monotonic()
     proc = subprocess.run(
-        [PYTHON, str(TRAIN_SCRIPT), f"mlflow.tracking_uri=http://127.0.0.1:{port}", f"hydra.run.dir={tmp_path / 'out'}"],
+        [PYTHON, str(TRAIN_SCRIPT), f"mlflow.tracking_uri=http://127.0.0.1:{port}",
+         f"hydra.run.dir={tmp_path / 'out'}"],
         capture_output=True, text=True, timeout=120,
     )
     assert time.monotonic() - start < 30

@@ -46,7 +46,8 @@ class Recorder:
         self.events.append(("end", len(result.history)))
 
 
-def train(epochs: int = 3, lr: float = 0.05, patience: int | None = None, n_val: int = 200, seed: int = 0, callbacks=()):
+def train(epochs: int = 3, lr: float = 0.05, patience: int | None = None, n_val: int = 200, seed: int = 0,
+          callbacks=()):
     x, y = blobs(1000, seed=1)
     xv, yv = blobs(n_val, seed=2)
     model = MLP.initialize([784, 16, 3], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(seed))
@@ -102,13 +103,15 @@ def test_training_is_deterministic_for_fixed_generators() -> None:
     assert not np.array_equal(a.params["W1"], c.params["W1"])
 
 
-def train_threads(threads: int, n: int = 1001, batch_size: int = 100, lr: float = 0.05, dropout: float = 0.0, model_seed: int = 0):
+def train_threads(threads: int, n: int = 1001, batch_size: int = 100, lr: float = 0.05, dropout: float = 0.0,
+                  model_seed: int = 0):
     """One epoch on blobs with ``threads`` shards per batch; ``n`` leaves a 1-row last batch."""
     x, y = blobs(n, seed=1)
-    model = MLP.initialize([784, 16, 3], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(model_seed), dropout=dropout)
+    model = MLP.initialize([784, 16, 3], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(model_seed),
+                           dropout=dropout)
     settings = TrainSettings(epochs=1, batch_size=batch_size, threads=threads)
-    result = fit(model, SGD(momentum=0.9, nesterov=True, weight_decay=5e-4), Schedule("constant", lr, 1), x, y, x[:0], y[:0],
-                 settings, np.random.default_rng(1), np.random.default_rng(2))
+    result = fit(model, SGD(momentum=0.9, nesterov=True, weight_decay=5e-4), Schedule("constant", lr, 1), x, y, x[:0],
+                 y[:0], settings, np.random.default_rng(1), np.random.default_rng(2))
     return model, result
 
 
@@ -154,9 +157,11 @@ def _raise_memory_error() -> None:
 @needs_shards
 @pytest.mark.parametrize("fault, reported", [
     (_raise_memory_error, "shard 1 of 2: MemoryError: shard 1 ran out"),
-    (lambda: os.kill(os.getpid(), signal.SIGKILL), "shard 1 of 2: its process ended unexpectedly \\(killed by SIGKILL\\)"),
+    (lambda: os.kill(os.getpid(), signal.SIGKILL),
+     "shard 1 of 2: its process ended unexpectedly \\(killed by SIGKILL\\)"),
 ], ids=["error", "sigkill"])
-def test_a_worker_that_fails_or_dies_is_reported_by_the_caller(monkeypatch: pytest.MonkeyPatch, fault, reported: str) -> None:
+def test_a_worker_that_fails_or_dies_is_reported_by_the_caller(monkeypatch: pytest.MonkeyPatch, fault,
+                                                               reported: str) -> None:
     parent, real = os.getpid(), MLP.gradients
 
     def failing(self, *args, **kwargs):
@@ -218,7 +223,8 @@ def test_many_short_epochs_with_threads_stay_deterministic() -> None:
     """Every epoch ends in a sync of the worker threads; a race there would show as differing bits."""
     def run() -> MLP:
         x, y = blobs(200, seed=1)
-        model = MLP.initialize([784, 16, 3], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(0), dropout=0.2)
+        model = MLP.initialize([784, 16, 3], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(0),
+                               dropout=0.2)
         fit(model, SGD(momentum=0.9), Schedule("constant", 0.05, 40), x, y, x[:50], y[:50],
             TrainSettings(epochs=40, batch_size=100, threads=2), np.random.default_rng(1), np.random.default_rng(2))
         return model
@@ -238,9 +244,11 @@ def test_uint8_pixels_train_exactly_like_their_floats(threads: int) -> None:
     y = rng.integers(0, 10, size=600)
 
     def train(x: np.ndarray) -> MLP:
-        model = MLP.initialize([784, 16, 10], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(1), dropout=0.1)
+        model = MLP.initialize([784, 16, 10], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(1),
+                               dropout=0.1)
         fit(model, SGD(momentum=0.9), Schedule("constant", 0.05, 2), x, y, floats[:50], y[:50],
-            TrainSettings(epochs=2, batch_size=100, threads=threads), np.random.default_rng(2), np.random.default_rng(3))
+            TrainSettings(epochs=2, batch_size=100, threads=threads), np.random.default_rng(2),
+            np.random.default_rng(3))
         return model
 
     a, b = train(floats), train(pixels)

@@ -73,7 +73,8 @@ def leftovers(folder: Path) -> list[str]:
 
 
 @pytest.mark.fault("training faults", "file kept")
-def test_full_disk_while_overwriting_weights_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_while_overwriting_weights_keeps_the_old_file(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(0)
     old = {"W1": rng.random((784, 32), dtype=np.float32), "b1": np.zeros(32, np.float32),
            "W2": rng.random((32, 10), dtype=np.float32), "b2": np.zeros(10, np.float32)}
@@ -119,13 +120,15 @@ def test_full_disk_mid_checkpoint_keeps_the_previous_one_and_the_run_resumes(
     done = client.get_run(r.info.run_id)
     gaps = mlflow_gaps(client, r.info.run_id, out)
     lost.record(runs=int(done.info.status != "FINISHED"), metrics=gaps["metrics"])
-    assert done.info.status == "FINISHED" and [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")] == [1, 2, 3]
+    assert (done.info.status == "FINISHED"
+            and [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")] == [1, 2, 3])
     assert gaps == {"metrics": 0, "duplicates": 0, "files": 0}
 
 
 @pytest.mark.slow
 @pytest.mark.fault("training faults", "KILLED")
-def test_ctrl_c_closes_the_run_killed_with_a_checkpoint_and_resume_finishes_it(tracking_uri: str, tmp_path: Path, lost) -> None:
+def test_ctrl_c_closes_the_run_killed_with_a_checkpoint_and_resume_finishes_it(tracking_uri: str, tmp_path: Path,
+                                                                               lost) -> None:
     import json
     import signal
     import subprocess
@@ -134,10 +137,12 @@ def test_ctrl_c_closes_the_run_killed_with_a_checkpoint_and_resume_finishes_it(t
     from conftest import PYTHON, TRAIN_SCRIPT
 
     out = tmp_path / "run"
-    args = [f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment_name=tests", "mlflow.log_plots=false", "trainer.progress=false"]
+    args = [f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment_name=tests", "mlflow.log_plots=false",
+            "trainer.progress=false"]
     # A terminal's Ctrl-C reaches a program that handles SIGINT as Python does by default. A suite started in the
     # background (`make test &`) ignores SIGINT, and its children inherit that: give the child the default back.
-    proc = subprocess.Popen([PYTHON, str(TRAIN_SCRIPT), *args, "data.train_limit=20000", "trainer.epochs=20", f"hydra.run.dir={out}"],
+    proc = subprocess.Popen([PYTHON, str(TRAIN_SCRIPT), *args, "data.train_limit=20000", "trainer.epochs=20",
+                             f"hydra.run.dir={out}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
@@ -163,13 +168,15 @@ def test_ctrl_c_closes_the_run_killed_with_a_checkpoint_and_resume_finishes_it(t
     saved = load_state(saved_at)
     assert 1 <= saved.epoch < 20
 
-    resumed = subprocess.run([PYTHON, str(TRAIN_SCRIPT), *args, f"resume={run_id}", f"hydra.run.dir={tmp_path / 'resume-command'}"],
+    resumed = subprocess.run([PYTHON, str(TRAIN_SCRIPT), *args, f"resume={run_id}",
+                              f"hydra.run.dir={tmp_path / 'resume-command'}"],
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     done = client.get_run(run_id)
     gaps = mlflow_gaps(client, run_id, out)
     lost.record(runs=int(done.info.status != "FINISHED"), metrics=gaps["metrics"])
-    assert done.info.status == "FINISHED" and [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(1, 21))
+    assert (done.info.status == "FINISHED"
+            and [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(1, 21)))
     assert gaps == {"metrics": 0, "duplicates": 0, "files": 0}
     # The run's own train.log (and its artifact) goes on where it stopped: both commands' lines, in order.
     log_text = (out / "train.log").read_text()

@@ -93,9 +93,9 @@ def test_a_requeued_worker_takes_the_member_it_had_not_finished_first(tmp_path: 
 
 
 def _settings(tmp_path: Path, n_trials: int) -> SearchSettings:
-    return SearchSettings(n_trials=n_trials, n_jobs=3, objectives=["val_accuracy"], directions=["maximize"], study_name="s",
-                          storage=f"sqlite:///{tmp_path / 'optuna.db'}", sampler="random", seed=0, pruner=None,
-                          min_epochs=1, reduction_factor=3, max_epochs=1)
+    return SearchSettings(n_trials=n_trials, n_jobs=3, objectives=["val_accuracy"], directions=["maximize"],
+                          study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}", sampler="random", seed=0,
+                          pruner=None, min_epochs=1, reduction_factor=3, max_epochs=1)
 
 
 def _ask_all(source: StudySource, worker: int, queue: Any) -> None:

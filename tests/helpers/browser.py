@@ -137,7 +137,8 @@ class MlflowUI:
         cells = self.page.locator("[role=gridcell][col-id='attributes.`Run Name`'] a")
         return [t.strip() for t in cells.all_inner_texts()]
 
-    def runs_table(self, experiment_id: str, parent_name: str, child_names: Sequence[str]) -> tuple[list[str], list[str]]:
+    def runs_table(self, experiment_id: str, parent_name: str,
+                   child_names: Sequence[str]) -> tuple[list[str], list[str]]:
         """Open the runs table, expand the sweep's parent row and wait for its children.
 
         Returns the names shown before and after expanding: a fresh browser
@@ -198,7 +199,7 @@ class MlflowUI:
                     .filter(c => c.style.top === cell.style.top)
                     .sort((x, y) => parseFloat(x.style.left) - parseFloat(y.style.left))
                     .map(c => c.innerText.trim());
-            }"""
+            }"""  # noqa: E501 -- JavaScript, run as it stands
         )
 
     def artifacts(self, experiment_id: str, run_id: str, open_file: tuple[str, str] | None = None) -> list[str]:
@@ -219,7 +220,8 @@ class MlflowUI:
         return entries
 
     def registered_model(self, name: str, version: str) -> str:
-        """Open a registered model's page in the Model Registry; returns the text of its versions table once ``Version <n>`` shows."""
+        """Open a registered model's page in the Model Registry; returns the text of its versions table once ``Version
+        <n>`` shows."""
         self.open(self.model_url(name), name)
         self.page.get_by_text(f"Version {version}", exact=True).first.wait_for()
         return self.page.locator("table, [role=table]").first.inner_text()
@@ -262,5 +264,7 @@ class MlflowUI:
         x0, y0 = min(a["x"], b["x"]) - margin, a["y"] - margin
         x1 = max(a["x"] + a["width"], b["x"] + b["width"]) + margin
         y1 = b["y"] + b["height"] + margin
-        self.page.screenshot(path=str(path), clip={"x": max(x0, 0), "y": max(y0, 0), "width": x1 - max(x0, 0), "height": y1 - max(y0, 0)})
+        self.page.screenshot(path=str(path),
+                             clip={"x": max(x0, 0), "y": max(y0, 0), "width": x1 - max(x0, 0),
+                                   "height": y1 - max(y0, 0)})
         return path

@@ -29,7 +29,8 @@ def find_bindir() -> Path | None:
     found = shutil.which("initdb")
     if found:
         return Path(found).resolve().parent  # Debian links only initdb and pg_ctl into /usr/local/bin
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                      key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
     return Path(versions[-1]).parent if versions else None
 
 
@@ -55,7 +56,8 @@ class PostgresCluster:
 
     def _run(self, *cmd: str) -> subprocess.CompletedProcess[str]:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=120, check=True, stdin=subprocess.DEVNULL)
+        return subprocess.run([*prefix, *cmd], capture_output=True, text=True, timeout=120, check=True,
+                              stdin=subprocess.DEVNULL)
 
     def create_database(self, name: str) -> str:
         """A new empty database; returns its SQLAlchemy URL (what ``mlflow server --backend-store-uri`` takes)."""
@@ -85,5 +87,6 @@ def start_cluster() -> PostgresCluster:
     cluster = PostgresCluster(root, free_port(), bindir)
     cluster._run(str(bindir / "initdb"), "-D", str(root / "data"), "-U", USER, "-A", "trust", "-E", "UTF8", "--no-sync")
     options = f"-p {cluster.port} -k {root} -c listen_addresses={LOOPBACK} -c fsync=off -c full_page_writes=off"
-    cluster._run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"), "-o", options, "-w", "start")
+    cluster._run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"), "-o", options, "-w",
+                 "start")
     return cluster

@@ -38,7 +38,8 @@ MAX_BYTES = 300_000  # committed pictures stay small
 
 
 def shrink_png(path: Path) -> None:
-    """Re-save as a 256-colour palette PNG: a UI screenshot has few colours, so it looks the same at a third of the size."""
+    """Re-save as a 256-colour palette PNG: a UI screenshot has few colours, so it looks the same at a third of the
+    size."""
     from PIL import Image
 
     with Image.open(path) as img:
@@ -70,7 +71,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
-    with tempfile.TemporaryDirectory(prefix="mnist-np-readme-") as tmp, start_mlflow_server(Path(tmp) / "server") as server:
+    with (tempfile.TemporaryDirectory(prefix="mnist-np-readme-") as tmp,
+          start_mlflow_server(Path(tmp) / "server") as server):
         print(f"mlflow server at {server.url}; running the sweep {' '.join(SWEEP)} ...", flush=True)
         info = run_sweep(server.url, Path(tmp) / "sweep", args.epochs)
         _, members = runs_to_compare(server.url, info.parent_run_id)
@@ -91,8 +93,8 @@ def main() -> int:
             ui.show_diff_only()
             page.wait_for_timeout(1000)  # the plot redraws after the selection changes
             compare_png = ui.screenshot(args.out / "mlflow-compare.png",
-                                        top=page.get_by_text("Comparing", exact=False).first, bottom=ui.section("Metrics"),
-                                        margin=6)
+                                        top=page.get_by_text("Comparing", exact=False).first,
+                                        bottom=ui.section("Metrics"), margin=6)
 
         best = summary.best
         fetched = fetch_run(best["run_id"], server.url, Path(tmp) / "best", artifacts=("plots/confusion_matrix.png",))
@@ -105,8 +107,8 @@ def main() -> int:
         print(f"{path}: {size / 1000:.0f} KB")
         if size > MAX_BYTES:
             print(f"warning: {path.name} is over {MAX_BYTES // 1000} KB", file=sys.stderr)
-    print(f"best member {best['name']}: val_accuracy {best['val_accuracy']:.4f}, test_accuracy {best['test_accuracy']:.4f}"
-          f" ({time.monotonic() - started:.0f} s)")
+    print(f"best member {best['name']}: val_accuracy {best['val_accuracy']:.4f}, test_accuracy "
+          f"{best['test_accuracy']:.4f} ({time.monotonic() - started:.0f} s)")
     return 0
 
 

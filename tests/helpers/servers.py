@@ -78,7 +78,8 @@ class MlflowServer:
     def experiment_id(self, name: str) -> str:
         """The id of experiment ``name``, asked over the REST API (as the UI's URLs need it)."""
         query = urllib.parse.urlencode({"experiment_name": name})
-        with urllib.request.urlopen(f"{self.url}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=30) as response:
+        with urllib.request.urlopen(f"{self.url}/api/2.0/mlflow/experiments/get-by-name?{query}",
+                                    timeout=30) as response:
             return str(json.load(response)["experiment"]["experiment_id"])
 
     def log_tail(self, chars: int = 3000) -> str:
@@ -105,7 +106,8 @@ class MlflowServer:
     def __enter__(self) -> "MlflowServer":
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.stop()
 
 

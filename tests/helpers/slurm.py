@@ -39,7 +39,8 @@ START_TIMEOUT_SECONDS = 60.0
 
 def _find(name: str) -> str | None:
     """A Slurm or munge program on PATH or in the sbin folders root's PATH may lack."""
-    return shutil.which(name) or next((f"{d}/{name}" for d in ("/usr/sbin", "/sbin") if os.access(f"{d}/{name}", os.X_OK)), None)
+    return shutil.which(name) or next((f"{d}/{name}" for d in ("/usr/sbin", "/sbin")
+                                       if os.access(f"{d}/{name}", os.X_OK)), None)
 
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")  # Debian's
@@ -55,7 +56,8 @@ def unavailable() -> str | None:
         return "a throwaway Slurm runs its daemons as root; not root here"
     if _missing() and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "install", "-y", "-qq", *PACKAGES], ["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
+        for cmd in (["apt-get", "install", "-y", "-qq", *PACKAGES], ["apt-get", "update", "-qq"],
+                    ["apt-get", "install", "-y", "-qq", *PACKAGES]):
             if not _missing():
                 break
             subprocess.run(cmd, capture_output=True, timeout=900, env=env, stdin=subprocess.DEVNULL)
@@ -129,7 +131,8 @@ class SlurmCluster:
                               stdin=subprocess.DEVNULL, env={**os.environ, **self.env})
 
     def jobs(self) -> list[dict[str, str]]:
-        """The cluster's queue: one dict per job (``id``: e.g. ``3_1`` for array task 1, ``state``, ``name``, ``restarts``)."""
+        """The cluster's queue: one dict per job (``id``: e.g. ``3_1`` for array task 1, ``state``, ``name``,
+        ``restarts``)."""
         out = self.run("squeue", "--noheader", "--array", "--format=%i|%T|%j|%r").stdout
         rows = [line.split("|") for line in out.splitlines() if line.strip()]
         return [{"id": r[0], "state": r[1], "name": r[2], "reason": r[3]} for r in rows]
@@ -188,10 +191,12 @@ def start_cluster() -> SlurmCluster:
     cluster = SlurmCluster(root)
     try:
         key = root / "munge.key"
-        subprocess.run([_find("mungekey") or "mungekey", "--create", f"--keyfile={key}"], check=True, capture_output=True, timeout=30)
+        subprocess.run([_find("mungekey") or "mungekey", "--create", f"--keyfile={key}"], check=True,
+                       capture_output=True, timeout=30)
         key.chmod(0o600)
-        subprocess.run([_find("munged") or "munged", "--force", f"--socket={root}/munge/munge.socket", f"--key-file={key}",
-                        f"--pid-file={root}/munged.pid", f"--log-file={root}/munged.log", f"--seed-file={root}/munged.seed"],
+        subprocess.run([_find("munged") or "munged", "--force", f"--socket={root}/munge/munge.socket",
+                        f"--key-file={key}", f"--pid-file={root}/munged.pid", f"--log-file={root}/munged.log",
+                        f"--seed-file={root}/munged.seed"],
                        check=True, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
         conf = root / "slurm.conf"
         conf.write_text(slurm_conf(root, free_port(), free_port()))
