@@ -302,7 +302,8 @@ def _fit_as_before(threads: int) -> str:
     init, shuffle, dropout = (np.random.default_rng(c) for c in np.random.SeedSequence(cfg.seed).spawn(3))
     model = build_model(cfg, init, np.dtype(cfg.trainer.dtype))
     settings = TrainSettings(epochs=2, batch_size=cfg.trainer.batch_size, threads=threads)
-    fit(model, build_optimizer(cfg), build_schedule(cfg), s.x_train, s.y_train, s.x_val, s.y_val, settings, shuffle, dropout)
+    fit(model, build_optimizer(cfg), build_schedule(cfg), s.x_train, s.y_train, s.x_val, s.y_val, settings, shuffle,
+        dropout)
     return weights_sha256(model.params)
 
 
@@ -342,7 +343,8 @@ def test_augmented_digits_keep_their_class() -> None:
 
 @pytest.mark.slow
 def test_a_short_augmented_run_learns_and_logs_its_strengths(tracking_uri: str, tmp_path: Path) -> None:
-    result = run(compose(small_overrides(tracking_uri, "augment=elastic", "trainer.epochs=3")), output_dir=tmp_path / "run")
+    result = run(compose(small_overrides(tracking_uri, "augment=elastic", "trainer.epochs=3")),
+                 output_dir=tmp_path / "run")
     assert result.metrics["test_accuracy"] > 0.85, result.metrics
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     r = MlflowClient(tracking_uri).get_run(result.run_id)
@@ -356,14 +358,17 @@ def test_an_augmented_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_one(
     def setup():
         rng = np.random.default_rng(0)
         x, y = digits(600, seed=1), rng.integers(0, 10, 600)
-        model = MLP.initialize([784, 32, 10], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(1), dropout=0.2)
-        rngs = {"shuffle": np.random.default_rng(2), "dropout": np.random.default_rng(3), "augment": np.random.default_rng(4)}
+        model = MLP.initialize([784, 32, 10], ACTIVATIONS["relu"](), INITIALIZERS["he"], np.random.default_rng(1),
+                               dropout=0.2)
+        rngs = {"shuffle": np.random.default_rng(2), "dropout": np.random.default_rng(3),
+                "augment": np.random.default_rng(4)}
         return x, y, model, SGD(momentum=0.9, nesterov=True, weight_decay=5e-4), rngs
 
     sched, aug = Schedule("cosine", 0.01, 4), DEFAULTS["affine"]
 
     def train(x, y, model, opt, rngs, epochs, **kw):
-        return fit(model, opt, sched, x[100:], y[100:], x[:100], y[:100], TrainSettings(epochs=epochs, batch_size=100, threads=threads),
+        return fit(model, opt, sched, x[100:], y[100:], x[:100], y[:100],
+                   TrainSettings(epochs=epochs, batch_size=100, threads=threads),
                    rngs["shuffle"], rngs["dropout"], augmentation=aug, augment_rng=rngs["augment"], **kw)
 
     x, y, model, opt, rngs = setup()

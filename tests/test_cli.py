@@ -19,7 +19,8 @@ def train(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 def listed_groups(help_text: str) -> dict[str, list[str]]:
     """``group: a, b`` lines of the help's group and preset sections."""
     sections = re.findall(r"^== (?:Configuration groups|Presets).*?==\n(.*?)\n\n", help_text, re.M | re.S)
-    return {g: [o.strip() for o in opts.split(",")] for block in sections for g, opts in re.findall(r"^(\w+): (.+)$", block, re.M)}
+    return {g: [o.strip() for o in opts.split(",")] for block in sections
+            for g, opts in re.findall(r"^(\w+): (.+)$", block, re.M)}
 
 
 def test_help_lists_every_group_with_its_options_and_the_config() -> None:

@@ -37,17 +37,20 @@ def test_every_group_option_composes_and_validates(group: str, option: str) -> N
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
 def test_schema_defaults_are_the_yaml_values_or_required(group: str, option: str) -> None:
-    """One source of every default: each schema field equals what the option's YAML holds, or is MISSING (set by every option)."""
+    """One source of every default: each schema field equals what the option's YAML holds, or is MISSING (set by every
+    option)."""
     node = OmegaConf.to_container(compose([f"{group}={option}"])[group], resolve=False)
     assert isinstance(node, dict)
     schema = option_schema(group, node.get("name", option))
     fields = dataclasses.fields(schema)
     assert set(node) == {f.name for f in fields}
     for f in fields:
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        default = (f.default_factory() if f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
+                   else f.default)
         assert node[f.name] != MISSING, f"{group}={option} leaves {f.name} unset"
         if default != MISSING:
-            assert node[f.name] == default, f"{group}.{f.name}: the schema says {default!r}, conf/{group}/{option}.yaml {node[f.name]!r}"
+            assert node[f.name] == default, (f"{group}.{f.name}: the schema says {default!r}, "
+                                             f"conf/{group}/{option}.yaml {node[f.name]!r}")
 
 
 def test_a_saved_config_lacking_a_key_trains_with_the_yaml_default_or_is_refused() -> None:
@@ -77,7 +80,8 @@ def test_every_experiment_preset_composes_and_validates(preset: str) -> None:
 
 def test_seed_baseline_is_the_tutorial_setup() -> None:
     cfg = compose(["+experiment=seed_baseline"])
-    assert (cfg.model.hidden_size, cfg.model.activation, cfg.model.init, cfg.model.init_scale) == (128, "relu", "normal", 0.01)
+    assert ((cfg.model.hidden_size, cfg.model.activation, cfg.model.init, cfg.model.init_scale)
+            == (128, "relu", "normal", 0.01))
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum) == ("sgd", 0.01, 0.0)
     assert (cfg.trainer.batch_size, cfg.trainer.epochs, cfg.trainer.dtype) == (64, 10, "float64")
     assert cfg.schedule.name == "constant"
@@ -151,7 +155,8 @@ def test_a_sweep_is_composed_once_per_swept_group_option(monkeypatch: pytest.Mon
         ("optimizer.lr=0", "optimizer.lr=0.0 is not allowed; expected a number > 0"),
         ("trainer.batch_size=0", "trainer.batch_size=0 is not allowed; expected a number >= 1"),
         ("data.val_size=60000", "data.val_size=60000 is not allowed; expected an integer in [0, 59999]"),
-        ("model.activation=swish", "model.activation='swish' is not allowed; expected one of leaky_relu, relu, sigmoid, tanh"),
+        ("model.activation=swish",
+         "model.activation='swish' is not allowed; expected one of leaky_relu, relu, sigmoid, tanh"),
         ("model.dropout=1.0", "model.dropout=1.0 is not allowed; expected a number in [0, 1)"),
         ("schedule.warmup_epochs=99", "schedule.warmup_epochs=99.0 is not allowed; expected a number in [0, 20]"),
         ("trainer.dtype=float16", "trainer.dtype='float16' is not allowed"),
@@ -174,13 +179,15 @@ def test_batch_larger_than_the_training_split_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "override",
-    ["model.hidden_size=-1", "optimizer.lr=0", "optimizer=nope", "trainer.batch_size=0", "trainer.epochs=abc", "data.val_size=60000"],
+    ["model.hidden_size=-1", "optimizer.lr=0", "optimizer=nope", "trainer.batch_size=0", "trainer.epochs=abc",
+     "data.val_size=60000"],
 )
 @pytest.mark.fault("bad config", "exit 2")
 def test_cli_rejects_bad_values_with_one_line_and_no_run(override: str, tmp_path: Path) -> None:
     db = tmp_path / "store" / "mlflow.db"
     proc = subprocess.run(
-        [PYTHON, str(TRAIN_SCRIPT), override, f"mlflow.tracking_uri=sqlite:///{db}", f"hydra.run.dir={tmp_path / 'out'}"],
+        [PYTHON, str(TRAIN_SCRIPT), override, f"mlflow.tracking_uri=sqlite:///{db}",
+         f"hydra.run.dir={tmp_path / 'out'}"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -214,7 +221,8 @@ def test_every_sweep_preset_composes(preset: str) -> None:
 def test_an_absurd_network_is_refused_before_any_allocation(tmp_path: Path) -> None:
     db = tmp_path / "store" / "mlflow.db"
     proc = subprocess.run(
-        [PYTHON, str(TRAIN_SCRIPT), "model.hidden_size=1000000000", f"mlflow.tracking_uri=sqlite:///{db}", f"hydra.run.dir={tmp_path / 'out'}"],
+        [PYTHON, str(TRAIN_SCRIPT), "model.hidden_size=1000000000", f"mlflow.tracking_uri=sqlite:///{db}",
+         f"hydra.run.dir={tmp_path / 'out'}"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2

@@ -41,7 +41,8 @@ def sweep(tmp_path: Path, *args: str, epochs: int = 1, train_limit: int = 1000, 
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
     if not wait:  # in a session of its own: a test may signal the whole sweep (os.killpg)
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True), uri
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True), uri
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout), uri
 
 
@@ -84,7 +85,8 @@ def test_grid_2x2_basic_launcher(tmp_path: Path) -> None:
     combos = sorted((c.data.params["model.hidden_size"], c.data.params["optimizer.lr"]) for c in children)
     assert combos == [("16", "0.05"), ("16", "0.1"), ("32", "0.05"), ("32", "0.1")]
     assert all(c.info.status == "FINISHED" for c in children)
-    assert {c.info.run_name for c in children} == {"mlp16-sgd-lr0.05-bs128", "mlp16-sgd-lr0.1-bs128", "mlp32-sgd-lr0.05-bs128", "mlp32-sgd-lr0.1-bs128"}
+    assert ({c.info.run_name for c in children}
+            == {"mlp16-sgd-lr0.05-bs128", "mlp16-sgd-lr0.1-bs128", "mlp32-sgd-lr0.05-bs128", "mlp32-sgd-lr0.1-bs128"})
     check_summary(client, parent, children, ["model.hidden_size", "optimizer.lr"], finished=4, failed=0)
     outputs = sorted(p.name for p in (tmp_path / "sweep").iterdir())
     assert outputs == ["0", "1", "2", "3", "mlflow_sweep.json", "multirun.yaml", "sweep.lock", "sweep_summary"]
@@ -98,7 +100,8 @@ def test_grid_2x2_basic_launcher(tmp_path: Path) -> None:
     assert lines[1].split()[:4] == ["name", "status", "model.hidden_size", "optimizer.lr"]
     best = client.get_run(parent.data.tags["best_run_id"]).info.run_name
     assert lines[2].split()[0] == best and len(lines) == 6
-    rows = list(csv.DictReader(io.StringIO(subprocess.run([*compare, "--csv"], capture_output=True, text=True, timeout=120).stdout)))
+    rows = list(csv.DictReader(io.StringIO(subprocess.run([*compare, "--csv"], capture_output=True, text=True,
+                                                          timeout=120).stdout)))
     vals = [float(r["val_accuracy"]) for r in rows]
     assert len(rows) == 4 and vals == sorted(vals, reverse=True)
 
@@ -118,13 +121,15 @@ def test_seed_groups_aggregate_each_config_over_its_seeds(tmp_path: Path) -> Non
             values = [c.data.metrics[metric] for c in group]
             assert float(row[f"{key}_mean"]) == pytest.approx(statistics.fmean(values), abs=1e-12)
             assert float(row[f"{key}_std"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
-        assert float(row["train_seconds_mean"]) == pytest.approx(statistics.fmean(c.data.metrics["train_seconds"] for c in group))
+        assert (float(row["train_seconds_mean"])
+                == pytest.approx(statistics.fmean(c.data.metrics["train_seconds"] for c in group)))
     assert float(rows[0]["val_accuracy_mean"]) >= float(rows[1]["val_accuracy_mean"])  # best group first
     md = Path(client.download_artifacts(parent.info.run_id, "sweep_summary/by_config.md")).read_text()
     assert f"{float(rows[0]['val_accuracy_mean']):.4f} ± {float(rows[0]['val_accuracy_std']):.4f}" in md
 
     # The same table from a terminal.
-    compare = [PYTHON, str(TRAIN_SCRIPT.parent / "compare.py"), parent.info.run_id, "--tracking-uri", uri, "--by-config"]
+    compare = [PYTHON, str(TRAIN_SCRIPT.parent / "compare.py"), parent.info.run_id, "--tracking-uri", uri,
+               "--by-config"]
     text = subprocess.run(compare, capture_output=True, text=True, timeout=120)
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
@@ -158,7 +163,8 @@ def test_submitit_local_launcher(tmp_path: Path) -> None:
 
 
 def test_optuna_search_with_4_trials(tmp_path: Path) -> None:
-    proc, uri = sweep(tmp_path, "+sweep=optuna", "hydra.sweeper.n_trials=4", f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}")
+    proc, uri = sweep(tmp_path, "+sweep=optuna", "hydra.sweeper.n_trials=4",
+                      f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, parent, children = parent_and_children(uri)
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
@@ -167,7 +173,8 @@ def test_optuna_search_with_4_trials(tmp_path: Path) -> None:
         assert c.data.params["model.hidden_size"] in {"64", "128", "256"}
         assert c.data.params["trainer.batch_size"] in {"32", "64", "128"}
     assert parent.data.params["optimizer.lr"] == "tag(log, interval(0.001, 0.5))"
-    check_summary(client, parent, children, ["optimizer.lr", "model.hidden_size", "trainer.batch_size"], finished=4, failed=0)
+    check_summary(client, parent, children, ["optimizer.lr", "model.hidden_size", "trainer.batch_size"], finished=4,
+                  failed=0)
     assert (tmp_path / "sweep" / "optimization_results.yaml").exists()
 
 
@@ -180,7 +187,8 @@ def test_a_diverging_member_fails_alone(tmp_path: Path) -> None:
     status = {c.data.params["optimizer.lr"]: c.info.status for c in children}
     assert status == {"0.1": "FINISHED", "1000000.0": "FAILED", "0.05": "FINISHED"}
     failed = next(c for c in children if c.info.status == "FAILED")
-    assert "TrainingDiverged" in failed.data.tags["failure_reason"] and "epoch 1, batch" in failed.data.tags["failure_reason"]
+    assert ("TrainingDiverged" in failed.data.tags["failure_reason"]
+            and "epoch 1, batch" in failed.data.tags["failure_reason"])
     assert parent.info.status == "FINISHED" and parent.data.tags["members_failed"] == "1"
     check_summary(client, parent, children, ["optimizer.lr"], finished=2, failed=1)
 
@@ -188,8 +196,8 @@ def test_a_diverging_member_fails_alone(tmp_path: Path) -> None:
 @pytest.mark.fault("load", "complete")
 def test_eight_parallel_members_on_a_fresh_store(tmp_path: Path) -> None:
     """Parallel first use of a new SQLite file must not corrupt it: the parent creates it first."""
-    proc, uri = sweep(tmp_path, "+sweep=parallel", "hydra.launcher.n_jobs=8", "seed=range(8)", epochs=2, train_limit=500,
-                      new_store=True)
+    proc, uri = sweep(tmp_path, "+sweep=parallel", "hydra.launcher.n_jobs=8", "seed=range(8)", epochs=2,
+                      train_limit=500, new_store=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, parent, children = parent_and_children(uri)
     assert len(children) == 8 and all(c.info.status == "FINISHED" for c in children)
@@ -203,15 +211,18 @@ def test_eight_parallel_members_on_a_fresh_store(tmp_path: Path) -> None:
 
 
 def test_swept_parameters_command_line_over_search_space() -> None:
-    swept = swept_parameters(["model.hidden_size=64,128", "trainer.epochs=3", "optimizer.lr=tag(log, interval(0.01, 1))"],
+    swept = swept_parameters(["model.hidden_size=64,128", "trainer.epochs=3",
+                              "optimizer.lr=tag(log, interval(0.01, 1))"],
                              {"optimizer.lr": "tag(log, interval(0.001, 0.5))", "trainer.batch_size": "choice(32, 64)"})
-    assert swept == {"optimizer.lr": "tag(log, interval(0.01, 1))", "trainer.batch_size": "choice(32, 64)", "model.hidden_size": "64,128"}
+    assert swept == {"optimizer.lr": "tag(log, interval(0.01, 1))", "trainer.batch_size": "choice(32, 64)",
+                     "model.hidden_size": "64,128"}
 
 
 def test_member_names_show_only_what_the_base_name_does_not() -> None:
     swept = {"model.hidden_size": "64,128", "model.dropout": "0,0.2", "optimizer": "sgd,adam"}
     job = ["model.hidden_size=64", "model.dropout=0.2", "optimizer=adam", "trainer.epochs=3"]
-    assert member_run_name("mlp64-adam-lr0.001-bs128", job, swept, explicit_base=False) == "mlp64-adam-lr0.001-bs128-dropout=0.2"
+    assert (member_run_name("mlp64-adam-lr0.001-bs128", job, swept, explicit_base=False)
+            == "mlp64-adam-lr0.001-bs128-dropout=0.2")
     assert member_run_name("mine", job, swept, explicit_base=True) == "mine-hidden_size=64-dropout=0.2-optimizer=adam"
 
 
@@ -220,7 +231,8 @@ def test_summary_picks_the_best_by_validation_never_by_test() -> None:
         return {"run_id": name, "name": name, "status": status, "params": {"k": name}, "tags": {},
                 "metrics": {} if val is None else {"best_val_accuracy": val, "test_accuracy": test}}
 
-    s = summarize([child("a", "FINISHED", 0.90, 0.99), child("b", "FINISHED", 0.95, 0.80), child("c", "FAILED", None, None)], ["k"])
+    s = summarize([child("a", "FINISHED", 0.90, 0.99), child("b", "FINISHED", 0.95, 0.80),
+                   child("c", "FAILED", None, None)], ["k"])
     assert (s.total, s.finished, s.failed) == (3, 2, 1) and not s.ok
     assert s.best is not None and s.best["name"] == "b"
     assert [r["name"] for r in s.rows] == ["b", "a", "c"]

@@ -72,7 +72,8 @@ def test_server_killed_mid_run_training_goes_on_and_sync_completes_it(
     warnings = [r.getMessage() for r in caplog.records if "stopped answering" in r.getMessage()]
     assert len(warnings) == 1 and f"python scripts/sync.py {out}" in warnings[0]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
-    assert json.loads((out / "summary.json").read_text())["metrics"]["test_accuracy"] == result.metrics["test_accuracy"] > 0.5
+    assert (json.loads((out / "summary.json").read_text())["metrics"]["test_accuracy"]
+            == result.metrics["test_accuracy"] > 0.5)
     assert (out / "weights" / "final.npz").exists() and (out / "plots" / "loss_curves.png").exists()
     journal = read_journal(out / JOURNAL_FILE)
     assert journal.end is not None and journal.end["status"] == "FINISHED" and OFFLINE_TAG in journal.tags
@@ -114,7 +115,8 @@ def test_server_back_before_the_end_the_run_catches_up_by_itself(
 ) -> None:
     out = tmp_path / "run"
     fault_at_epoch(monkeypatch, {2: mlflow_server.kill, 3: mlflow_server.restart})
-    result = run(compose(small_overrides(mlflow_server.url, "trainer.epochs=3", "mlflow.log_plots=false")), output_dir=out)
+    result = run(compose(small_overrides(mlflow_server.url, "trainer.epochs=3", "mlflow.log_plots=false")),
+                 output_dir=out)
     client = MlflowClient(mlflow_server.url)
     r = client.get_run(result.run_id)
     assert r.info.status == "FINISHED" and OFFLINE_TAG in r.data.tags
@@ -134,7 +136,8 @@ def test_sync_into_a_store_without_the_run_creates_it_once(tracking_uri: str, tm
     assert proc.returncode == 0, proc.stderr
     assert "(new run): uploaded " in proc.stdout and "status FINISHED" in proc.stdout
     info = json.loads((out / "mlflow_run.json").read_text())
-    assert info["tracking_uri"] == other and info["previous_run_id"] == original.run_id and info["run_id"] != original.run_id
+    assert (info["tracking_uri"] == other and info["previous_run_id"] == original.run_id
+            and info["run_id"] != original.run_id)
 
     client = MlflowClient(other)
     (copy,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
@@ -213,7 +216,8 @@ def test_server_dying_during_the_sweeps_closing_calls_leaves_a_sync_hint_not_a_t
 
     parent = MlflowTracker(mlflow_server.url, "tests")
     parent.start("sweep seed=0,1", {}, {})
-    monkeypatch.setattr(sweep.SESSION, "open", SweepInfo(parent.run_id, mlflow_server.url, "tests", "sweep seed=0,1", str(tmp_path)))
+    monkeypatch.setattr(sweep.SESSION, "open",
+                        SweepInfo(parent.run_id, mlflow_server.url, "tests", "sweep seed=0,1", str(tmp_path)))
     monkeypatch.setattr(sweep.SESSION, "unsynced", None)
     real = sweep_summary.child_runs
 
@@ -223,7 +227,8 @@ def test_server_dying_during_the_sweeps_closing_calls_leaves_a_sync_hint_not_a_t
 
     monkeypatch.setattr(sweep_summary, "child_runs", server_dies_first)
     assert sweep.SESSION.finish() is None
-    assert sweep.SESSION.unsynced and "\n" not in sweep.SESSION.unsynced  # train.py prints it in one line, with sync.py <sweep dir>
+    # train.py prints it in one line, with sync.py <sweep dir>.
+    assert sweep.SESSION.unsynced and "\n" not in sweep.SESSION.unsynced
 
     # Back up: syncing the sweep dir closes the parent with the summary.
     mlflow_server.restart()
@@ -251,4 +256,5 @@ def test_sync_errors_are_one_line(tmp_path: Path) -> None:
     started = time.monotonic()
     proc = sync_cli(run_dir)
     assert time.monotonic() - started < 30
-    assert proc.returncode == 1 and proc.stderr.startswith("error: MLflow server http://127.0.0.1:") and proc.stderr.count("\n") == 1
+    assert (proc.returncode == 1 and proc.stderr.startswith("error: MLflow server http://127.0.0.1:")
+            and proc.stderr.count("\n") == 1)

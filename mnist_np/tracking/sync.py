@@ -60,12 +60,14 @@ class SyncReport:
     @property
     def sent(self) -> int:
         """How many items were uploaded (0: MLflow already had everything)."""
-        return self.params + self.tags + self.metrics + self.datasets + self.files + int(self.model) + int(self.status is not None)
+        return (self.params + self.tags + self.metrics + self.datasets + self.files + int(self.model)
+                + int(self.status is not None))
 
     def line(self) -> str:
         """One line for the user, e.g. ``run 3f2a... (new run): 14 metric values, 9 files, status FINISHED``."""
-        what = [f"{n} {name}" for n, name in [(self.params, "params"), (self.tags, "tags"), (self.metrics, "metric values"),
-                                               (self.datasets, "dataset inputs"), (self.files, "files")] if n]
+        what = [f"{n} {name}"
+                for n, name in [(self.params, "params"), (self.tags, "tags"), (self.metrics, "metric values"),
+                                 (self.datasets, "dataset inputs"), (self.files, "files")] if n]
         if self.model:
             what.append("the model")
         if self.status:
@@ -76,7 +78,8 @@ class SyncReport:
         return head + ("uploaded " + ", ".join(what) if what else "already complete") + tail
 
 
-def sync_output_dir(output_dir: Path | str, tracking_uri: str | None = None, parent_run_id: str | None = None) -> SyncReport:
+def sync_output_dir(output_dir: Path | str, tracking_uri: str | None = None,
+                    parent_run_id: str | None = None) -> SyncReport:
     """Send MLflow what the run in ``output_dir`` logged and MLflow misses; see the module doc.
 
     Args:
@@ -107,7 +110,8 @@ def sync_output_dir(output_dir: Path | str, tracking_uri: str | None = None, par
     return report
 
 
-def _the_run(output_dir: Path, j: JournalState, tracking_uri: str | None) -> tuple[MlflowTracker, dict[str, Any], SyncReport]:
+def _the_run(output_dir: Path, j: JournalState,
+             tracking_uri: str | None) -> tuple[MlflowTracker, dict[str, Any], SyncReport]:
     """The run the dir belongs to in the store (made as the run would have made it, if the store has none)."""
     assert j.start is not None
     info = read_run_file(output_dir)
@@ -120,7 +124,8 @@ def _the_run(output_dir: Path, j: JournalState, tracking_uri: str | None) -> tup
         # No such run in this store: make it, as the run would have (same name, params, tags, start).
         previous = tracker.run_id
         tracker.start(j.start["run_name"], j.params, j.start["tags"], start_time=j.start.get("start_time"))
-        write_run_file(output_dir, tracker.run_id, uri, experiment, **({"previous_run_id": previous} if previous else {}))
+        write_run_file(output_dir, tracker.run_id, uri, experiment,
+                       **({"previous_run_id": previous} if previous else {}))
         report.run_id, report.created = tracker.run_id, True
         remote = run_snapshot(tracker.client, tracker.run_id)
         assert remote is not None
@@ -134,7 +139,8 @@ def _send_values(tracker: MlflowTracker, j: JournalState, remote: dict[str, Any]
     if missing:
         tracker.log_params(missing)
         report.params = len(missing)
-    values = [(key, value, ts, step) for (key, step), (value, ts) in sorted(j.metrics.items()) if (key, step) not in remote["steps"]]
+    values = [(key, value, ts, step) for (key, step), (value, ts) in sorted(j.metrics.items())
+              if (key, step) not in remote["steps"]]
     if values:
         log_metric_values(tracker.client, tracker.run_id or "", values)
         report.metrics = len(values)
@@ -145,7 +151,8 @@ def _send_values(tracker: MlflowTracker, j: JournalState, remote: dict[str, Any]
             report.datasets += 1
 
 
-def _send_files(tracker: MlflowTracker, output_dir: Path, j: JournalState, remote: dict[str, Any], report: SyncReport) -> None:
+def _send_files(tracker: MlflowTracker, output_dir: Path, j: JournalState, remote: dict[str, Any],
+                report: SyncReport) -> None:
     """Artifact files missing or of another size, and the logged model if the run has none."""
     files, report.gone = _local_files(output_dir, j)
     for artifact, local in files.items():
@@ -204,5 +211,6 @@ def run_dirs(path: Path | str) -> list[Path]:
         return [path]
     members = sorted((p.parent for p in path.glob(f"*/{JOURNAL_FILE}")), key=lambda p: (len(p.name), p.name))
     if not members:
-        raise SyncError(f"{path} holds no {JOURNAL_FILE}, and no sweep members with one; expected a run's or a sweep's output dir")
+        raise SyncError(f"{path} holds no {JOURNAL_FILE}, and no sweep members with one; expected a run's or "
+                        "a sweep's output dir")
     return members
