@@ -34,7 +34,8 @@ def _project_files() -> set[Path]:
 
 @pytest.fixture(scope="session", autouse=True)
 def outputs_stay_clean() -> Iterator[None]:
-    """No test may leave a run or sweep dir in the project's own outputs/, or create its default stores (tmp dirs instead)."""
+    """No test may leave a run or sweep dir in the project's own outputs/, or create its default stores (tmp dirs
+    instead)."""
     before = _project_files()
     yield
     left = sorted(str(p.relative_to(PROJECT_ROOT)) for p in _project_files() - before)
@@ -43,7 +44,8 @@ def outputs_stay_clean() -> Iterator[None]:
 
 @pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
-    """A real MLflow store: a fresh SQLite file in a temp dir (artifacts beside it), migrated already (helpers.stores)."""
+    """A real MLflow store: a fresh SQLite file in a temp dir (artifacts beside it), migrated already
+    (helpers.stores)."""
     return migrated_store(tmp_path / "mlruns" / "mlflow.db")
 
 

@@ -34,57 +34,74 @@ OUTCOMES: dict[str, dict[str, str]] = {
     },
     "bad data": {
         "DataError": "refused with one error naming the file and what is wrong; nothing allocated from a forged size",
-        "next source": "the bad copy reported with its path and set aside (cache) or skipped (data.dir, mirror); the next source used; no partial file left",
+        "next source": "the bad copy reported with its path and set aside (cache) or skipped (data.dir, mirror); the "
+                       "next source used; no partial file left",
         "all sources": "no source works: one error listing every source tried and how to point data.dir at local files",
     },
     "training faults": {
         "FAILED": "the run ended FAILED with its reason (a NaN names the epoch and batch)",
-        "KILLED": "Ctrl-C: the run ended KILLED, exit 130 with one line naming its checkpoint (or that it has none yet) and resume=<run id>",
+        "KILLED": "Ctrl-C: the run ended KILLED, exit 130 with one line naming its checkpoint (or that it has none "
+                  "yet) and resume=<run id>",
         "warning": "a failing plot left the run FINISHED with a warnings tag",
         "file kept": "full disk mid-write: the previous checkpoint or weights file intact, no temp file left",
         "resumed": "the run resumed from its last checkpoint and ended FINISHED with every epoch once",
         "reaped": "killed from outside (kill -9): closed FAILED by the next run or the sweep, never left RUNNING",
-        "search goes on": "failing trials of a guided search (diverged, invalid value): told FAILED, the study ran all n_trials, one error line",
-        "refused": "a second command on a run that is still training (resume=<run>): refused in one line naming the live process "
-                   "(host, pid), exit 2, nothing touched; the live run ended FINISHED with one metric point per epoch",
-        "one winner": "two resume= commands racing for the same killed run: exactly one trained it to FINISHED, every epoch once; "
-                      "the other was refused in one line naming the winner, exit 2",
-        "atomic": "every file a later command reads (config, summary, environment, checkpoints, weights, run and sweep files) "
-                  "written to a temporary file and renamed, never opened in place; the train.log artifact ends with the run's last line",
+        "search goes on": "failing trials of a guided search (diverged, invalid value): told FAILED, the study ran all "
+                          "n_trials, one error line",
+        "refused": "a second command on a run that is still training (resume=<run>): refused in one line naming the "
+                   "live process (host, pid), exit 2, nothing touched; the live run ended FINISHED with one "
+                   "metric point per epoch",
+        "one winner": "two resume= commands racing for the same killed run: exactly one trained it to FINISHED, every "
+                      "epoch once; the other was refused in one line naming the winner, exit 2",
+        "atomic": "every file a later command reads (config, summary, environment, checkpoints, weights, run and sweep "
+                  "files) written to a temporary file and renamed, never opened in place; the train.log artifact ends "
+                  "with the run's last line",
     },
     "sweep members": {
-        "recorded": "a member stopped before its run existed (data not obtainable, its store unreachable) or by its worker process "
-                    "SIGKILLed: a FAILED child with its reason, counted in the summary, `error: N of M sweep members failed`, exit 1",
+        "recorded": "a member stopped before its run existed (data not obtainable, its store unreachable) or by its "
+                    "worker process SIGKILLed: a FAILED child with its reason, counted in the summary, `error: N of M "
+                    "sweep members failed`, exit 1",
     },
     "sweep killed": {
-        "resumed": "a grid sweep killed with kill -9 (basic and joblib launchers) mid-member, then --multirun resume=: the same parent, finished "
-                   "members kept untouched, the interrupted ones resumed into their own runs, every member FINISHED once, bit-identical to the same config trained uninterrupted",
-        "search resumed": "a guided search killed with kill -9, then resume=: the same study and parent, exactly n_trials trials, nothing left RUNNING",
-        "refused": "--multirun resume= of a sweep whose process still runs: refused in one line naming it (host, pid), exit 2; "
-                   "the sweep finished untouched",
-        "preempted": "a Slurm member preempted on a real one-node Slurm (SIGTERM, then SIGUSR2): submitit requeued it, it resumed from its "
-                     "checkpoint into its own MLflow run, FINISHED with every epoch once, bit-identical to an uninterrupted member",
+        "resumed": "a grid sweep killed with kill -9 (basic and joblib launchers) mid-member, then --multirun resume=: "
+                   "the same parent, finished members kept untouched, the interrupted ones resumed into their own "
+                   "runs, every member FINISHED once, bit-identical to the same config trained uninterrupted",
+        "search resumed": "a guided search killed with kill -9, then resume=: the same study and parent, exactly "
+                          "n_trials trials, nothing left RUNNING",
+        "refused": "--multirun resume= of a sweep whose process still runs: refused in one line naming it (host, pid), "
+                   "exit 2; the sweep finished untouched",
+        "preempted": "a Slurm member preempted on a real one-node Slurm (SIGTERM, then SIGUSR2): submitit requeued it, "
+                     "it resumed from its checkpoint into its own MLflow run, FINISHED with every epoch once, "
+                     "bit-identical to an uninterrupted member",
     },
     "tracking faults": {
         "fail fast": "server down at the start: one line within seconds, before any data or run",
-        "synced": "server killed mid-run: the training finished, scripts/sync.py completed the same run, a second sync sent nothing",
+        "synced": "server killed mid-run: the training finished, scripts/sync.py completed the same run, a "
+                  "second sync sent nothing",
         "caught up": "server back before the end: the run uploaded what it missed by itself",
         "new run": "a store without the run: scripts/sync.py made one complete new run, once",
-        "sweep unsynced": "server killed during the sweep's closing calls: no traceback, one line naming sync.py; the parent closed later",
-        "sweep copied": "a sweep synced into another store: one parent there, every member its child, summarised; syncing again sent nothing",
+        "sweep unsynced": "server killed during the sweep's closing calls: no traceback, one line naming sync.py; "
+                          "the parent closed later",
+        "sweep copied": "a sweep synced into another store: one parent there, every member its child, summarised; "
+                        "syncing again sent nothing",
         "one line": "scripts/sync.py on a wrong folder or a down server: one line, exit 2 or 1",
         "store race": "parallel members racing in the store: retried or closed, one consistent record",
     },
     "load": {
-        "complete": "8 parallel members (on a fresh SQLite store, and against a real mlflow server): all FINISHED, every per-epoch metric present",
-        "restarted": "server SIGKILLed and restarted mid-sweep, then scripts/sync.py: all 8 members FINISHED, nothing missing",
-        "postgresql": "a team server on PostgreSQL SIGKILLed and restarted mid-sweep (4 joblib members), then scripts/sync.py: all FINISHED, nothing missing",
+        "complete": "8 parallel members (on a fresh SQLite store, and against a real mlflow server): all FINISHED, "
+                    "every per-epoch metric present",
+        "restarted": "server SIGKILLed and restarted mid-sweep, then scripts/sync.py: all 8 members "
+                     "FINISHED, nothing missing",
+        "postgresql": "a team server on PostgreSQL SIGKILLed and restarted mid-sweep (4 joblib members), then "
+                      "scripts/sync.py: all FINISHED, nothing missing",
     },
     "security": {
-        "source": "source check: every np.load passes allow_pickle=False; no pickle, eval, exec, yaml.load or instantiate",
+        "source": "source check: every np.load passes allow_pickle=False; no pickle, eval, exec, "
+                  "yaml.load or instantiate",
         "refused": "a pickled or tampered file from a run refused in one line; its payload never ran",
         "loopback": "make ui and the project's servers bind 127.0.0.1 unless a host is passed; conf/ names no code",
-        "logins": "the docs' basic-auth server: no login, a wrong password or another user's experiment refused in one line; a user's run FINISHED",
+        "logins": "the docs' basic-auth server: no login, a wrong password or another user's experiment refused in one "
+                  "line; a user's run FINISHED",
         "not an image": "predict: a file that is not an image refused in one line naming it and what is accepted",
     },
 }
@@ -129,7 +146,8 @@ class ReliabilityPlugin:
             outcome = mark.kwargs.get("outcome") or (mark.args[1] if len(mark.args) > 1 else "")
             if outcome not in OUTCOMES.get(cls, {}):
                 known = ", ".join(f"{c}: {sorted(o)}" for c, o in OUTCOMES.items())
-                raise pytest.UsageError(f"{item.nodeid}: fault({cls!r}, {outcome!r}) is not a known class and outcome; known: {known}")
+                raise pytest.UsageError(f"{item.nodeid}: fault({cls!r}, {outcome!r}) is not a known class and "
+                                        f"outcome; known: {known}")
             self.expected.add(item.nodeid)
             self.cases[item.nodeid] = Case(cls, outcome, int(mark.kwargs.get("cases", 1)))
 
