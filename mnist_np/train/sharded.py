@@ -14,10 +14,10 @@ and forth at every call -- each hand-over waking a sleeping thread, which
 costs tens of microseconds on a virtual machine. Forked processes share the
 data (copy-on-write), the parameters and the state matrix (an anonymous
 shared mapping), have a GIL each, and meet through doorbells
-(:class:`mnist_np.common.waits.Doorbell`): a waiting process tries for a
-few microseconds -- within a step the other side is about that far -- and
-then sleeps until it is rung, so it never takes a core that the process
-it waits for needs. Every store a step hands over is made before the ring
+(:class:`mnist_np.common.waits.Doorbell`): a waiting process tries for up
+to a few hundred microseconds -- within a step the other side is about
+that far -- and then sleeps until it is rung, so it never holds a core
+for longer than that while the process it waits for needs it. Every store a step hands over is made before the ring
 that announces it (the semaphore's operations order memory as POSIX
 requires). Other systems than Linux on x86-64 use the plain one-process
 stepper (see :func:`mnist_np.train.stepper.can_shard`).
