@@ -23,7 +23,7 @@ from mnist_np.experiment.config.compose import compose
 from mnist_np.experiment.run.outputs import EpochLogger
 from mnist_np.experiment.run.single import run
 from mnist_np.tracking import tracker
-from mnist_np.tracking.conventions import OFFLINE_TAG
+from mnist_np.tracking.conventions import OFFLINE_TAG, OUTPUT_DIR_TAG
 from mnist_np.tracking.journal import JOURNAL_FILE, read_journal
 from mnist_np.tracking.sync import sync_output_dir
 
@@ -123,6 +123,26 @@ def test_server_back_before_the_end_the_run_catches_up_by_itself(
     gaps = mlflow_gaps(client, result.run_id, out)
     lost.record(runs=0, metrics=gaps["metrics"])
     assert gaps == {"metrics": 0, "duplicates": 0, "files": 0}
+    assert sync_output_dir(out).sent == 0
+
+
+@pytest.mark.fault("tracking faults", "synced")
+def test_a_run_killed_before_it_wrote_its_run_file_is_synced_into_itself_not_a_copy(tracking_uri: str,
+                                                                                    tmp_path: Path) -> None:
+    """Killed between MLflow creating its run and mlflow_run.json: sync finds that run by its dir and name."""
+    out = tmp_path / "run"
+    made = tracker.MlflowTracker(tracking_uri, "tests", journal=out / JOURNAL_FILE)
+    out.mkdir()
+    run_id = made.start("mlp16-sgd-lr0.1-bs128", {"seed": "0"}, {OUTPUT_DIR_TAG: str(out)})
+    made.log_metrics({"val_loss": 0.5}, step=1)
+    made.journal.note_end("FINISHED", None)  # the rest only reached the journal
+    assert not (out / "mlflow_run.json").exists()
+
+    report = sync_output_dir(out)
+    client = MlflowClient(tracking_uri)
+    (only,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert report.run_id == run_id == only.info.run_id and not report.created and only.info.status == "FINISHED"
+    assert json.loads((out / "mlflow_run.json").read_text())["run_id"] == run_id
     assert sync_output_dir(out).sent == 0
 
 

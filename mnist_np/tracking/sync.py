@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_np.tracking.conventions import FAILURE_TAG, PARENT_RUN_TAG
+from mnist_np.tracking.conventions import FAILURE_TAG, OUTPUT_DIR_TAG, PARENT_RUN_TAG
 from mnist_np.tracking.journal import JOURNAL_FILE, JournalState, read_journal, read_run_file, write_run_file
 from mnist_np.tracking.queries import run_snapshot
 from mnist_np.tracking.runs import close_run, log_metric_values
@@ -117,9 +117,11 @@ def _the_run(output_dir: Path, j: JournalState,
     info = read_run_file(output_dir)
     uri = tracking_uri or info.get("tracking_uri") or j.start["tracking_uri"]
     experiment = info.get("experiment_name") or j.start["experiment_name"]
-    tracker = MlflowTracker(uri, experiment, run_id=info.get("run_id"))
+    tracker = MlflowTracker(uri, experiment, run_id=info.get("run_id") or _made_before(uri, experiment, j))
     remote = run_snapshot(tracker.client, tracker.run_id) if tracker.run_id else None
     report = SyncReport(output_dir, tracker.run_id or "")
+    if remote is not None and not info:  # the run existed, its process died before it wrote mlflow_run.json
+        write_run_file(output_dir, tracker.run_id or "", uri, experiment)
     if remote is None:
         # No such run in this store: make it, as the run would have (same name, params, tags, start).
         previous = tracker.run_id
@@ -130,6 +132,21 @@ def _the_run(output_dir: Path, j: JournalState,
         remote = run_snapshot(tracker.client, tracker.run_id)
         assert remote is not None
     return tracker, remote, report
+
+
+def _made_before(uri: str, experiment: str, j: JournalState) -> str | None:
+    """The run this dir's process made in the store but never wrote down (killed between the two): its id, or None.
+
+    Found by the output dir and name it was tagged with; without this, syncing would make a second run for it.
+    """
+    assert j.start is not None
+    where = j.start["tags"].get(OUTPUT_DIR_TAG)
+    if not where or "'" in where:
+        return None
+    tracker = MlflowTracker(uri, experiment)
+    runs = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`{OUTPUT_DIR_TAG}` = '{where}'")
+    same = [r.info.run_id for r in runs if r.info.run_name == j.start["run_name"]]
+    return same[0] if len(same) == 1 else None
 
 
 def _send_values(tracker: MlflowTracker, j: JournalState, remote: dict[str, Any], report: SyncReport) -> None:
