@@ -9,7 +9,7 @@ ARGS   ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: venv train test test-lowest ui docs sweep bench clean
+.PHONY: venv train test test-lowest lint ui docs sweep bench clean
 
 venv: $(STAMP)
 
@@ -22,8 +22,18 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(PY) scripts/train.py $(ARGS)
 
+# The linter first (seconds), then the suite in as many processes as the cores this process may use
+# (affinity, cgroup quota, Slurm: mnist_np.common.cores), plus one: tests spend part of their time
+# waiting on servers and subprocesses. Tests that share a costly fixture stay in one (tests/conftest.py).
+TEST_WORKERS = $$($(PY) -c 'from mnist_np.common.cores import available_cores; print(available_cores().count + 1)')
+
 test: $(STAMP)
-	$(PY) -m pytest $(ARGS)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
+
+# The linter alone, e.g. `make lint ARGS=--fix`.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(ARGS) .
 
 # The oldest supported libraries: the fast tests in a second venv resolved to the lowest
 # versions pyproject.toml allows (uv's lowest-direct resolution), so its floors are tested ones.
@@ -35,7 +45,7 @@ $(LOWEST)/.installed: pyproject.toml
 	touch $@
 
 test-lowest: $(LOWEST)/.installed
-	$(LOWEST)/bin/python -m pytest -m "not slow" -p no:cacheprovider $(ARGS)
+	$(LOWEST)/bin/python -m pytest -m "not slow" -p no:cacheprovider -n $$($(LOWEST)/bin/python -c 'from mnist_np.common.cores import available_cores; print(available_cores().count + 1)') --dist loadgroup $(ARGS)
 
 # The UI reads the same store `make train` writes (mlflow.db at the project
 # root); it binds to loopback unless HOST is given.

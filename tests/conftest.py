@@ -32,6 +32,26 @@ def _project_files() -> set[Path]:
             | {p for p in (PROJECT_ROOT / "mlflow.db", PROJECT_ROOT / "optuna.db") if p.exists()})
 
 
+# Session fixtures that start a cluster of daemons: under pytest-xdist (`make test` runs the suite in as many
+# processes as there are cores) every test that uses one runs in the same worker, so each starts once.
+CLUSTERS = ("postgres", "slurm")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (it renames the grouped tests' ids)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep together, under pytest-xdist, the tests that share an expensive fixture: each is then built once."""
+    for item in items:
+        if set(CLUSTERS) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("clusters"))
+        elif _uses_module_fixture(item):  # a server and a sweep for a whole module (tests/test_browser.py)
+            item.add_marker(pytest.mark.xdist_group(f"module:{item.nodeid.split('::')[0]}"))
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(defs[-1].scope == "module" for defs in info.name2fixturedefs.values() if defs)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def outputs_stay_clean() -> Iterator[None]:
     """No test may leave a run or sweep dir in the project's own outputs/, or create its default stores (tmp dirs

@@ -110,16 +110,25 @@ CLASSES = tuple(OUTCOMES)
 
 @dataclass
 class Lost:
-    """What a fault test measured as lost (``None``: the test does not measure it)."""
+    """What a fault test measured as lost (``None``: the test does not measure it).
+
+    Kept on the test item too (``user_properties``), so that it reaches the
+    process that writes the table in the test's report, also from a
+    pytest-xdist worker.
+    """
 
     runs: int | None = None
     metrics: int | None = None
+    item: pytest.Item | None = field(default=None, repr=False, compare=False)
 
     def record(self, runs: int | None = None, metrics: int | None = None) -> None:
         if runs is not None:
             self.runs = (self.runs or 0) + runs
         if metrics is not None:
             self.metrics = (self.metrics or 0) + metrics
+        if self.item is not None:
+            props = [p for p in self.item.user_properties if p[0] != LOST]
+            self.item.user_properties[:] = [*props, (LOST, [self.runs, self.metrics])]
 
 
 @dataclass
@@ -131,13 +140,21 @@ class Case:
     lost: Lost = field(default_factory=Lost)
 
 
+# What a fault test's report carries (user_properties): its class and outcome, what it lost, and how many
+# fault tests the suite holds (counted at collection, before -k/-m deselect any).
+FAULT, LOST, TOTAL = "reliability.fault", "reliability.lost", "reliability.total"
+
+
 class ReliabilityPlugin:
+    """Collects the fault tests' outcomes from their reports -- in this process, or from pytest-xdist's workers."""
+
     def __init__(self) -> None:
-        self.expected: set[str] = set()  # every fault test collected, before -k/-m deselection
         self.cases: dict[str, Case] = {}
+        self.total: int | None = None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        total = sum(item.get_closest_marker("fault") is not None for item in items)
         for item in items:
             mark = item.get_closest_marker("fault")
             if mark is None:
@@ -148,24 +165,29 @@ class ReliabilityPlugin:
                 known = ", ".join(f"{c}: {sorted(o)}" for c, o in OUTCOMES.items())
                 raise pytest.UsageError(f"{item.nodeid}: fault({cls!r}, {outcome!r}) is not a known class and "
                                         f"outcome; known: {known}")
-            self.expected.add(item.nodeid)
-            self.cases[item.nodeid] = Case(cls, outcome, int(mark.kwargs.get("cases", 1)))
+            item.user_properties += [(FAULT, [cls, outcome, int(mark.kwargs.get("cases", 1))]), (TOTAL, total)]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        case = self.cases.get(report.nodeid)
-        if case is None:
+        props = dict(report.user_properties)
+        if FAULT not in props:
             return
+        case = self.cases.setdefault(report.nodeid, Case(*props[FAULT]))
+        self.total = props.get(TOTAL, self.total)
+        if LOST in props:
+            case.lost = Lost(*props[LOST])
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
             case.result = report.outcome
         elif report.when == "teardown" and report.outcome == "failed":
             case.result = "failed"
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        ran = {nodeid for nodeid, c in self.cases.items() if c.result != "not run"}
-        if not self.expected or ran != self.expected or session.config.getoption("collectonly"):
-            return
-        if not _whole_suite(session.config):
-            return
+        config = session.config
+        if hasattr(config, "workerinput") or config.getoption("collectonly") or not self.cases:
+            return  # a pytest-xdist worker: the controller writes the table from every worker's reports
+        if config.getoption("keyword") or config.getoption("markexpr") or not _whole_suite(config):
+            return  # a subset of the suite (-k, -m, chosen files): the table would say less than it should
+        if len(self.cases) != self.total or any(c.result == "not run" for c in self.cases.values()):
+            return  # some fault test did not run (-x stopped the session, say)
         REPORT.parent.mkdir(parents=True, exist_ok=True)
         REPORT.write_text(render(list(self.cases.values())))
 
@@ -228,5 +250,4 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def lost(request: pytest.FixtureRequest) -> Lost:
     """Where a fault test records what it measured as lost (it must also assert zero)."""
-    case = _plugin.cases.get(request.node.nodeid)
-    return case.lost if case is not None else Lost()
+    return Lost(item=request.node)
