@@ -8,10 +8,11 @@
     python scripts/bench.py run                   # a whole default `make train` run: time outside the epochs, memory
     python scripts/bench.py run --with mlflow.log_system_metrics=false   # what a key costs a default run
     python scripts/bench.py search                # the same guided search with and without pruning
-    python scripts/bench.py contention            # default, threads=1 and PyTorch alone, under taskset, a quota, a neighbour
+    python scripts/bench.py search --jobs 2       # 2 workers: the batch-synchronous against the asynchronous search
+    python scripts/bench.py contention            # default, threads=1, PyTorch: alone, taskset, quota, neighbour
     python scripts/bench.py contention --code /tmp/before   # ... the same with another checkout's code
     python scripts/bench.py waits                 # the waits between processes: semaphore, eventfd, pipe
-    python scripts/bench.py loop --track          # ... and record the results as a run in the MLflow experiment `benchmarks`
+    python scripts/bench.py loop --track          # ... and record the results in the MLflow experiment `benchmarks`
 
 ``loop`` times the project's own training loop (``mnist_np.train.loop.fit``,
 built from the config by a run's own builders, ``mnist_np.experiment.config.builders``) per epoch for each
@@ -100,17 +101,24 @@ class Ours:
         import numpy as np
         from threadpoolctl import threadpool_limits
 
-        from mnist_np.experiment.config.builders import build_augmentation, build_model, build_optimizer, build_schedule, rng_streams
+        from mnist_np.experiment.config.builders import (
+            build_augmentation,
+            build_model,
+            build_optimizer,
+            build_schedule,
+            rng_streams,
+        )
         from mnist_np.train.loop import TrainSettings, fit
 
         cfg, sp = self.cfg, self.splits
         rngs = rng_streams(cfg.seed)
         model = build_model(cfg, rngs["init"], np.dtype(cfg.trainer.dtype))
-        settings = TrainSettings(epochs=epochs, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
-                                 threads=self.threads)
+        settings = TrainSettings(epochs=epochs, batch_size=cfg.trainer.batch_size,
+                                 eval_batch_size=cfg.trainer.eval_batch_size, threads=self.threads)
         with threadpool_limits(limits=self.threads, user_api="blas"):
             result = fit(model, build_optimizer(cfg), build_schedule(cfg), sp.x_train, sp.y_train, sp.x_val, sp.y_val,
-                         settings, rngs["shuffle"], rngs["dropout"], augmentation=build_augmentation(cfg), augment_rng=rngs["augment"])
+                         settings, rngs["shuffle"], rngs["dropout"], augmentation=build_augmentation(cfg),
+                         augment_rng=rngs["augment"])
         return [h["epoch_seconds"] for h in result.history], model.sizes
 
 
@@ -218,22 +226,24 @@ def bench_loop(args: argparse.Namespace) -> dict:
     threads = args.threads
     cases = [(f"default, batch {bs}", [f"trainer.batch_size={bs}"], True) for bs in args.batch_sizes]
     cases.append(("seed_baseline (float64, batch 64)", ["+experiment=seed_baseline"], False))
-    rows = [] if args.augment_only else [loop_case(name, overrides, compare, args) for name, overrides, compare in cases]
+    rows = ([] if args.augment_only
+            else [loop_case(name, overrides, compare, args) for name, overrides, compare in cases])
     augment = augment_case(args.augment, args)
     peaks_all = [p for r in rows for p in r["peaks"]] or [gemm_peak(threads)]
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     from mnist_np.train.stepper import shard_count
 
     result = {
-        "benchmark": "loop", "threads": threads, "repeats": args.repeats, "gemm_peak_gflops": statistics.median(peaks_all),
-        "numpy": np.__version__,
-        "blas": f"{blas[0].get('internal_api')} {blas[0].get('version')} ({blas[0].get('architecture')})" if blas else "?",
+        "benchmark": "loop", "threads": threads, "repeats": args.repeats,
+        "gemm_peak_gflops": statistics.median(peaks_all), "numpy": np.__version__,
+        "blas": (f"{blas[0].get('internal_api')} {blas[0].get('version')} ({blas[0].get('architecture')})"
+                 if blas else "?"),
         "platform": platform.platform(), "cpu_count": os.cpu_count(), "rows": rows,
         "shards": {bs: shard_count(bs, threads) for bs in args.batch_sizes}, "augment": augment,
     }
     print()
-    print(f"float32 GEMM peak: {result['gemm_peak_gflops']:.0f} GFLOP/s with {threads} thread(s) (median of {len(peaks_all)}); "
-          f"numpy {np.__version__}, {result['blas']}")
+    print(f"float32 GEMM peak: {result['gemm_peak_gflops']:.0f} GFLOP/s with {threads} thread(s) (median of "
+          f"{len(peaks_all)}); numpy {np.__version__}, {result['blas']}")
     print(f"medians of {args.repeats} rounds; ratios are medians of each round's ratio")
     print(f"{'':36s}{'ours s':>8s}{'bound s':>9s}{'ours/bound':>11s}{'torch s':>9s}{'ours/torch':>11s}")
     for r in rows:
@@ -241,16 +251,18 @@ def bench_loop(args: argparse.Namespace) -> dict:
         print(f"{r['name']:36s}{r['ours_s']:8.3f}{f(r['bound_s'], '9.3f'):>9s}{f(r['ours_over_bound'], '11.2f'):>11s}"
               f"{f(r['torch_s'], '9.3f'):>9s}{f(r['ours_over_torch'], '11.2f'):>11s}")
     print(f"{'':36s}{'plain s':>8s}{'augmented s':>12s}{'overhead':>10s}")
-    print(f"{augment['name']:36s}{augment['plain_s']:8.3f}{augment['augmented_s']:12.3f}{100 * augment['overhead']:9.1f}%")
+    print(f"{augment['name']:36s}{augment['plain_s']:8.3f}{augment['augmented_s']:12.3f}"
+          f"{100 * augment['overhead']:9.1f}%")
     return result
 
 
 def time_run(store: Path, overrides: list[str], speedups: str) -> dict:
-    """One default run as a subprocess (``MNIST_NP_SPEEDUPS=speedups``): wall, epoch and outside seconds, peak memory."""
+    """One default run as a subprocess (``MNIST_NP_SPEEDUPS=speedups``): wall, epoch and outside seconds, peak
+    memory."""
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, str(TRAIN), "trainer.progress=false", f"mlflow.tracking_uri=sqlite:///{store / 'mlflow.db'}",
-               f"hydra.run.dir={out}", *overrides]
+        cmd = [sys.executable, str(TRAIN), "trainer.progress=false",
+               f"mlflow.tracking_uri=sqlite:///{store / 'mlflow.db'}", f"hydra.run.dir={out}", *overrides]
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "MNIST_NP_SPEEDUPS": speedups})
@@ -285,14 +297,14 @@ def bench_run(args: argparse.Namespace) -> dict:
         for name, (value, extra) in variants.items():
             row = time_run(store, [*args.overrides, *extra], value)
             rows[name].append(row)
-            print(f"  run {i + 1}/{args.repeats} {name:32s} wall {row['wall_s']:.2f} s, epochs {row['epochs_s']:.2f} s, "
-                  f"outside {row['outside_epochs_s']:.2f} s, peak {row['peak_rss_gb']:.2f} GB", flush=True)
+            print(f"  run {i + 1}/{args.repeats} {name:32s} wall {row['wall_s']:.2f} s, epochs {row['epochs_s']:.2f} "
+                  f"s, outside {row['outside_epochs_s']:.2f} s, peak {row['peak_rss_gb']:.2f} GB", flush=True)
     shutil.rmtree(store, ignore_errors=True)
     keys = ("wall_s", "epochs_s", "outside_epochs_s", "peak_rss_gb")
     medians = {name: {k: statistics.median(r[k] for r in runs) for k in keys} for name, runs in rows.items()}
     med = medians["default"]
-    print(f"median: wall {med['wall_s']:.2f} s = epochs {med['epochs_s']:.2f} s + outside {med['outside_epochs_s']:.2f} s; "
-          f"peak resident memory {med['peak_rss_gb']:.2f} GB")
+    print(f"median: wall {med['wall_s']:.2f} s = epochs {med['epochs_s']:.2f} s + outside "
+          f"{med['outside_epochs_s']:.2f} s; peak resident memory {med['peak_rss_gb']:.2f} GB")
     # The shortcuts act outside the epochs, so their time is compared there: the epochs' own
     # noise (a second either way on a shared machine) stays out of the differences.
     saved = {name.removeprefix("without "): statistics.median(r["outside_epochs_s"] - d["outside_epochs_s"]
@@ -307,8 +319,9 @@ def bench_run(args: argparse.Namespace) -> dict:
         diffs = [d["wall_s"] - r["wall_s"] for r, d in zip(runs, rows["default"])]
         costs[override] = {"default_minus_variant_s": statistics.median(diffs),
                            "fraction_of_default_wall": statistics.median(diffs) / med["wall_s"]}
-        print(f"  the default costs {statistics.median(diffs):+.2f} s ({100 * costs[override]['fraction_of_default_wall']:+.1f}% of "
-              f"its wall time) more than with {override} (median of paired differences of the wall time)")
+        print(f"  the default costs {statistics.median(diffs):+.2f} s "
+              f"({100 * costs[override]['fraction_of_default_wall']:+.1f}% of its wall time) more than with {override} "
+              "(median of paired differences of the wall time)")
     return {"benchmark": "run", "overrides": args.overrides, "runs": rows["default"], "median": med, "variants": rows,
             "variant_medians": medians, "speedup_saves_s": saved, "costs_vs": costs, "platform": platform.platform(),
             "cpu_count": os.cpu_count()}
@@ -352,27 +365,33 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     lp = sub.add_parser("loop", help="the training loop per epoch against the roofline and PyTorch")
     lp.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
-    lp.add_argument("--repeats", type=int, default=5, help="rounds per case, each timing two epochs after a warm-up epoch")
+    lp.add_argument("--repeats", type=int, default=5,
+                    help="rounds per case, each timing two epochs after a warm-up epoch")
     lp.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     lp.add_argument("--no-torch", action="store_true")
-    lp.add_argument("--augment", default=None, help="the augmentation the best preset is timed with and without (default: its own)")
-    lp.add_argument("--augment-only", action="store_true", help="only that row (best preset with and without augmentation)")
+    lp.add_argument("--augment", default=None,
+                    help="the augmentation the best preset is timed with and without (default: its own)")
+    lp.add_argument("--augment-only", action="store_true",
+                    help="only that row (best preset with and without augmentation)")
     lp.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-loop.json")
     p, q = bench_sweeps.add_parsers(sub, ROOT / "outputs")
     bench_contention.add_parsers(sub, ROOT / "outputs")
     r = sub.add_parser("run", help="whole default runs: time outside the epochs and peak memory")
     r.add_argument("--repeats", type=int, default=3)
-    r.add_argument("--speedups", action="store_true", help="also time the run with each shortcut of mnist_np.speedups off in turn")
+    r.add_argument("--speedups", action="store_true",
+                   help="also time the run with each shortcut of mnist_np.speedups off in turn")
     r.add_argument("--with", dest="with_", action="append", default=[], metavar="KEY=VALUE",
                    help="also time the run with this override, e.g. mlflow.log_system_metrics=false (repeatable)")
     r.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-run.json")
     r.add_argument("overrides", nargs="*", help="Hydra overrides for the runs (default: none, the default config)")
     for sp in (lp, p, q, r):
-        sp.add_argument("--track", action="store_true", help="also record the results in the MLflow experiment `benchmarks`")
+        sp.add_argument("--track", action="store_true",
+                        help="also record the results in the MLflow experiment `benchmarks`")
         sp.add_argument("--tracking-uri", default=None, help="store for --track (default: as for training)")
     args = parser.parse_args()
-    result = {"loop": bench_loop, "sweep": bench_sweeps.bench_sweep, "search": bench_sweeps.bench_search, "run": bench_run,
-              "contention": bench_contention.bench_contention, "waits": bench_contention.bench_waits}[args.what](args)
+    result = {"loop": bench_loop, "sweep": bench_sweeps.bench_sweep, "search": bench_sweeps.bench_search,
+              "run": bench_run, "contention": bench_contention.bench_contention,
+              "waits": bench_contention.bench_waits}[args.what](args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.json}")

@@ -1,4 +1,5 @@
-"""Benchmarks of speed on a busy machine (``bench.py contention``) and of the waits between processes (``bench.py waits``).
+"""Benchmarks of speed on a busy machine (``bench.py contention``) and of the waits between processes (``bench.py
+waits``).
 
 ``contention`` times an epoch of the default run (784-128-10, batch 128) in
 three variants -- the default (``trainer.threads`` unset: the run decides
@@ -80,12 +81,12 @@ def drive(kind: str, overrides: list[str], epochs: int) -> dict:
     _, sp = builders.load_splits(cfg)
     rngs = builders.rng_streams(cfg.seed)
     model = builders.build_model(cfg, rngs["init"], np.dtype(cfg.trainer.dtype))
-    settings = TrainSettings(epochs=epochs, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
-                             threads=threads)
+    settings = TrainSettings(epochs=epochs, batch_size=cfg.trainer.batch_size,
+                             eval_batch_size=cfg.trainer.eval_batch_size, threads=threads)
     with threadpool_limits(limits=threads, user_api="blas"):
-        result = fit(model, builders.build_optimizer(cfg), builders.build_schedule(cfg), sp.x_train, sp.y_train, sp.x_val,
-                     sp.y_val, settings, rngs["shuffle"], rngs["dropout"], augmentation=builders.build_augmentation(cfg),
-                     augment_rng=rngs["augment"])
+        result = fit(model, builders.build_optimizer(cfg), builders.build_schedule(cfg), sp.x_train, sp.y_train,
+                     sp.x_val, sp.y_val, settings, rngs["shuffle"], rngs["dropout"],
+                     augmentation=builders.build_augmentation(cfg), augment_rng=rngs["augment"])
     return {"epochs": [h["epoch_seconds"] for h in result.history], "threads": threads}
 
 
@@ -95,7 +96,8 @@ def child_command(variant: str, epochs: int) -> list[str]:
 
 
 def child_env(code: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    return {**os.environ,
+            "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
 
 
 def finish(proc: subprocess.Popen) -> dict:
@@ -115,7 +117,8 @@ def first_and_last_core() -> tuple[int, int]:
 
 
 class QuotaCgroup:
-    """A cgroup of this benchmark's own with a CPU quota of one core (v2 ``cpu.max`` or v1 CFS); removed by :meth:`remove`."""
+    """A cgroup of this benchmark's own with a CPU quota of one core (v2 ``cpu.max`` or v1 CFS); removed by
+    :meth:`remove`."""
 
     def __init__(self) -> None:
         self.path: Path | None = None
@@ -220,14 +223,14 @@ def bench_contention(args: argparse.Namespace) -> dict:
                 results = measure(condition, variant, code, args.epochs, cgroup)  # type: ignore[arg-type]
                 times[condition][variant].append(statistics.mean(x["epoch_s"] for x in results))
                 threads[condition][variant] = results[0]["threads"]
-                print(f"  round {r + 1}/{args.repeats} {condition:12s} {variant:20s} {times[condition][variant][-1]:.3f} s/epoch "
-                      f"({results[0]['threads']} thread(s))", flush=True)
+                print(f"  round {r + 1}/{args.repeats} {condition:12s} {variant:20s} "
+                      f"{times[condition][variant][-1]:.3f} s/epoch ({results[0]['threads']} thread(s))", flush=True)
     finally:
         if cgroup is not None:
             cgroup.remove()
     rows = [summarise(c, times[c], threads[c]) for c in conditions]
-    result = {"benchmark": "contention", "code": str(code), "repeats": args.repeats, "epochs": args.epochs, "rows": rows,
-              "skipped": skipped, "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))}
+    result = {"benchmark": "contention", "code": str(code), "repeats": args.repeats, "epochs": args.epochs,
+              "rows": rows, "skipped": skipped, "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0))}
     print_table(result)
     return result
 
@@ -262,7 +265,8 @@ def print_table(result: dict) -> None:
     print(f"{'condition':14s}" + "".join(f"{h:>13s}" for h in COLUMNS.values()) + "   threads")
     for row in result["rows"]:
         cells = [f"{row[c]:13.3f}" if row.get(c) is not None else f"{'-':>13s}" for c in COLUMNS]
-        print(f"{row['condition']:14s}" + "".join(cells) + "   " + ", ".join(f"{k} {v}" for k, v in row["threads"].items()))
+        print(f"{row['condition']:14s}" + "".join(cells) + "   "
+              + ", ".join(f"{k} {v}" for k, v in row["threads"].items()))
     for what, why in result["skipped"].items():
         print(f"skipped {what}: {why}")
 
@@ -341,19 +345,23 @@ def bench_waits(args: argparse.Namespace) -> dict:
     os.waitpid(pid, 0)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    result = {"benchmark": "waits", "per_call_us": costs, "round_trip_us": {k: statistics.median(v) for k, v in trips.items()},
-              "round_trips_all": trips, "spin_us": SPIN_SECONDS * 1e6, "long_wait_s": args.long_wait, "long_wait_cpu_s": cpu}
+    result = {"benchmark": "waits", "per_call_us": costs,
+              "round_trip_us": {k: statistics.median(v) for k, v in trips.items()},
+              "round_trips_all": trips, "spin_us": SPIN_SECONDS * 1e6, "long_wait_s": args.long_wait,
+              "long_wait_cpu_s": cpu}
     print("per call (µs):")
     for name, us in costs.items():
         print(f"  {name:36s}{us:8.3f}")
     print(f"round trip between two processes (µs, median of {args.repeats} x {args.rounds}):")
     for name, us in result["round_trip_us"].items():
         print(f"  {name:36s}{us:8.1f}")
-    print(f"a doorbell wait of {args.long_wait:.0f} s used {cpu * 1e3:.1f} ms of CPU ({100 * cpu / args.long_wait:.3f} %)")
+    print(f"a doorbell wait of {args.long_wait:.0f} s used {cpu * 1e3:.1f} ms of CPU "
+          f"({100 * cpu / args.long_wait:.3f} %)")
     return result
 
 
-def add_parsers(sub: argparse._SubParsersAction, outputs: Path) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+def add_parsers(sub: argparse._SubParsersAction,
+                outputs: Path) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     w = sub.add_parser("waits", help="the waits between processes: rings, tries, round trips, a long sleep's CPU")
     w.add_argument("--repeats", type=int, default=5)
     w.add_argument("--rounds", type=int, default=20_000, help="round trips per measurement")

@@ -1,4 +1,5 @@
-"""The cores a run may use: affinity, cgroup v1 and v2 quotas and Slurm's figure, from fake files, and one real taskset."""
+"""The cores a run may use: affinity, cgroup v1 and v2 quotas and Slurm's figure, from fake files, and one real
+taskset."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def test_v2_no_quota_leaves_the_affinity(tmp_path: Path) -> None:
 
 def test_v1_quota_in_a_hybrid_system(tmp_path: Path) -> None:
     """cgroup v1's cpu controller (mounted together with cpuacct) beside an empty v2 hierarchy."""
-    root = fake_root(tmp_path, "5:cpuset:/\n4:cpu,cpuacct:/slurm/job7\n0::/\n", V1_MOUNTS + V2_MOUNT.replace("/sys/fs/cgroup ", "/sys/fs/cgroup/unified "), {
+    root = fake_root(tmp_path, "5:cpuset:/\n4:cpu,cpuacct:/slurm/job7\n0::/\n",
+                     V1_MOUNTS + V2_MOUNT.replace("/sys/fs/cgroup ", "/sys/fs/cgroup/unified "), {
         "/sys/fs/cgroup/cpu,cpuacct/slurm/job7/cpu.cfs_quota_us": "100000\n",
         "/sys/fs/cgroup/cpu,cpuacct/slurm/job7/cpu.cfs_period_us": "100000\n",
         "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
@@ -73,7 +75,8 @@ def test_v1_quota_in_a_hybrid_system(tmp_path: Path) -> None:
 
 def test_v1_no_quota(tmp_path: Path) -> None:
     root = fake_root(tmp_path, "4:cpu,cpuacct:/\n", V1_MOUNTS, {
-        "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+        "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+        "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
     assert cgroup_quota(root) is None
 
 
@@ -107,16 +110,19 @@ def test_without_affinity_or_cgroups_the_machine_count_is_left(tmp_path: Path) -
     assert (cores.count, cores.source) == (os.cpu_count() or 1, "os.cpu_count")
 
 
-@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2, reason="needs taskset and 2 cores")
+@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs taskset and 2 cores")
 def test_a_real_taskset_gives_one_core() -> None:
     code = "import json; from mnist_np.common.cores import available_cores; print(json.dumps(available_cores().tags()))"
     first = min(os.sched_getaffinity(0))
-    out = subprocess.run(["taskset", "-c", str(first), sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(["taskset", "-c", str(first), sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
     tags = json.loads(out.stdout)
     assert tags["cores"] == "1" and "affinity: 1 core(s)" in tags["cores_found"]
 
 
-@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2, reason="needs taskset and 2 cores")
+@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs taskset and 2 cores")
 def test_a_run_under_taskset_takes_one_core_and_tags_where_it_came_from() -> None:
     """``trainer.threads`` unset: the run's threads are the cores found; its environment tags say what was found."""
     code = ("import json; from omegaconf import OmegaConf; "
@@ -126,8 +132,9 @@ def test_a_run_under_taskset_takes_one_core_and_tags_where_it_came_from() -> Non
             "print(json.dumps({'threads': blas_threads(cfg, HydraContext()), **environment_tags()}))")
     env = {k: v for k, v in os.environ.items() if k != "SLURM_CPUS_PER_TASK"}
     first = str(min(os.sched_getaffinity(0)))
-    one = json.loads(subprocess.run(["taskset", "-c", first, sys.executable, "-c", code], capture_output=True, text=True,
-                                    check=True, env=env).stdout)
+    one = json.loads(subprocess.run(["taskset", "-c", first, sys.executable, "-c", code], capture_output=True,
+                                    text=True, check=True, env=env).stdout)
     assert one["threads"] == 1 and one["cores"] == "1" and one["cores_source"] == "affinity"
-    every = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout)
+    every = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                      env=env).stdout)
     assert every["threads"] == int(every["cores"])

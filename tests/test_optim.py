@@ -65,7 +65,8 @@ def test_sgd_weight_decay_touches_weights_not_biases() -> None:
     assert p["b1"][0] == pytest.approx(0.95)
 
 
-@pytest.mark.parametrize("make", [lambda: SGD(momentum=0.9, nesterov=True, weight_decay=0.01), lambda: Adam(weight_decay=0.01)])
+@pytest.mark.parametrize("make",
+                         [lambda: SGD(momentum=0.9, nesterov=True, weight_decay=0.01), lambda: Adam(weight_decay=0.01)])
 def test_shards_gradients_add_up(make) -> None:
     """Three shards holding 0.2, 0.1 and 0.2 step exactly like one shard holding 0.5."""
     one, three = params(), params()
@@ -79,7 +80,8 @@ def test_shards_gradients_add_up(make) -> None:
 
 def test_update_in_parts_equals_one_pass() -> None:
     rng = np.random.default_rng(0)
-    p1 = {"W1": rng.normal(size=(300, 40)), "b1": rng.normal(size=40), "W2": rng.normal(size=(40, 7)), "b2": rng.normal(size=7)}
+    p1 = {"W1": rng.normal(size=(300, 40)), "b1": rng.normal(size=40), "W2": rng.normal(size=(40, 7)),
+          "b2": rng.normal(size=7)}
     p2 = {k: v.copy() for k, v in p1.items()}
     g = {k: rng.normal(size=v.shape) for k, v in p1.items()}
     whole, parts = SGD(momentum=0.9, weight_decay=0.01), SGD(momentum=0.9, weight_decay=0.01)
@@ -177,7 +179,8 @@ def test_linear_warmup() -> None:
     assert s.lr_at_step(9, 99, 100) < 0.01
 
 
-SKIPPABLE = [SGD, lambda: SGD(momentum=0.9), lambda: SGD(momentum=0.9, nesterov=True), Adam, lambda: Adam(decoupled=True)]
+SKIPPABLE = [SGD, lambda: SGD(momentum=0.9), lambda: SGD(momentum=0.9, nesterov=True), Adam,
+             lambda: Adam(decoupled=True)]
 
 
 @pytest.mark.parametrize("make", SKIPPABLE)
@@ -195,6 +198,8 @@ def test_skip_does_what_plans_and_swaps_do(make) -> None:
             stepped.swap_buffers()
         skipped.skip(steps)
         assert skipped._block == stepped._block
-        assert {k: int(v) for k, v in skipped._scalar_state().items()} == {k: int(v) for k, v in stepped._scalar_state().items()}
+        assert ({k: int(v) for k, v in skipped._scalar_state().items()}
+                == {k: int(v) for k, v in stepped._scalar_state().items()})
         assert repr(skipped.plan(0.1)) == repr(stepped.plan(0.1))
-        assert skipped.params["W1"].base is not None and np.shares_memory(skipped.params["W1"], skipped.state[skipped._block])
+        assert (skipped.params["W1"].base is not None
+                and np.shares_memory(skipped.params["W1"], skipped.state[skipped._block]))

@@ -142,7 +142,8 @@ def _mount_dir(mounts: list[str], path: str, fstype: str, controller: str | None
     return None
 
 
-def _tightest(root: Path, dirs: tuple[Path, Path] | None, read: Callable[[Path], float | None]) -> tuple[float, str] | None:
+def _tightest(root: Path, dirs: tuple[Path, Path] | None,
+              read: Callable[[Path], float | None]) -> tuple[float, str] | None:
     """The smallest quota from the cgroup's directory up to the mount point (an ancestor's quota limits it too)."""
     if dirs is None:
         return None

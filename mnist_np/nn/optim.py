@@ -268,7 +268,8 @@ class SGD(Optimizer):
         return _SGDPlan(
             source=slice(self._block, self._block + self.block_rows),
             target=slice(other, other + 1 + len(self.slots)),
-            coefficients={d: np.array(self.coefficients(lr, self.weight_decay if d else 0.0), dtype=dtype) for d in (True, False)},
+            coefficients={d: np.array(self.coefficients(lr, self.weight_decay if d else 0.0), dtype=dtype)
+                          for d in (True, False)},
         )
 
     def _update_chunk(self, plan: _SGDPlan, lo: int, hi: int, decays: bool, scratch: np.ndarray) -> None:

@@ -32,7 +32,8 @@ MIN_SHARD_ROWS = 16
 
 
 def can_shard() -> bool:
-    """Whether this machine runs shards as processes: where it may fork, on x86-64 (see :mod:`mnist_np.train.sharded`)."""
+    """Whether this machine runs shards as processes: where it may fork, on x86-64 (see
+    :mod:`mnist_np.train.sharded`)."""
     return forks_safely() and platform.machine().lower() in ("x86_64", "amd64")
 
 
@@ -76,7 +77,8 @@ class Stepper:
         self.ws = None
 
     def step(self, idx: np.ndarray, lr: float) -> tuple[float, int]:
-        """Train on the rows ``idx: (m,)`` at learning rate ``lr``; returns ``(loss summed over the m rows, correct)``."""
+        """Train on the rows ``idx: (m,)`` at learning rate ``lr``; returns ``(loss summed over the m rows,
+        correct)``."""
         assert self.ws is not None, "use the stepper as a context manager"
         m, ws, model = len(idx), self.ws, self.model
         gather(self.x, idx, ws)  # ws.x[:m] = x[idx] as floats
