@@ -74,6 +74,7 @@ class WaitingLauncher(BaseSubmititLauncher):
         """The submitit executor, set up exactly as Hydra's launcher sets it up (its code, MIT licensed)."""
         import submitit
 
+        _one_line_per_submitit_message()
         assert self.config is not None
         params = self.params
         init_params = {"folder": self.params["submitit_folder"]}
@@ -90,6 +91,35 @@ class WaitingLauncher(BaseSubmititLauncher):
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         return executor
+
+
+def _one_line_per_submitit_message() -> None:
+    """Each of submitit's messages once, in Hydra's log; the warning that ``sacct`` failed only the first time.
+
+    submitit gives its logger two handlers of its own (stdout and stderr) and lets its records reach Hydra's
+    root handler too: every warning showed three times. Without them Hydra's handler prints each once (and
+    into the sweep's log file). On a cluster without accounting, submitit warns at every poll that ``sacct``
+    failed (it then reads ``squeue``): the first such warning says it all.
+    """
+    logger = logging.getLogger("submitit")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    if not any(isinstance(f, _FirstOnly) for f in logger.filters):
+        logger.addFilter(_FirstOnly("Bypassing sacct error"))
+
+
+class _FirstOnly(logging.Filter):
+    """Lets through the first record whose message holds ``text``, and every other record."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.seen = text, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.text not in record.getMessage():
+            return True
+        first, self.seen = not self.seen, True
+        return first
 
 
 class _WorkerLoop:
