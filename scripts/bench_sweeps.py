@@ -17,6 +17,17 @@ a pruner and with each of ``--pruner`` (``hyperband`` and
 ``successive_halving`` by default), alternated, each against
 fresh stores, and reports each one's total epochs trained, wall time and
 best validation accuracy, read from the members' own ``summary.json``.
+
+``search --jobs N`` runs the same pruned search (one ``--pruner``,
+successive halving by default) with N workers
+(``+sweep=[optuna,parallel]``) twice per round, alternated: batch-synchronous
+(``hydra.sweeper.asynchronous=false``: N trials asked, all told before the
+next N) and asynchronous (each worker asks for its next trial when its last
+one ends). Besides the wall time and the best validation accuracy it reports
+the ``workers_busy_fraction`` that each search's parent logged, the same way
+for both: the members' wall times (from the moment a worker took the member
+-- asked for it, or launched its batch -- to its run's end) over N x the
+time from the first member's start to the last one's end.
 """
 
 from __future__ import annotations
@@ -127,11 +138,13 @@ def bench_sweep(args: argparse.Namespace) -> dict:
     return result
 
 
-def time_search(args: argparse.Namespace, pruner: str | None, seed: int, workdir: Path) -> dict[str, Any]:
+def time_search(args: argparse.Namespace, pruner: str | None, seed: int, workdir: Path,
+                workers: list[str] | None = None) -> dict[str, Any]:
     """One guided search as a subprocess: wall seconds, epochs its members trained, best validation accuracy, trials
-    pruned."""
+    pruned. ``workers``: the overrides that run it with parallel workers (then ``busy_fraction`` too)."""
     cmd = [
-        sys.executable, str(TRAIN), "--multirun", "+sweep=optuna", f"hydra.sweeper.n_trials={args.trials}",
+        sys.executable, str(TRAIN), "--multirun", "+sweep=[optuna,parallel]" if workers else "+sweep=optuna",
+        *(workers or []), f"hydra.sweeper.n_trials={args.trials}",
         f"hydra.sweeper.seed={seed}", f"hydra.sweeper.pruner={pruner or 'null'}", f"trainer.epochs={args.epochs}",
         f"hydra.sweeper.storage=sqlite:///{workdir / 'optuna.db'}",
         f"mlflow.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
@@ -150,7 +163,18 @@ def time_search(args: argparse.Namespace, pruner: str | None, seed: int, workdir
         "best_val_accuracy": max(s["metrics"]["best_val_accuracy"] for s in summaries),
         "pruned": sum(1 for s in summaries if s.get("pruned_at_epoch")),
         "finished": len(summaries),
+        **({"busy_fraction": logged_busy_fraction(workdir / "mlflow.db")} if workers else {}),
     }
+
+
+def logged_busy_fraction(store: Path) -> float | None:
+    """The ``workers_busy_fraction`` that the parent of the one sweep in ``store`` logged."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return next((r.data.metrics["workers_busy_fraction"] for r in runs if "workers_busy_fraction" in r.data.metrics),
+                None)
 
 
 def bench_search(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,16 +185,11 @@ def bench_search(args: argparse.Namespace) -> dict[str, Any]:
     rounds with one seed would repeat the same epochs and accuracies and
     only time the noise; different seeds make the medians mean something.
     """
+    if args.jobs > 1:
+        return bench_search_workers(args)
+    args.pruner = args.pruner or ["hyperband", "successive_halving"]
     variants: dict[str, str | None] = {"unpruned": None, **{p: p for p in args.pruner}}
-    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
-    for i in range(args.repeats):
-        for name, pruner in (list(variants.items()) if i % 2 == 0 else list(reversed(variants.items()))):
-            with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
-                row = time_search(args, pruner, args.seed + i, Path(tmp))
-            rows[name].append({"seed": args.seed + i, **row})
-            print(f"  round {i + 1}/{args.repeats} seed {args.seed + i}  {name:18s} {row['seconds']:7.1f} s  "
-                  f"{row['epochs']:4d} epochs  best val_accuracy {row['best_val_accuracy']:.4f}  pruned "
-                  f"{row['pruned']}/{row['finished']}", flush=True)
+    rows = search_rounds(args, {k: (v, None) for k, v in variants.items()})
     full = rows["unpruned"]
     result: dict[str, Any] = {
         "benchmark": "search", "trials": args.trials, "epochs": args.epochs, "seed": args.seed, "pruners": args.pruner,
@@ -178,10 +197,7 @@ def bench_search(args: argparse.Namespace) -> dict[str, Any]:
         "paired": {},
     }
     print()
-    for name, runs in rows.items():
-        print(f"{name:18s} median {statistics.median(r['seconds'] for r in runs):7.1f} s, "
-              f"{statistics.median(r['epochs'] for r in runs):6.1f} epochs, "
-              f"best val_accuracy {statistics.median(r['best_val_accuracy'] for r in runs):.4f}")
+    print_medians(rows)
     for pruner in args.pruner:
         pruned = rows[pruner]
         paired = {
@@ -198,11 +214,67 @@ def bench_search(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def bench_search_workers(args: argparse.Namespace) -> dict[str, Any]:
+    """``search --jobs N``: the batch-synchronous and the asynchronous search, same seeds and pruner, alternated."""
+    if args.pruner is not None and len(args.pruner) != 1:
+        raise SystemExit("error: search --jobs compares two searches with the same pruner: give one --pruner")
+    pruner = (args.pruner or ["successive_halving"])[0]
+    workers = [f"hydra.sweeper.n_jobs={args.jobs}"]
+    rows = search_rounds(args, {"batch": (pruner, [*workers, "hydra.sweeper.asynchronous=false"]),
+                                "async": (pruner, [*workers, "hydra.sweeper.asynchronous=true"])})
+    batch, asynchronous = rows["batch"], rows["async"]
+    paired = {
+        "median_time_ratio": statistics.median(a["seconds"] / b["seconds"] for a, b in zip(asynchronous, batch)),
+        "median_val_accuracy_gap_pp": statistics.median(100 * (b["best_val_accuracy"] - a["best_val_accuracy"])
+                                                        for a, b in zip(asynchronous, batch)),
+        "median_busy_fraction": {k: statistics.median(r["busy_fraction"] or 0.0 for r in v) for k, v in rows.items()},
+    }
+    print()
+    print_medians(rows)
+    busy = paired["median_busy_fraction"]
+    print(f"with {args.jobs} workers and {pruner}: the asynchronous search keeps them {busy['async']:.2f} busy "
+          f"(batches: {busy['batch']:.2f}), takes {100 * paired['median_time_ratio']:.0f}% of the batch-synchronous "
+          f"search's time; its best val_accuracy is {paired['median_val_accuracy_gap_pp']:+.2f} points below "
+          "(medians of paired runs)")
+    return {
+        "benchmark": "search", "trials": args.trials, "epochs": args.epochs, "seed": args.seed, "pruners": [pruner],
+        "jobs": args.jobs, "overrides": args.overrides, "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "runs": rows, "paired": {"async": paired},
+    }
+
+
+def search_rounds(args: argparse.Namespace,
+                  variants: dict[str, tuple[str | None, list[str] | None]]) -> dict[str, list[dict[str, Any]]]:
+    """``--repeats`` rounds of one search per variant (name: pruner, worker overrides), the order alternated."""
+    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
+    for i in range(args.repeats):
+        for name, (pruner, workers) in (list(variants.items()) if i % 2 == 0 else list(reversed(variants.items()))):
+            with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+                row = time_search(args, pruner, args.seed + i, Path(tmp), workers)
+            rows[name].append({"seed": args.seed + i, **row})
+            print(f"  round {i + 1}/{args.repeats} seed {args.seed + i}  {name:18s} {row['seconds']:7.1f} s  "
+                  f"{row['epochs']:4d} epochs  best val_accuracy {row['best_val_accuracy']:.4f}  pruned "
+                  f"{row['pruned']}/{row['finished']}"
+                  + (f"  busy {row['busy_fraction']:.2f}" if row.get("busy_fraction") is not None else ""), flush=True)
+    return rows
+
+
+def print_medians(rows: dict[str, list[dict[str, Any]]]) -> None:
+    for name, runs in rows.items():
+        print(f"{name:18s} median {statistics.median(r['seconds'] for r in runs):7.1f} s, "
+              f"{statistics.median(r['epochs'] for r in runs):6.1f} epochs, "
+              f"best val_accuracy {statistics.median(r['best_val_accuracy'] for r in runs):.4f}")
+
+
 def tracked(result: dict[str, Any]) -> tuple[dict[str, str], dict[str, float]]:
     """A sweep or search benchmark's params and metrics for ``bench.py --track``."""
     if result["benchmark"] == "search":
         params = {k: str(result[k]) for k in ("trials", "epochs", "seed")} | {"pruners": ",".join(result["pruners"])}
-        return params, {f"{k}.{pruner}": v for pruner, paired in result["paired"].items() for k, v in paired.items()}
+        if "jobs" in result:
+            params["jobs"] = str(result["jobs"])
+        return params, {f"{k}.{name}" + (f".{sub}" if sub else ""): value
+                        for name, paired in result["paired"].items() for k, v in paired.items()
+                        for sub, value in (v.items() if isinstance(v, dict) else [(None, v)])}
     params = dict(members=str(result["members"]), epochs=str(result["epochs"]), n_jobs=str(result["n_jobs"]),
                   overrides=" ".join(result["overrides"]))
     metrics = dict(speedup=result["speedup_median_of_ratios"],
@@ -228,9 +300,11 @@ def add_parsers(sub: Any, outputs: Path) -> tuple[argparse.ArgumentParser, argpa
     q.add_argument("--trials", type=int, default=24)
     q.add_argument("--epochs", type=int, default=10, help="the members' trainer.epochs (the pruner's full budget)")
     q.add_argument("--seed", type=int, default=0, help="the sampler's seed in the first round (then +1 per round)")
-    q.add_argument("--pruner", nargs="+", default=["hyperband", "successive_halving"],
-                   choices=("median", "hyperband", "successive_halving"),
-                   help="each is paired with the same unpruned search")
+    q.add_argument("--pruner", nargs="+", default=None, choices=("median", "hyperband", "successive_halving"),
+                   help="each is paired with the same unpruned search (default: hyperband successive_halving); "
+                        "with --jobs, the one pruner of both searches (default: successive_halving)")
+    q.add_argument("--jobs", type=int, default=1,
+                   help="N > 1: the batch-synchronous against the asynchronous search, each with N workers")
     q.add_argument("--repeats", type=int, default=3, help="rounds of searches, their order alternated")
     q.add_argument("--json", type=Path, default=outputs / "bench-search.json")
     q.add_argument("overrides", nargs="*",

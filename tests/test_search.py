@@ -197,13 +197,18 @@ def test_joblib_workers_report_to_their_trials_and_are_pruned(tmp_path: Path, as
     assert len({c.data.tags["pid"] for c in children}) >= 2  # members ran in the workers' processes
     assert all(len(t.intermediate_values) >= 1 for t in study.trials)
     recorded = json.loads((tmp_path / "sweep" / "mlflow_sweep.json").read_text())
-    if asynchronous:  # two workers, each asking for its next trial as its last one ended
-        assert recorded["workers"] == 2 and 0 < parent.data.metrics["workers_busy_fraction"] <= 1
-        spans = [(c.info.start_time, c.info.end_time) for c in children]
-        expected = sum(e - s for s, e in spans) / (2 * (max(e for _, e in spans) - min(s for s, _ in spans)))
-        assert parent.data.metrics["workers_busy_fraction"] == pytest.approx(expected)
-    else:  # batches of two
-        assert recorded["workers"] is None and "workers_busy_fraction" not in parent.data.metrics
+    # Two workers either way; a member's wall time runs from when a worker took it (asked for it, or launched its
+    # batch) to its run's end, as noted in the sweep dir (a file per job, its time in seconds).
+    assert recorded["workers"] == 2 and 0 < parent.data.metrics["workers_busy_fraction"] <= 1
+    taken_dir = tmp_path / "sweep" / "workers" / "taken"
+    taken = {int(p.name): round(1000 * float(p.read_text())) for p in taken_dir.iterdir()}
+    assert sorted(taken) == sorted(int(c.data.tags["sweep_job_num"]) for c in children)
+    spans = [(taken[int(c.data.tags["sweep_job_num"])], c.info.end_time) for c in children]
+    assert all(s <= c.info.start_time for (s, _), c in zip(spans, children))  # taken before its run began
+    expected = sum(e - s for s, e in spans) / (2 * (max(e for _, e in spans) - min(s for s, _ in spans)))
+    assert parent.data.metrics["workers_busy_fraction"] == pytest.approx(expected)
+    if not asynchronous:  # batches of two: the members of a batch taken at the same moment
+        assert len(set(taken.values())) == len(taken) // 2
 
 
 @pytest.mark.slow
@@ -385,3 +390,28 @@ def test_bench_search_pairs_each_pruner_with_the_unpruned_search(tmp_path: Path)
         assert row["finished"] == 3 and row["epochs"] <= 6
         assert result["paired"][pruner]["median_epoch_fraction"] == row["epochs"] / 6
     assert "points below the unpruned search's" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_search_jobs_pairs_the_batch_and_the_asynchronous_search(tmp_path: Path) -> None:
+    """``scripts/bench.py search --jobs 2`` (whose figures docs/sweeps.md quotes): both searches with the same seed
+    and pruner, each one's workers_busy_fraction as its parent logged it, the pair compared."""
+    out = tmp_path / "bench-search.json"
+    proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "bench.py"), "search", "--jobs", "2", "--trials", "4",
+                           "--epochs", "2", "--repeats", "1", "--json", str(out), "data.train_limit=1000",
+                           "data.val_size=500"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["runs"]) == {"batch", "async"} and result["jobs"] == 2
+    assert result["pruners"] == ["successive_halving"]
+    for row in (result["runs"]["batch"][0], result["runs"]["async"][0]):
+        assert row["finished"] == 4 and row["seed"] == 0 and 0 < row["busy_fraction"] <= 1
+    paired = result["paired"]["async"]
+    assert paired["median_busy_fraction"] == {k: v[0]["busy_fraction"] for k, v in result["runs"].items()}
+    async_s, batch_s = result["runs"]["async"][0]["seconds"], result["runs"]["batch"][0]["seconds"]
+    assert paired["median_time_ratio"] == pytest.approx(async_s / batch_s)
+    assert "keeps them" in proc.stdout and "of the batch-synchronous search's time" in proc.stdout
+    bad = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "bench.py"), "search", "--jobs", "2", "--pruner",
+                          "median", "hyperband"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
+        "error: search --jobs compares two searches with the same pruner: give one --pruner"]

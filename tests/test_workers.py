@@ -17,13 +17,14 @@ import pytest
 from mnist_np.experiment.search.source import StudySource
 from mnist_np.experiment.search.study import SearchSettings, load_study
 from mnist_np.experiment.sweep.ledger import Ledger
-from mnist_np.experiment.sweep.workers import lanes, work
+from mnist_np.experiment.sweep.workers import busy_fraction, lanes, taken_times, work
 
 
 class Jobs:
     """A job source over a list, for the loops themselves (one process, threads)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, sweep_dir: Path) -> None:
+        self.sweep_dir = str(sweep_dir)
         self.left = list(range(count))
         self.ran: dict[int, list[int]] = {}
         self.lock = threading.Lock()
@@ -45,9 +46,9 @@ class Jobs:
         return 0
 
 
-def test_a_worker_takes_its_next_job_the_moment_its_last_one_ends() -> None:
+def test_a_worker_takes_its_next_job_the_moment_its_last_one_ends(tmp_path: Path) -> None:
     """Job 0 lasts until jobs 1-3 are done: with a batch barrier (two by two) it would wait forever."""
-    source = Jobs(4)
+    source = Jobs(4, tmp_path)
     others_done = threading.Event()
 
     def run_job(overrides: list[str], number: int) -> str:
@@ -61,6 +62,18 @@ def test_a_worker_takes_its_next_job_the_moment_its_last_one_ends() -> None:
     assert sorted(n for n, _ in ran) == [0, 1, 2, 3]
     slow = next(w for w, numbers in source.ran.items() if 0 in numbers)
     assert source.ran[slow] == [0] and source.ran[1 - slow] == [1, 2, 3]
+    assert sorted(taken_times(tmp_path)) == [0, 1, 2, 3]  # when each was taken, for workers_busy_fraction
+
+
+def test_a_members_wall_time_runs_from_when_a_worker_took_it() -> None:
+    """Two workers over 10 s: one member 0-10 s, two 0-4 and 5-10 s taken 1 s before their runs began."""
+    t = 1_800_000_000_000  # ms since the epoch, as MLflow times runs
+    members = [{"start_time": t, "end_time": t + 10_000, "tags": {"sweep_job_num": "0"}},
+               {"start_time": t + 1_000, "end_time": t + 4_000, "tags": {"sweep_job_num": "1"}},
+               {"start_time": t + 6_000, "end_time": t + 10_000, "tags": {"sweep_job_num": "2"}}]
+    assert busy_fraction(members, 2) == pytest.approx((10 + 3 + 4) / 20)  # from the runs alone
+    assert busy_fraction(members, 2, {1: t, 2: t + 5_000}) == pytest.approx((10 + 4 + 5) / 20)
+    assert busy_fraction(members[:1], 2) is None  # one member says nothing about waiting
 
 
 def _take_all(sweep_dir: str, worker: int, queue: Any) -> None:

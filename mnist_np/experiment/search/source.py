@@ -29,9 +29,9 @@ from mnist_np.experiment.search.space import as_override
 from mnist_np.experiment.search.study import SearchSettings, load_study
 from mnist_np.experiment.sweep.info import SweepInfo
 from mnist_np.experiment.sweep.launch import member_dir, settle_member
+from mnist_np.experiment.sweep.workers import WORKERS_DIR
 
 ASK_LOCK = "ask.lock"
-WORKERS_DIR = "workers"
 
 
 def counted(study: Any) -> int:

@@ -38,7 +38,7 @@ from mnist_np.experiment.search.space import as_override, search_space
 from mnist_np.experiment.search.study import SearchSettings, load_study, settings_from
 from mnist_np.experiment.sweep.launch import job_composer, launch_members
 from mnist_np.experiment.sweep.session import SESSION, note_workers
-from mnist_np.experiment.sweep.workers import loop_count, run_workers
+from mnist_np.experiment.sweep.workers import loop_count, note_taken, run_workers
 from mnist_np.tracking.tracker import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,13 @@ class SearchSweeperImpl(Sweeper):
     def _batches(self, study: Any, settings: SearchSettings, distributions: dict[str, Any], fixed: list[str],
                  sweep_dir: Path) -> list[Sequence[Any]]:
         """Batch-synchronous: ``n_jobs`` trials asked, launched together, all told before the next batch is asked."""
+        note_workers(loop_count(self.launcher, settings.n_jobs))  # its workers_busy_fraction: what the waits cost
         returns = []
         while (done := finished(study)) < settings.n_trials:
             batch = [study.ask(distributions) for _ in range(min(settings.n_jobs, settings.n_trials - done))]
             overrides = [fixed + [as_override(k, v) for k, v in trial.params.items()] for trial in batch]
             log.info("search: trials %d-%d of %d", batch[0].number, batch[-1].number, settings.n_trials)
+            note_taken(sweep_dir, [trial.number for trial in batch])  # the batch's members all start now
             # A launch that fails (a joblib worker killed) loses no trial: each is settled from its dir,
             # told FAIL if it failed.
             results = launch_members(self.launcher, overrides, batch[0].number, sweep_dir,

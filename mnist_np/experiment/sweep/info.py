@@ -51,7 +51,7 @@ class SweepInfo:
     # mlflow.register_as: the registered model whose alias "champion" the sweep points at its best member.
     register_as: str | None = None
     # Workers taking members at their own pace (an asynchronous search, a packed grid): the parent's
-    # workers_busy_fraction is over this many; None for launches of batches.
+    # workers_busy_fraction is over this many (a search, a packed grid); None for a grid launched in batches.
     workers: int | None = None
 
     def save(self) -> Path:

@@ -24,7 +24,7 @@ from mnist_np.experiment.sweep.importance import EVALUATOR, IMPORTANCE_FILE, IMP
 from mnist_np.experiment.sweep.info import OBJECTIVES, SweepInfo
 from mnist_np.experiment.sweep.records import send_record, unrecorded_members
 from mnist_np.experiment.sweep.seed_groups import by_config, finite_number, shown
-from mnist_np.experiment.sweep.workers import busy_fraction
+from mnist_np.experiment.sweep.workers import busy_fraction, taken_times
 from mnist_np.tracking.conventions import (
     CHAMPION_TAG,
     FAILURE_TAG,
@@ -129,7 +129,7 @@ def close_sweep(info: SweepInfo, crash: str | None = None, status: str = "FAILED
     _settle_members(tracker, info, members_done)
     children = child_runs(tracker.client, tracker.experiment_id, info.parent_run_id)
     summary = summarize(children, list(info.swept))
-    summary.busy = busy_fraction(children, info.workers) if info.workers else None
+    summary.busy = busy_fraction(children, info.workers, taken_times(info.sweep_dir)) if info.workers else None
     try:
         _record(tracker, info, summary, pareto(children, info))
     except Exception as e:  # the members' runs are safe; only the summary is missing

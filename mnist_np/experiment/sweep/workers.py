@@ -29,14 +29,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from mnist_np.common.errors import error_line
+from mnist_np.common.files import atomic_write_text
 from mnist_np.experiment.sweep.launch import launcher_error
 
 log = logging.getLogger(__name__)
 JOBLIB_LAUNCHER = "JoblibLauncher"
 RESTARTS = 2  # more rounds of loops after a broken pool, while rounds make progress
+WORKERS_DIR = "workers"  # in the sweep dir: what the workers leave there
+TAKEN_DIR = f"{WORKERS_DIR}/taken"  # when each job was handed out: a file per job number, holding the time
 
 Job = tuple[list[str], int]  # a member's overrides and its job number
 RunJob = Callable[[Sequence[str], int], Any]  # runs one job as the launcher would; returns its JobReturn
@@ -44,6 +49,8 @@ RunJob = Callable[[Sequence[str], int], Any]  # runs one job as the launcher wou
 
 class JobSource(Protocol):
     """Hands out jobs and hears how each ended. Pickled to every worker process: its state lives in files."""
+
+    sweep_dir: str  # where each job's hand-out time is noted (:func:`note_taken`)
 
     def start(self, worker: int) -> None:
         """Called first in worker ``worker``'s process (e.g. to seed that worker's sampler apart from the others')."""
@@ -61,13 +68,43 @@ class JobSource(Protocol):
         """How many jobs were handed out so far (to tell a round that made progress from one that did not)."""
 
 
-def busy_fraction(members: Sequence[dict[str, Any]], workers: int) -> float | None:
+def note_taken(sweep_dir: str | Path, numbers: Sequence[int], at: float | None = None) -> None:
+    """Note that jobs ``numbers`` were handed to a worker now (or at ``at``, seconds since the epoch).
+
+    A file per job, written atomically: safe from many processes and nodes at once, on a shared filesystem too.
+    """
+    text = repr(time.time() if at is None else at)
+    for number in numbers:
+        atomic_write_text(Path(sweep_dir) / TAKEN_DIR / str(number), text)
+
+
+def taken_times(sweep_dir: str | Path) -> dict[int, int]:
+    """When each job of the sweep was handed out (ms since the epoch, as MLflow times runs), by job number."""
+    times = {}
+    for path in (Path(sweep_dir) / TAKEN_DIR).glob("*"):
+        try:
+            times[int(path.name)] = round(1000 * float(path.read_text()))
+        except (OSError, ValueError):  # not one of ours (an editor's backup, say)
+            continue
+    return times
+
+
+def busy_fraction(members: Sequence[dict[str, Any]], workers: int,
+                  taken: dict[int, int] | None = None) -> float | None:
     """How busy ``workers`` loops kept: the members' wall times over ``workers`` x (last member's end - first's start).
 
-    ``members``: runs with ``start_time`` and ``end_time`` (ms; as MLflow has them). The sweep's own start and
-    summary do not count against it. None without two timed members.
+    ``members``: runs with ``start_time`` and ``end_time`` (ms; as MLflow has them) and tag ``sweep_job_num``.
+    A member's wall time runs from the moment a worker took it (``taken``, by job number: composing its
+    config and loading its data are work too) to its run's end; a member without one starts with its run.
+    The sweep's own start and summary do not count against it. None without two timed members.
     """
-    spans = [(m["start_time"], m["end_time"]) for m in members if m.get("start_time") and m.get("end_time")]
+    taken = taken or {}
+
+    def start(m: dict[str, Any]) -> int:
+        number = str(m.get("tags", {}).get("sweep_job_num", ""))
+        return taken.get(int(number), m["start_time"]) if number.isdigit() else m["start_time"]
+
+    spans = [(start(m), m["end_time"]) for m in members if m.get("start_time") and m.get("end_time")]
     if len(spans) < 2 or workers < 1:
         return None
     first, last = min(s for s, _ in spans), max(e for _, e in spans)
@@ -80,6 +117,7 @@ def work(source: JobSource, worker: int, run_job: RunJob) -> list[tuple[int, Any
     ran = []
     while (job := source.next(worker)) is not None:
         overrides, number = job
+        note_taken(source.sweep_dir, [number])
         result = run_job(overrides, number)
         source.done(worker, number, result)
         ran.append((number, result))
