@@ -13,6 +13,7 @@
     python scripts/bench.py contention --code /tmp/before   # ... the same with another checkout's code
     python scripts/bench.py waits                 # the waits between processes: semaphore, eventfd, pipe
     python scripts/bench.py loop --track          # ... and record the results in the MLflow experiment `benchmarks`
+    python scripts/bench.py run --speedups --record   # ... and put the figures the docs quote into docs/figures.json
 
 ``loop`` times the project's own training loop (``mnist_np.train.loop.fit``,
 built from the config by a run's own builders, ``mnist_np.experiment.config.builders``) per epoch for each
@@ -53,6 +54,7 @@ from pathlib import Path
 
 import bench_contention  # beside this file: speed on a busy machine, waits between processes
 import bench_sweeps  # beside this file: the sweep and search benchmarks
+import figures  # beside this file: the record of the docs' measured figures
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "scripts" / "train.py"
@@ -375,7 +377,7 @@ def main() -> None:
                     help="only that row (best preset with and without augmentation)")
     lp.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-loop.json")
     p, q = bench_sweeps.add_parsers(sub, ROOT / "outputs")
-    bench_contention.add_parsers(sub, ROOT / "outputs")
+    c, w = bench_contention.add_parsers(sub, ROOT / "outputs")
     r = sub.add_parser("run", help="whole default runs: time outside the epochs and peak memory")
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--speedups", action="store_true",
@@ -388,15 +390,22 @@ def main() -> None:
         sp.add_argument("--track", action="store_true",
                         help="also record the results in the MLflow experiment `benchmarks`")
         sp.add_argument("--tracking-uri", default=None, help="store for --track (default: as for training)")
+    for sp in (lp, p, q, r, c, w):
+        sp.add_argument("--record", action="store_true", help=f"also merge the figures the docs quote into "
+                        f"{figures.RECORD} (today, this machine) and render the pages: scripts/figures.py")
     args = parser.parse_args()
     result = {"loop": bench_loop, "sweep": bench_sweeps.bench_sweep, "search": bench_sweeps.bench_search,
               "run": bench_run, "contention": bench_contention.bench_contention,
               "waits": bench_contention.bench_waits}[args.what](args)
+    result["command"] = " ".join(["scripts/bench.py", *(a for a in sys.argv[1:] if a != "--record")])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.json}")
     if getattr(args, "track", False):
         track(result, args.tracking_uri)
+    if args.record:
+        recorded = figures.record_result(result, result["command"])
+        print(f"recorded in {figures.RECORD}: {', '.join(recorded)}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@
   (:func:`mnist_np.experiment.config.schema.described`).
 - ``<!-- generated: search keys -->`` becomes the table of ``hydra.sweeper.*``
   for ``+sweep=optuna``: the sweeper's schema with the preset's values.
+- ``<!--fig KEY-->...<!--/fig-->`` becomes the figure ``KEY`` of the record,
+  docs/figures.json, as ``scripts/figures.py`` renders it (the markers and
+  ``<!--given-->`` go too): every measured figure comes from that one record.
 
 Listed under ``hooks:`` in mkdocs.yml; tests/test_docs.py imports it by path
 and checks its tables against the schema and the default config.
@@ -17,7 +20,9 @@ and checks its tables against the schema and the default config.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
+from types import ModuleType
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -104,6 +109,21 @@ def search_reference() -> str:
     return "\n".join(rows)
 
 
+def figures_module() -> ModuleType:
+    """scripts/figures.py, imported by path (scripts/ is no package): the one reader of the record."""
+    spec = importlib.util.spec_from_file_location("figures", PROJECT_ROOT / "scripts" / "figures.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def with_figures(markdown: str) -> str:
+    """The page with every marked figure replaced by the record's text, markers gone."""
+    figures = figures_module()
+    return figures.rendered_page(markdown, figures.load(PROJECT_ROOT)["figures"], keep_markers=False)
+
+
 def front_page() -> str:
     """README.md with its links into docs/ made relative to the site."""
     text = (PROJECT_ROOT / "README.md").read_text()
@@ -125,4 +145,4 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         markdown = markdown.replace(CONFIG_KEYS, config_reference())
     if SEARCH_KEYS in markdown:
         markdown = markdown.replace(SEARCH_KEYS, search_reference())
-    return markdown
+    return with_figures(markdown)
