@@ -43,6 +43,7 @@ import os
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from mnist_np.common.cores import IdleMeter
 from mnist_np.common.waits import Doorbell
@@ -111,8 +112,13 @@ class ShardedStepper:
         self._unsynced = 0  # update parts the caller has not yet waited for
         self._workers: dict[int, int] = {}  # shard -> pid
         self._workspace: Workspace | None = None
+        self._blas_limit: Any = None
 
     def __enter__(self) -> "ShardedStepper":
+        # Single-threaded BLAS here too, whoever called: the caller computes shards like the workers (shard 0
+        # always, every shard when the pace says so), and a BLAS that splits a small product over threads may
+        # add it up in another order (OpenBLAS 0.3.23 did at 22 rows): the bits would depend on the load.
+        self._blas_limit = threadpool_limits(limits=1, user_api="blas")
         self._workspace = self.model.workspace(self._rows)
         try:
             for k in range(1, self.shards):
@@ -129,6 +135,9 @@ class ShardedStepper:
             self._go[k].ring()
         reap(list(self._workers.values()))
         self._workers = {}
+        if self._blas_limit is not None:
+            self._blas_limit.restore_original_limits()
+            self._blas_limit = None
 
     # ------------------------------------------------------------------ caller
 
