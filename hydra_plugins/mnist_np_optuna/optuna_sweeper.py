@@ -8,4 +8,4 @@ from mnist_np.experiment.search import sweeper as search_sweeper
 
 
 class OptunaSweeper(search_sweeper.SearchSweeperImpl):
-    """Optuna (>= 4) behind Hydra's sweeper interface: see :mod:`mnist_np.experiment.search.sweeper`."""
+    """Optuna (>= 4.7) behind Hydra's sweeper interface: see :mod:`mnist_np.experiment.search.sweeper`."""

@@ -15,7 +15,7 @@ The top of the experiment layers: imports sweep, run and config; so what covers 
   distributions.
 - :mod:`~mnist_np.experiment.search.study`: A guided search's Optuna study: its settings, storage, sampler and pruner,
   all picked by name.
-- :mod:`~mnist_np.experiment.search.sweeper`: A guided search as a Hydra sweeper: Optuna (>= 4) asks, Hydra's launcher
+- :mod:`~mnist_np.experiment.search.sweeper`: A guided search as a Hydra sweeper: Optuna (>= 4.7) asks, Hydra's launcher
   runs the batch, Optuna is told.
 - :mod:`~mnist_np.experiment.search.trial`: A search member's side of its trial: its validation metric reported after
   every epoch, and pruning.

@@ -1,4 +1,4 @@
-"""A guided search as a Hydra sweeper: Optuna (>= 4) asks, Hydra's launcher runs the batch, Optuna is told.
+"""A guided search as a Hydra sweeper: Optuna (>= 4.7) asks, Hydra's launcher runs the batch, Optuna is told.
 
 Thin on purpose: Optuna is the engine (sampler, pruner, storage), any
 Hydra launcher (basic, joblib, submitit/Slurm) runs the members, and each
