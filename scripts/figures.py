@@ -18,7 +18,8 @@ it between markers that render invisibly::
     <!--/fig-->
 
 The block form (markers alone on their lines, blank lines inside) holds a
-whole table, indented as its opening marker is. The docs hook
+whole table, indented as its opening marker is. ``<!--fig KEY:date-->`` and
+``<!--fig KEY:machine-->`` show the date and the machine of the figure. The docs hook
 (docs/hooks/generated.py) replaces every marker with the record's text when
 the site is built; GitHub shows README.md as it is, so ``render`` keeps the
 text between the markers equal to the record and ``check`` fails where it is not.
@@ -46,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = "docs/figures.json"
 
-MARKER = re.compile(r"<!--fig (?P<key>[\w.\-]+)-->(?P<body>.*?)<!--/fig-->", re.S)
+MARKER = re.compile(r"<!--fig (?P<key>[\w.\-]+(?::\w+)?)-->(?P<body>.*?)<!--/fig-->", re.S)
 GIVEN = re.compile(r"<!--given-->(?P<body>.*?)<!--/given-->", re.S)
 COMMENT = re.compile(r"<!--.*?-->", re.S)
 INLINE_CODE = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)", re.S)
@@ -88,6 +89,25 @@ def text_of(figure: dict) -> str:
             raise ValueError(f"{len(rows)} rows of values for {len(fmt['rows'])} row formats")
         return "\n".join([*fmt["header"], *(fill(f, v) for f, v in zip(fmt["rows"], rows))])
     return fill(fmt, figure["value"])
+
+
+def machine_text(machine: dict) -> str:
+    """A machine as a page names it: ``2 cores, AMD EPYC, openblas 0.3.31.188.0 (SkylakeX), numpy 2.4.6``."""
+    parts = [f"{machine['cores']} cores" if "cores" in machine else "", machine.get("cpu", ""), machine.get("blas", ""),
+             f"numpy {machine['numpy']}" if "numpy" in machine else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def shown(record: dict, key: str) -> str | None:
+    """What a marker of ``key`` shows: the figure's text; ``KEY:date`` the date it was measured, ``KEY:machine``
+    the machine it was measured on. None for a key the record does not have."""
+    name, _, view = key.partition(":")
+    figure = record["figures"].get(name)
+    if figure is None or view not in ("", "date", "machine"):
+        return None
+    if view == "date":
+        return figure["date"]
+    return machine_text(record["machines"].get(figure["machine"], {})) if view == "machine" else text_of(figure)
 
 
 # --- the record ---------------------------------------------------------------------
@@ -168,7 +188,7 @@ def markers(text: str, pattern: re.Pattern = MARKER) -> list[re.Match]:
     return [m for m in pattern.finditer(text) if not any(a <= m.start() < b for a, b in spans)]
 
 
-def rendered_page(text: str, figures: dict, keep_markers: bool = True) -> str:
+def rendered_page(text: str, record: dict, keep_markers: bool = True) -> str:
     """``text`` with every marker's body made from the record; without ``keep_markers`` (the site), the markers
     themselves gone too. An unknown key keeps its body (``check`` names it)."""
     out, pos = [], 0
@@ -176,10 +196,10 @@ def rendered_page(text: str, figures: dict, keep_markers: bool = True) -> str:
     for match in sorted(found, key=lambda m: m.start()):
         if match.re is GIVEN:
             body = match.group("body")
-        elif (figure := figures.get(match.group("key"))) is None:
+        elif (figure := shown(record, match.group("key"))) is None:
             body = match.group(0)
         else:
-            body = body_for(text, match, text_of(figure))
+            body = body_for(text, match, figure)
             body = f"<!--fig {match.group('key')}-->{body}<!--/fig-->" if keep_markers else body
         out += [text[pos:match.start()], body]
         pos = match.end()
@@ -220,15 +240,15 @@ def problems(root: Path = ROOT, record: dict | None = None) -> list[str]:
     figures of the record no page shows, figures whose machine is not defined."""
     record = record if record is not None else load(root)
     figures, machines = record["figures"], record["machines"]
-    found, shown = [], set()
+    found, seen = [], set()
     for path in pages(root):
         name, text = str(path.relative_to(root)), path.read_text()
         for match in markers(text):
             key, where = match.group("key"), f"{name}:{line_of(text, match.start())}"
-            shown.add(key)
-            if key not in figures:
+            seen.add(key.partition(":")[0])
+            if (text_shown := shown(record, key)) is None:
                 found.append(f"{where}: figure {key} is not in {RECORD}")
-            elif match.group("body") != (want := body_for(text, match, text_of(figures[key]))):
+            elif match.group("body") != (want := body_for(text, match, text_shown)):
                 found.append(f"{where}: figure {key} reads {match.group('body').strip()!r} where the record "
                              f"says {want.strip()!r} (python scripts/figures.py render)")
         found += unmarked(name, text)
@@ -238,7 +258,7 @@ def problems(root: Path = ROOT, record: dict | None = None) -> list[str]:
             found.append(f"{RECORD}: figure {key} has no {', '.join(missing)}")
         elif figure["machine"] not in machines:
             found.append(f"{RECORD}: figure {key} names machine {figure['machine']!r}, which is not defined")
-        if key not in shown:
+        if key not in seen:
             found.append(f"{RECORD}: figure {key} is on no page")
     return found
 
@@ -249,7 +269,7 @@ def render(root: Path = ROOT, record: dict | None = None) -> list[Path]:
     changed = []
     for path in pages(root):
         text = path.read_text()
-        new = rendered_page(text, record["figures"])
+        new = rendered_page(text, record)
         if new != text:
             path.write_text(new)
             changed.append(path)

@@ -124,8 +124,10 @@ def test_a_marker_that_disagrees_with_the_record_fails_and_render_mends_it(root:
 
 def test_a_marker_without_a_figure_and_a_figure_without_a_page_fail(root: Path, before: list[str]) -> None:
     edit(root / "docs" / "performance.md", "<!--fig run.import_mlflow_s-->", "<!--fig run.import_mlflow-->")
+    edit(root / "docs" / "performance.md", "<!--fig loop.table:date-->", "<!--fig loop.table:when-->")
     found = new_problems(root, before)
     assert any(p.startswith("docs/performance.md:") and "figure run.import_mlflow is not in" in p for p in found)
+    assert any(p.startswith("docs/performance.md:25: figure loop.table:when is not in") for p in found), found
     assert any("figure run.import_mlflow_s is on no page" in p for p in found)
 
 
@@ -159,6 +161,7 @@ def test_record_fills_one_side_of_the_contention_table(root: Path, before: list[
                           root, MACHINE, "2027-01-02")
     page = (root / "docs" / "performance.md").read_text()
     assert "| alone | 2 → 1 | 0.188 → 0.500 | 0.305 → 0.250 |" in page  # before kept, after measured now
+    assert "Measured on <!--fig contention.table:date-->2027-01-02<!--/fig--> on the 2-core machine" in page
     FIGURES.record_result({"benchmark": "contention", "code": "/tmp/before", "rows": rows},
                           "scripts/bench.py contention --code /tmp/before", root, MACHINE, "2027-01-02")
     assert "| alone | 1 → 1 | 0.500 → 0.500 |" in (root / "docs" / "performance.md").read_text()

@@ -121,7 +121,7 @@ def figures_module() -> ModuleType:
 def with_figures(markdown: str) -> str:
     """The page with every marked figure replaced by the record's text, markers gone."""
     figures = figures_module()
-    return figures.rendered_page(markdown, figures.load(PROJECT_ROOT)["figures"], keep_markers=False)
+    return figures.rendered_page(markdown, figures.load(PROJECT_ROOT), keep_markers=False)
 
 
 def front_page() -> str:
