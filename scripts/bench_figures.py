@@ -114,7 +114,7 @@ def sweep_figures(result: dict, figures: dict, root: Path) -> dict[str, Any]:
 
 def search_figures(result: dict, figures: dict, root: Path) -> dict[str, Any]:
     if "jobs" in result:
-        refuse("no figure of `bench.py search --jobs` is in the record yet")
+        return search_workers_figures(result)
     if result["pruners"] != PRUNERS[1:] or len(result["runs"]["unpruned"]) != 3:
         refuse("search.table has the unpruned search, successive_halving and hyperband over 3 seeds")
     rows = []
@@ -131,3 +131,18 @@ def search_figures(result: dict, figures: dict, root: Path) -> dict[str, Any]:
     halving = result["runs"]["successive_halving"]
     worst = max(100 * (f["best_val_accuracy"] - p["best_val_accuracy"]) for f, p in zip(full, halving))
     return {"search.table": rows, "search.worst_gap": worst}
+
+
+def search_workers_figures(result: dict) -> dict[str, Any]:
+    """``search --jobs 2``: the batch-synchronous against the asynchronous search, seed by seed, and the pairs."""
+    if result["jobs"] != 2 or result["pruners"] != ["successive_halving"] or len(result["runs"]["async"]) != 3:
+        refuse("search.workers.table has 2 workers, successive_halving and 3 seeds")
+    rows = [{"busy": [r["busy_fraction"] for r in runs], "seconds": [r["seconds"] for r in runs],
+             "best": [r["best_val_accuracy"] for r in runs]}
+            for runs in (result["runs"]["batch"], result["runs"]["async"])]
+    gaps = [100 * (b["best_val_accuracy"] - a["best_val_accuracy"])
+            for a, b in zip(result["runs"]["async"], result["runs"]["batch"])]
+    paired = result["paired"]["async"]
+    return {"search.workers.table": rows, "search.workers.time_pct": 100 * paired["median_time_ratio"],
+            "search.workers.gap": paired["median_val_accuracy_gap_pp"],
+            "search.workers.gap_range": {"low": min(gaps), "high": max(gaps)}}

@@ -168,6 +168,24 @@ def test_record_fills_one_side_of_the_contention_table(root: Path, before: list[
     assert new_problems(root, before) == []
 
 
+def test_record_fills_the_workers_table_from_bench_search_jobs(root: Path, before: list[str]) -> None:
+    def runs(busy: float, seconds: float, best: float) -> list[dict]:
+        return [{"busy_fraction": busy, "seconds": seconds + i, "best_val_accuracy": best - i / 1000} for i in range(3)]
+
+    result = {"benchmark": "search", "jobs": 2, "pruners": ["successive_halving"],
+              "runs": {"batch": runs(0.5, 60.0, 0.98), "async": runs(0.99, 30.0, 0.975)},
+              "paired": {"async": {"median_time_ratio": 0.5, "median_val_accuracy_gap_pp": 0.5}}}
+    FIGURES.record_result(result, "scripts/bench.py search --jobs 2", root, MACHINE, "2027-01-02")
+    page = (root / "docs" / "sweeps.md").read_text()
+    assert "| asynchronous | **0.99** / 0.99 / 0.99 | 30.0 / 31.0 / 32.0 s | 0.9750 / 0.9740 / 0.9730 |" in page
+    assert "<!--fig search.workers.time_pct-->**50 %**<!--/fig-->" in page
+    assert "<!--fig search.workers.gap_range-->+0.50 to +0.50<!--/fig-->" in page
+    assert "<!--fig search.workers.table:date-->2027-01-02<!--/fig-->" in page
+    assert new_problems(root, before) == []
+    with pytest.raises(SystemExit, match="2 workers"):
+        FIGURES.record_result({**result, "jobs": 4}, "scripts/bench.py search --jobs 4", root, MACHINE, "2027-01-02")
+
+
 def test_record_refuses_what_the_pages_do_not_quote(root: Path) -> None:
     before = (root / FIGURES.RECORD).read_text()
     with pytest.raises(SystemExit, match="default run alone"):
