@@ -156,9 +156,16 @@ def test_a_waiting_shard_process_uses_almost_no_cpu() -> None:
         return children_cpu() - before  # the worker is reaped on exit
 
     # The same steps, then a short and a long wait: the difference is the long wait's own CPU. (A new worker's
-    # OpenBLAS thread spins for about 0.1 s of its first second, whatever the wait: both include it.)
-    short, long = worker_cpu(1.0), worker_cpu(1.0 + LONG_WAIT)
-    assert long - short < MOSTLY_ASLEEP * LONG_WAIT, f"{long - short:.3f} s of CPU over a {LONG_WAIT} s wait"
+    # OpenBLAS thread spins for about 0.1 s of its first second, whatever the wait: both include it.) The smaller
+    # of two such differences: on a machine busy with other tests one pair can differ by that spin's noise (0.08 s
+    # seen once, under pytest -n 3), while a worker that spins through its wait costs more than that every time.
+    extra = []
+    for _ in range(2):
+        short, long = worker_cpu(1.0), worker_cpu(1.0 + LONG_WAIT)
+        extra.append(long - short)
+        if extra[-1] < MOSTLY_ASLEEP * LONG_WAIT:
+            break
+    assert min(extra) < MOSTLY_ASLEEP * LONG_WAIT, f"{min(extra):.3f} s of CPU over a {LONG_WAIT} s wait"
 
 
 @needs_shards
