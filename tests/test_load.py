@@ -8,6 +8,7 @@ the joblib launcher, on small subsets of MNIST.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, TRAIN_SCRIPT, LiveServer, mlflow_gaps
+from mnist_np.common.locks import RUN_LOCK
 from mnist_np.tracking.conventions import OFFLINE_TAG
+from mnist_np.tracking.journal import JOURNAL_FILE, RUN_FILE
 from test_sweeps import PER_EPOCH, parent_and_children, sweep
 
 pytestmark = pytest.mark.slow
@@ -50,23 +53,22 @@ def test_eight_parallel_members_against_the_server(mlflow_server: LiveServer, tm
 
 
 def crash_mid_sweep_then_sync(server: LiveServer, tmp_path: Path, members: int, epochs: int) -> tuple[str, str]:
-    """A ``members``-member joblib sweep (all at once) to ``server``, killed with SIGKILL once every member is
-    training and started again on the same store, then ``scripts/sync.py``; returns (the sweep's store, sync's
-    stdout)."""
+    """A ``members``-member joblib sweep (all at once) to ``server``, killed with SIGKILL once every member has
+    created its run (each held there until the last one has) and started again on the same store, then
+    ``scripts/sync.py``; returns (the sweep's store, sync's stdout)."""
     proc, uri = sweep(tmp_path, "+sweep=parallel", f"hydra.launcher.n_jobs={members}", f"seed=range({members})",
                       epochs=epochs, train_limit=3000, tracking_uri=server.url, wait=False)
     try:
-        # Kill the server once every member is training (has written an epoch), then bring it back.
-        logs = [tmp_path / "sweep" / str(i) / "metrics.jsonl" for i in range(members)]
-        deadline = time.monotonic() + 300
-        while (time.monotonic() < deadline and proc.poll() is None
-               and not all(p.exists() and p.stat().st_size for p in logs)):
-            time.sleep(0.2)
-        assert all(p.exists() and p.stat().st_size for p in logs), "not every member got to its first epoch"
+        # Every member is held (SIGSTOP) the moment its run exists, so that none can end before the last one
+        # has started; then the server dies and the members go on, each with all its epochs still to log.
+        held = hold_each_member_at_its_run_start(proc, tmp_path / "sweep", members, time.monotonic() + 300)
         server.kill()
-        # Every member must have met the dead server (its journal says it gave MLflow up) before it comes back;
+        for pid in held:
+            os.kill(pid, signal.SIGCONT)
+        # Every member meets the dead server (its journal says it gave MLflow up) before it comes back;
         # then the whole sweep is paused while it restarts, so that nothing ends while it is down.
-        journals = [p.parent / "mlflow_journal.jsonl" for p in logs]
+        journals = [tmp_path / "sweep" / str(i) / JOURNAL_FILE for i in range(members)]
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not all(OFFLINE_TAG in j.read_text() for j in journals):
             time.sleep(0.1)
         assert all(OFFLINE_TAG in j.read_text() for j in journals), "a member never noticed the server was gone"
@@ -77,8 +79,8 @@ def crash_mid_sweep_then_sync(server: LiveServer, tmp_path: Path, members: int, 
             os.killpg(proc.pid, signal.SIGCONT)
         output, _ = proc.communicate(timeout=600)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # the whole session: a held member is stopped, and would outlive its parent
+            os.killpg(proc.pid, signal.SIGKILL)
     # The members caught up by themselves once the server was back, and the sweep ended normally.
     assert proc.returncode == 0, output[-3000:]
 
@@ -86,6 +88,22 @@ def crash_mid_sweep_then_sync(server: LiveServer, tmp_path: Path, members: int, 
                           capture_output=True, text=True, timeout=600)
     assert sync.returncode == 0, sync.stderr[-3000:]
     return uri, sync.stdout
+
+
+def hold_each_member_at_its_run_start(proc: subprocess.Popen, sweep_dir: Path, members: int,
+                                      deadline: float) -> list[int]:
+    """SIGSTOP each member's process as soon as its run file exists (its MLflow run was created); returns their
+    pids once all ``members`` are held. The pid is the one its output dir's lock records."""
+    held: dict[int, int] = {}
+    while len(held) < members and time.monotonic() < deadline and proc.poll() is None:
+        for i in range(members):
+            folder = sweep_dir / str(i)
+            if i not in held and (folder / RUN_FILE).exists():
+                held[i] = json.loads((folder / RUN_LOCK).read_text())["pid"]
+                os.kill(held[i], signal.SIGSTOP)
+        time.sleep(0.01)
+    assert len(held) == members, f"only members {sorted(held)} of {members} created their runs"
+    return list(held.values())
 
 
 @pytest.mark.fault("load", "restarted")
