@@ -12,6 +12,7 @@
     python scripts/bench.py contention            # default, threads=1, PyTorch: alone, taskset, quota, neighbour
     python scripts/bench.py contention --code /tmp/before   # ... the same with another checkout's code
     python scripts/bench.py waits                 # the waits between processes: semaphore, eventfd, pipe
+    python scripts/bench.py steps                 # a step with every shard in the caller against threads=1
     python scripts/bench.py loop --track          # ... and record the results in the MLflow experiment `benchmarks`
     python scripts/bench.py run --speedups --record   # ... and put the figures the docs quote into docs/figures.json
 
@@ -35,7 +36,7 @@ the sum of its epoch times, the difference (start-up, data, evaluation,
 MLflow, plots and the logged model), and the peak resident memory.
 
 ``sweep`` and ``search`` time whole ``--multirun`` sweeps: see ``scripts/bench_sweeps.py``;
-``contention`` and ``waits``: see ``scripts/bench_contention.py``.
+``contention`` and ``waits``: see ``scripts/bench_contention.py``; ``steps``: ``scripts/bench_steps.py``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ import time
 from pathlib import Path
 
 import bench_contention  # beside this file: speed on a busy machine, waits between processes
+import bench_steps  # beside this file: a step with every shard in the caller
 import bench_sweeps  # beside this file: the sweep and search benchmarks
 import figures  # beside this file: the record of the docs' measured figures
 
@@ -378,6 +380,7 @@ def main() -> None:
     lp.add_argument("--json", type=Path, default=ROOT / "outputs" / "bench-loop.json")
     p, q = bench_sweeps.add_parsers(sub, ROOT / "outputs")
     c, w = bench_contention.add_parsers(sub, ROOT / "outputs")
+    st = bench_steps.add_parser(sub, ROOT / "outputs")
     r = sub.add_parser("run", help="whole default runs: time outside the epochs and peak memory")
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--speedups", action="store_true",
@@ -390,13 +393,13 @@ def main() -> None:
         sp.add_argument("--track", action="store_true",
                         help="also record the results in the MLflow experiment `benchmarks`")
         sp.add_argument("--tracking-uri", default=None, help="store for --track (default: as for training)")
-    for sp in (lp, p, q, r, c, w):
+    for sp in (lp, p, q, r, c, w, st):
         sp.add_argument("--record", action="store_true", help=f"also merge the figures the docs quote into "
                         f"{figures.RECORD} (today, this machine) and render the pages: scripts/figures.py")
     args = parser.parse_args()
     result = {"loop": bench_loop, "sweep": bench_sweeps.bench_sweep, "search": bench_sweeps.bench_search,
               "run": bench_run, "contention": bench_contention.bench_contention,
-              "waits": bench_contention.bench_waits}[args.what](args)
+              "waits": bench_contention.bench_waits, "steps": bench_steps.bench_steps}[args.what](args)
     result["command"] = " ".join(["scripts/bench.py", *(a for a in sys.argv[1:] if a != "--record")])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))

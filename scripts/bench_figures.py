@@ -15,6 +15,7 @@ from typing import Any
 
 LOOP_ROWS = {32: 0, 128: 1, 512: 2}  # batch size -> row of loop.table; row 3 is seed_baseline
 CONDITIONS = ["alone", "taskset", "quota", "neighbour", "two at once"]  # the rows of contention.table
+STEP_BATCHES = [32, 128, 512]  # the rows of contention.steps
 AUGMENTS = ["affine", "elastic", "shift"]  # the rows of augment.table
 PRUNERS = ["unpruned", "successive_halving", "hyperband"]  # the rows of search.table
 SPEEDUPS = ["fast_exit", "figures_in_background", "skip_requirements_check"]  # measured by `run --speedups`
@@ -25,7 +26,7 @@ def figures_of(result: dict[str, Any], figures: dict[str, dict], root: Path) -> 
     measured only some rows keep the rest from ``figures``."""
     kind = result["benchmark"]
     make = {"run": run_figures, "loop": loop_figures, "contention": contention_figures, "waits": waits_figures,
-            "sweep": sweep_figures, "search": search_figures}.get(kind)
+            "steps": steps_figures, "sweep": sweep_figures, "search": search_figures}.get(kind)
     if make is None:
         raise SystemExit(f"error: no figures on the pages come from `bench.py {kind}`")
     return make(result, copy.deepcopy(figures), root)
@@ -80,6 +81,21 @@ def contention_figures(result: dict, figures: dict, root: Path) -> dict[str, Any
             "torch": row["torch"], "over_threads1": row["default/threads=1"], "over_torch": row["default/torch"],
             "augmented_over_threads1": row["augmented default/threads=1"]}
     return {"contention.table": table}
+
+
+def steps_figures(result: dict, figures: dict, root: Path) -> dict[str, Any]:
+    """contention.steps: a row per batch size of ``bench.py steps``, in the table's order."""
+    rows = {row["batch"]: row for row in result["rows"]}
+    if sorted(rows) != STEP_BATCHES:
+        refuse(f"contention.steps has the rows of batches {STEP_BATCHES}; this run measured {sorted(rows)}")
+    table = []
+    for batch in STEP_BATCHES:
+        row, us = rows[batch], rows[batch]["us_per_step"]
+        table.append({"batch": batch, "threads1": us["threads=1"], "shard_by_shard": us["shard by shard"],
+                      "fused": us["fused"], "parallel": us["parallel"],
+                      "shard_by_shard_over": row["shard_by_shard/threads=1"], "fused_over": row["fused/threads=1"],
+                      "same_bits": "yes" if row["fused"] else "no (shard by shard kept)"})
+    return {"contention.steps": table}
 
 
 def waits_figures(result: dict, figures: dict, root: Path) -> dict[str, Any]:

@@ -139,6 +139,37 @@ def test_the_same_bits_whoever_computes_the_shards(make_optimizer, threads: int)
 
 
 @needs_shards
+@pytest.mark.parametrize("threads", [2, 3])
+def test_the_caller_fuses_row_wise_products_only_where_each_shard_keeps_its_bits(monkeypatch, threads: int) -> None:
+    """In the caller, the shards' row-wise products are made once for all rows where the first step of each batch
+    length shows the same bits as shard after shard; where a fused step differs by one ulp, never again."""
+    make = lambda: SGD(momentum=0.9, nesterov=True)  # noqa: E731
+    decided: list[dict[int, bool]] = []
+    exit_ = ShardedStepper.__exit__
+    monkeypatch.setattr(ShardedStepper, "__exit__", lambda self, *a: decided.append(dict(self.fused)) or exit_(self))
+    parallel = train_steps(make, Scripted(lambda i: True), threads=threads)
+    inline = train_steps(make, Scripted(lambda i: False), threads=threads)
+    assert set(decided[-1]) == {64, 5} and all(isinstance(v, bool) for v in decided[-1].values()), decided
+    assert all(np.array_equal(parallel[k], inline[k]) for k in parallel)
+
+    fused_steps = []
+    real = MLP.shard_gradients
+
+    def off_by_one_ulp(self, ws, n, y, shards, *args):
+        fused_steps.append(n)
+        results = real(self, ws, n, y, shards, *args)
+        w = shards[0][2]["W1"]
+        w.flat[0] = np.nextafter(w.flat[0], np.inf)
+        return results
+
+    monkeypatch.setattr(MLP, "shard_gradients", off_by_one_ulp)
+    differing = train_steps(make, Scripted(lambda i: False), threads=threads)
+    assert decided[-1] == {64: False, 5: False}
+    assert sorted(fused_steps) == [5, 64]  # tried once per batch length, then never
+    assert all(np.array_equal(parallel[k], differing[k]) for k in parallel)
+
+
+@needs_shards
 def test_a_waiting_shard_process_uses_almost_no_cpu() -> None:
     """Between epochs (here: a long pause after a few steps) the shard process sleeps until the next step."""
     x, y = blobs(256, seed=1)

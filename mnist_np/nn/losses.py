@@ -49,18 +49,30 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray,
         array itself.
     """
     n = logits.shape[0]
-    rows = np.arange(n)
+    (loss,) = softmax_cross_entropy_parts(logits, labels, 1.0 / n if grad_scale is None else grad_scale, [(0, n)])
+    return loss, logits
+
+
+def softmax_cross_entropy_parts(logits: np.ndarray, labels: np.ndarray, grad_scale: float,
+                                parts: list[tuple[int, int]]) -> list[float]:
+    """:func:`softmax_cross_entropy` of all ``N`` rows at once, its loss averaged over each part ``lo:hi`` alone.
+
+    ``logits: (N, C)`` is overwritten with ``(softmax - onehot) * grad_scale``,
+    row by row; each part's loss is the one :func:`softmax_cross_entropy`
+    gives for ``logits[lo:hi]`` by itself (its rows' terms, summed alone).
+    """
+    rows = np.arange(logits.shape[0])
     logits -= logits.max(axis=1, keepdims=True)
     # Read the true-class logit before exp: log p_y = z_y - log(sum e^z) stays
     # finite even where e^{z_y} underflows to 0.
     picked = logits[rows, labels]
     np.exp(logits, out=logits)
     sums = logits.sum(axis=1, keepdims=True)
-    loss = float(np.log(sums).sum() - picked.sum()) / n
+    log_sums = np.log(sums)
+    losses = [float(log_sums[lo:hi].sum() - picked[lo:hi].sum()) / (hi - lo) for lo, hi in parts]
     # e / (sum / scale) is softmax * scale: the scale rides on the (N, 1)
     # sums instead of costing another pass over the (N, C) gradient.
-    scale = 1.0 / n if grad_scale is None else grad_scale
-    sums *= sums.dtype.type(1.0 / scale)
+    sums *= sums.dtype.type(1.0 / grad_scale)
     logits /= sums
-    logits[rows, labels] -= logits.dtype.type(scale)
-    return loss, logits
+    logits[rows, labels] -= logits.dtype.type(grad_scale)
+    return losses

@@ -21,7 +21,7 @@ import numpy as np
 
 from mnist_np.nn.activations import Activation
 from mnist_np.nn.initializers import Initializer
-from mnist_np.nn.losses import softmax_cross_entropy
+from mnist_np.nn.losses import softmax_cross_entropy, softmax_cross_entropy_parts
 
 
 def param_names(num_layers: int) -> list[str]:
@@ -144,18 +144,23 @@ class MLP:
 
     def backward(
         self, ws: Workspace, n: int, dlogits: np.ndarray, grads: dict[str, np.ndarray],
-        masks: list[np.ndarray] | None = None
+        masks: list[np.ndarray] | None = None, shards: list[tuple[int, int, dict[str, np.ndarray]]] | None = None,
     ) -> None:
         """Backward pass from ``dlogits: (n, C)`` through the activations :meth:`forward_train` kept in ``ws``.
 
         ``grads`` (arrays shaped like ``params``) are overwritten with
         ``dloss/dparam``; ``masks`` must be the ones the forward pass used.
+        ``shards``: ``(lo, hi, grads)`` per shard instead, each shard's
+        gradients summed over its rows ``lo:hi`` alone (the products that
+        add rows up are made per shard; the row-wise ones once for all rows).
         """
+        parts = [(0, n, grads)] if shards is None else shards
         dz = dlogits
         for i in range(self.num_layers, 0, -1):
             layer_input = ws.x[:n] if i == 1 else (ws.a if masks is not None else ws.h)[i - 2][:n]
-            np.matmul(layer_input.T, dz, out=grads[f"W{i}"])
-            np.sum(dz, axis=0, out=grads[f"b{i}"])
+            for lo, hi, g in parts:
+                np.matmul(layer_input[lo:hi].T, dz[lo:hi], out=g[f"W{i}"])
+                np.sum(dz[lo:hi], axis=0, out=g[f"b{i}"])
             if i == 1:
                 break
             da = np.matmul(dz, self.params[f"W{i}"].T, out=ws.da[i - 2][:n])
@@ -191,6 +196,35 @@ class MLP:
         loss, dlogits = softmax_cross_entropy(logits, y, grad_scale)
         self.backward(ws, n, dlogits, grads, masks)
         return loss * n, correct
+
+    def shard_gradients(
+        self,
+        ws: Workspace,
+        n: int,
+        y: np.ndarray,
+        shards: list[tuple[int, int, dict[str, np.ndarray]]],
+        grad_scale: float,
+        masks: list[np.ndarray] | None = None,
+    ) -> list[tuple[float, int]]:
+        """:meth:`gradients` of several shards of ``ws.x[:n]`` at once, each ``(lo, hi, grads)`` its own.
+
+        The row-wise products (forward, and the gradient flowing back into
+        each hidden layer) are made once for all ``n`` rows; the loss and
+        the products that sum over rows, per shard. Each shard's result has
+        the bits of :meth:`gradients` on its rows alone wherever BLAS
+        computes a row of a product the same whatever the rows around it
+        (:class:`mnist_np.train.sharded.ShardedStepper` checks that before
+        relying on it).
+
+        Returns:
+            per shard, ``(loss_sum, correct)`` over its rows.
+        """
+        logits = self.forward_train(ws, n, masks)
+        hits = logits.argmax(axis=1) == y[:n]
+        parts = [(lo, hi) for lo, hi, _ in shards]
+        losses = softmax_cross_entropy_parts(logits, y[:n], grad_scale, parts)
+        self.backward(ws, n, logits, {}, masks, shards)
+        return [(loss * (hi - lo), int(np.count_nonzero(hits[lo:hi]))) for loss, (lo, hi) in zip(losses, parts)]
 
     def predict_logits(self, x: np.ndarray, batch_size: int = 10_000) -> np.ndarray:
         """Logits ``(N, C)`` for ``x: (N, 784)``, in chunks to bound memory."""

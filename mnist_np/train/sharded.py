@@ -25,9 +25,15 @@ stepper (see :func:`mnist_np.train.stepper.can_shard`).
 When the machine gets busy -- another run, a busy neighbour, fewer cores
 than the thread count -- the caller may compute every shard itself, one
 after the other, while the other processes sleep (:mod:`mnist_np.train.pace`
-decides, from the step times it measures). A worker that sat out some steps
-brings its copy of the optimizer's bookkeeping up to date
-(:meth:`Optimizer.skip`) before it takes part again.
+decides, from the step times it measures). There the products that work
+row by row (the forward pass, the gradient flowing back into a hidden
+layer) are made once for the whole batch, and only those that add rows up
+shard by shard (:meth:`MLP.shard_gradients`): fewer, larger calls, and the
+same bits wherever BLAS computes a row the same whatever the rows around
+it -- checked on the first such step of each batch length against shard
+after shard, which is kept where they differ (:attr:`ShardedStepper.fused`).
+A worker that sat out some steps brings its copy of the optimizer's
+bookkeeping up to date (:meth:`Optimizer.skip`) before it takes part again.
 
 Determinism: the shard count depends only on the batch size and the thread
 count, never on the load or on who computes a shard; every product is
@@ -112,6 +118,10 @@ class ShardedStepper:
         self._unsynced = 0  # update parts the caller has not yet waited for
         self._workers: dict[int, int] = {}  # shard -> pid
         self._workspace: Workspace | None = None
+        self._whole: Workspace | None = None  # the whole batch's rows, for the caller's in-caller steps
+        #: rows -> whether an in-caller step of that many rows makes the shards' row-wise products once for all rows
+        #: (decided on its first such step: only where that gives every shard's bits)
+        self.fused: dict[int, bool] = {}
         self._blas_limit: Any = None
 
     def __enter__(self) -> "ShardedStepper":
@@ -158,9 +168,8 @@ class ShardedStepper:
                 self._go[k].ring()  # after the stores above: the workers see them
             self._run(0, self._workspace)
             self._unsynced = self.shards - 1
-        else:  # every shard here, in order; the workers sleep
-            for k in range(self.shards):
-                self._gradients(k, self._workspace)
+        else:  # every shard here, the workers asleep; the same bits as theirs
+            self._inline_gradients(m)
             plan = self._plan()
             for k in range(self.shards):
                 self.optimizer.update(plan, k)
@@ -208,8 +217,7 @@ class ShardedStepper:
     def _gradients(self, k: int, ws: Workspace) -> None:
         """Shard ``k``'s forward and backward pass: its gradient row and its ``(loss sum, correct)``."""
         m = int(self._ctl[_ROWS])
-        per = math.ceil(m / self.shards)
-        lo, hi = min(k * per, m), min((k + 1) * per, m)
+        lo, hi = self._bounds(k, m)
         if lo == hi:  # a short last batch can leave a shard empty
             for g in self.grads[k].values():
                 g.fill(0)
@@ -219,6 +227,47 @@ class ShardedStepper:
         gather(self.x, idx, ws)
         masks = [mask[lo:hi] for mask in self.dropout.masks] or None
         self._results[k] = self.model.gradients(ws, hi - lo, self.y[idx], self.grads[k], 1.0 / m, masks)
+
+    def _inline_gradients(self, m: int) -> None:
+        """Every shard's gradients in the caller: their row-wise products made once for all ``m`` rows where that
+        gives each shard's bits (checked against shard after shard on the first step of ``m`` rows), else shard
+        after shard."""
+        assert self._workspace is not None
+        snapshot = None  # the fused step's gradients and results, on the first step of m rows
+        if self.fused.get(m) is not False:
+            self._fused_gradients(m)
+            if m in self.fused:
+                return
+            snapshot = [{name: g.copy() for name, g in grads.items()} for grads in self.grads], self._results.copy()
+        for k in range(self.shards):
+            self._gradients(k, self._workspace)
+        if snapshot is not None:  # the shard-by-shard bits are the ones that count
+            grads_then, results_then = snapshot
+            self.fused[m] = np.array_equal(results_then, self._results) and all(
+                np.array_equal(g, now[name]) for now, then in zip(self.grads, grads_then) for name, g in then.items())
+
+    def _fused_gradients(self, m: int) -> None:
+        """Every shard's gradient row and ``(loss sum, correct)``, the row-wise products made once for all rows."""
+        if self._whole is None:
+            self._whole = self.model.workspace(self.batch_size)
+        idx = self._idx[:m]
+        gather(self.x, idx, self._whole)
+        masks = [mask[:m] for mask in self.dropout.masks] or None
+        bounds = [self._bounds(k, m) for k in range(self.shards)]
+        live = [k for k, (lo, hi) in enumerate(bounds) if lo < hi]  # a short last batch can leave a shard empty
+        results = self.model.shard_gradients(self._whole, m, self.y[idx], [(*bounds[k], self.grads[k]) for k in live],
+                                             1.0 / m, masks)
+        for k in range(len(live), self.shards):  # the empty shards are the last ones
+            self._results[k] = 0.0
+            for g in self.grads[k].values():
+                g.fill(0)
+        for k, result in zip(live, results):
+            self._results[k] = result
+
+    def _bounds(self, k: int, m: int) -> tuple[int, int]:
+        """Shard ``k``'s rows ``lo:hi`` of a batch of ``m`` rows (empty where a short batch leaves it none)."""
+        per = math.ceil(m / self.shards)
+        return min(k * per, m), min((k + 1) * per, m)
 
     def _plan(self) -> Any:
         """This step's plan, and this process's copy of the optimizer moved to the block the step writes."""
