@@ -54,7 +54,6 @@ import time
 from pathlib import Path
 
 import bench_contention  # beside this file: speed on a busy machine, waits between processes
-import bench_steps  # beside this file: a step with every shard in the caller
 import bench_sweeps  # beside this file: the sweep and search benchmarks
 import figures  # beside this file: the record of the docs' measured figures
 
@@ -365,6 +364,10 @@ def track(result: dict, tracking_uri: str | None) -> None:
 
 
 def main() -> None:
+    # Here, not at the top: `contention --code` children import this module (time_torch) with another
+    # checkout's mnist_np first on the path, which may predate what bench_steps imports.
+    import bench_steps  # beside this file: a step with every shard in the caller
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     lp = sub.add_parser("loop", help="the training loop per epoch against the roofline and PyTorch")
