@@ -161,10 +161,13 @@ def test_record_fills_one_side_of_the_contention_table(root: Path, before: list[
     rows = [{"condition": c, "threads": {"default": 1}, "default": 0.5, "threads=1": 0.25, "torch": 1.0,
              "default/threads=1": 2.0, "default/torch": 0.5, "augmented default/threads=1": 1.5}
             for c in ("alone", "taskset", "quota", "neighbour", "two at once")]
+    kept = FIGURES.load(root)["figures"]["contention.table"]["value"][0]["before"]
     FIGURES.record_result({"benchmark": "contention", "code": str(root), "rows": rows}, "scripts/bench.py contention",
                           root, MACHINE, "2027-01-02")
     page = (root / "docs" / "performance.md").read_text()
-    assert "| alone | 2 → 1 | 0.188 → 0.500 | 0.305 → 0.250 |" in page  # before kept, after measured now
+    # before kept, after measured now
+    assert (f"| alone | {kept['threads']} → 1 | {kept['default']:.3f} → 0.500 | {kept['threads1']:.3f} → 0.250 |"
+            in page)
     assert "Measured on <!--fig contention.table:date-->2027-01-02<!--/fig--> on the 2-core machine" in page
     FIGURES.record_result({"benchmark": "contention", "code": "/tmp/before", "rows": rows},
                           "scripts/bench.py contention --code /tmp/before", root, MACHINE, "2027-01-02")
