@@ -159,7 +159,9 @@ def test_the_caller_fuses_row_wise_products_only_where_each_shard_keeps_its_bits
         fused_steps.append(n)
         results = real(self, ws, n, y, shards, *args)
         w = shards[0][2]["W1"]
-        w.flat[0] = np.nextafter(w.flat[0], np.inf)
+        i = int(np.argmax(np.abs(w)))  # a gradient that is not 0 (the border pixels' are; one ulp above 0 is subnormal)
+        assert w.flat[i] != 0
+        w.flat[i] = np.nextafter(w.flat[i], w.dtype.type(np.inf))  # in w's dtype (NumPy 1's scalars go to float64)
         return results
 
     monkeypatch.setattr(MLP, "shard_gradients", off_by_one_ulp)
