@@ -21,7 +21,7 @@ import numpy as np
 
 from mnist_np.nn.activations import Activation
 from mnist_np.nn.initializers import Initializer
-from mnist_np.nn.losses import softmax_cross_entropy, softmax_cross_entropy_parts
+from mnist_np.nn.losses import softmax_cross_entropy_parts
 
 
 def param_names(num_layers: int) -> list[str]:
@@ -191,11 +191,7 @@ class MLP:
             ``(loss_sum, correct)``: the summed cross-entropy of the ``n``
             samples and how many the forward pass classified right.
         """
-        logits = self.forward_train(ws, n, masks)
-        correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
-        loss, dlogits = softmax_cross_entropy(logits, y, grad_scale)
-        self.backward(ws, n, dlogits, grads, masks)
-        return loss * n, correct
+        return self._part_gradients(ws, n, y, [(0, n, grads)], grad_scale, masks)[0]
 
     def shard_gradients(
         self,
@@ -219,6 +215,12 @@ class MLP:
         Returns:
             per shard, ``(loss_sum, correct)`` over its rows.
         """
+        return self._part_gradients(ws, n, y, shards, grad_scale, masks)
+
+    def _part_gradients(self, ws: Workspace, n: int, y: np.ndarray,
+                        shards: list[tuple[int, int, dict[str, np.ndarray]]], grad_scale: float,
+                        masks: list[np.ndarray] | None) -> list[tuple[float, int]]:
+        """:meth:`gradients` (one part) and :meth:`shard_gradients` (several): forward, loss and backward once."""
         logits = self.forward_train(ws, n, masks)
         hits = logits.argmax(axis=1) == y[:n]
         parts = [(lo, hi) for lo, hi, _ in shards]

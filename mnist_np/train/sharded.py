@@ -218,10 +218,8 @@ class ShardedStepper:
         """Shard ``k``'s forward and backward pass: its gradient row and its ``(loss sum, correct)``."""
         m = int(self._ctl[_ROWS])
         lo, hi = self._bounds(k, m)
-        if lo == hi:  # a short last batch can leave a shard empty
-            for g in self.grads[k].values():
-                g.fill(0)
-            self._results[k] = 0.0
+        if lo == hi:
+            self._empty(k)
             return
         idx = self._idx[lo:hi]
         gather(self.x, idx, ws)
@@ -258,11 +256,15 @@ class ShardedStepper:
         results = self.model.shard_gradients(self._whole, m, self.y[idx], [(*bounds[k], self.grads[k]) for k in live],
                                              1.0 / m, masks)
         for k in range(len(live), self.shards):  # the empty shards are the last ones
-            self._results[k] = 0.0
-            for g in self.grads[k].values():
-                g.fill(0)
+            self._empty(k)
         for k, result in zip(live, results):
             self._results[k] = result
+
+    def _empty(self, k: int) -> None:
+        """Shard ``k`` has no rows (a short last batch can leave it none): zero gradients, zero results."""
+        for g in self.grads[k].values():
+            g.fill(0)
+        self._results[k] = 0.0
 
     def _bounds(self, k: int, m: int) -> tuple[int, int]:
         """Shard ``k``'s rows ``lo:hi`` of a batch of ``m`` rows (empty where a short batch leaves it none)."""
