@@ -19,8 +19,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import PYTHON, TRAIN_SCRIPT
+from conftest import PYTHON, TRAIN_SCRIPT, mlflow_gaps, small_overrides
 from helpers.stores import migrated_store
+from mnist_np.experiment.config.compose import compose
+from mnist_np.experiment.run import single
+from mnist_np.experiment.sweep.resume import continued_member
+from mnist_np.tracking.journal import RUN_FILE
 
 # Member 4 repeats member 2's config and has not started when the sweep is killed (with either
 # launcher: joblib runs two members at a time), so it trains uninterrupted: the reference that the
@@ -86,7 +90,7 @@ def test_a_killed_grid_sweep_resumes_without_training_anything_twice(tmp_path: P
     resumed = subprocess.run([PYTHON, str(TRAIN_SCRIPT), "--multirun", f"resume={target}",
                               f"mlflow.tracking_uri=sqlite:///{tmp_path / 'store' / 'mlflow.db'}"],
                              capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, resumed.stdout[-6000:] + resumed.stderr[-3000:]
     after, members = runs_of(client, "killed")
     lost.record(runs=sum(c.info.status != "FINISHED" for c in members.values()) + len(SEEDS) - len(members),
                 metrics=sum(EPOCHS - len(client.get_metric_history(c.info.run_id, "val_accuracy"))
@@ -116,3 +120,41 @@ def test_a_killed_grid_sweep_resumes_without_training_anything_twice(tmp_path: P
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already ran to its end; nothing to resume" in again.stdout
     assert runs_of(client, "killed")[0].info.end_time == after.info.end_time
+
+
+class Killed(BaseException):
+    """The process dying at one line: nothing after it runs, and no handler of the project's catches it."""
+
+
+@pytest.mark.fault("sweep killed", "resumed")
+@pytest.mark.parametrize("how", ["sweep member", "resume="])
+def test_a_run_killed_before_it_wrote_down_its_mlflow_run_is_resumed_into_that_run(
+    tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, lost
+) -> None:
+    """Killed between MLflow's making the run and ``mlflow_run.json``: a continued sweep (as a joblib worker killed
+    there left it, member 3 of the test above) or ``resume=<dir>`` finds the run by its output dir and trains it,
+    never a second run for the dir."""
+    out = tmp_path / "run"
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise Killed
+
+    monkeypatch.setattr(single, "write_run_file", killed)
+    with pytest.raises(Killed):
+        single.run(compose(small_overrides(tracking_uri, "mlflow.log_plots=false")), output_dir=out)
+    monkeypatch.undo()
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("tests").experiment_id
+    (made,) = client.search_runs([experiment])
+    assert made.info.status == "RUNNING" and not (out / RUN_FILE).exists()
+
+    result = (continued_member(out) if how == "sweep member"
+              else single.run(compose(small_overrides(tracking_uri, f"resume={out}"))))
+    runs = client.search_runs([experiment])
+    lost.record(runs=len(runs) - 1 + sum(r.info.status != "FINISHED" for r in runs))
+    assert result is not None, "the member was run again as if it had never started"
+    assert [r.info.run_id for r in runs] == [made.info.run_id] == [result.run_id]
+    gaps = mlflow_gaps(client, made.info.run_id, out)
+    lost.record(metrics=gaps["metrics"])
+    assert runs[0].info.status == "FINISHED" and gaps == {"metrics": 0, "duplicates": 0, "files": 0}
+    assert [m.step for m in client.get_metric_history(made.info.run_id, "val_accuracy")] == [1, 2]

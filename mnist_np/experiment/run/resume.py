@@ -18,6 +18,7 @@ from mnist_np.experiment.run.outputs import EpochLogger, log_also_to
 from mnist_np.tracking.conventions import PROCESS_TAG
 from mnist_np.tracking.journal import JOURNAL_FILE, RUN_FILE, JournalState, read_journal, read_run_file
 from mnist_np.tracking.queries import logged_steps, run_output_dir, run_status
+from mnist_np.tracking.sync import sync_output_dir
 from mnist_np.tracking.tracker import MlflowTracker
 from mnist_np.tracking.uris import default_tracking_uri
 from mnist_np.train.checkpoint import TrainingState, latest_checkpoint, load_state
@@ -45,13 +46,25 @@ def resume(target: str, tracking_uri: str | None = None, sweep_member: bool = Fa
     output_dir = _output_dir(target, tracking_uri)
     config_file = output_dir / "config" / "config.yaml"
     info = read_run_file(output_dir)
-    if not info or not config_file.exists():
+    if not (info or started(output_dir)) or not config_file.exists():
         raise ConfigError(f"resume={target}: {output_dir} holds no run to resume (expected {RUN_FILE} "
                           "and config/config.yaml)")
     # First, before anything is read for real or written: one writer per run (a second resume,
     # a requeue, or the run's own process, still alive). The lock is held until the run is closed.
-    with locked(output_dir, f"run {info['run_id']} ({output_dir})"):
+    with locked(output_dir, f"run {info['run_id']} ({output_dir})" if info else f"run {output_dir}"):
+        if not info:
+            # Killed between MLflow's making the run and writing mlflow_run.json: the run is found by
+            # its output dir (or made as it would have been, if MLflow never got it) and its file
+            # written, never a second run for one dir.
+            sync_output_dir(output_dir)
+            info = read_run_file(output_dir)
         return _resume(target, output_dir, info, sweep_member)
+
+
+def started(output_dir: Path) -> bool:
+    """Whether the run in ``output_dir`` began: its journal records the run's start (its run file may not exist)."""
+    journal = output_dir / JOURNAL_FILE
+    return journal.is_file() and read_journal(journal).start is not None
 
 
 def _resume(target: str, output_dir: Path, info: dict[str, str], sweep_member: bool) -> RunResult:

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from mnist_np.experiment.config.overrides import command_line_overrides, parse_override
 from mnist_np.experiment.config.schema import SEARCH_SWEEPER, ConfigError
 from mnist_np.experiment.run.results import RunResult
-from mnist_np.experiment.run.resume import resume
+from mnist_np.experiment.run.resume import resume, started
 from mnist_np.experiment.sweep.info import SWEEP_FILE, SweepInfo
 from mnist_np.tracking.journal import JOURNAL_FILE, read_journal, read_run_file
 from mnist_np.tracking.queries import run_tags
@@ -111,15 +111,17 @@ def continued_member(output_dir: Path) -> RunResult | None:
     member never started; it runs now.
     """
     run = read_run_file(output_dir)
-    if not run:
-        return None
     journal = output_dir / JOURNAL_FILE
-    end = read_journal(journal).end if journal.is_file() else None
-    if end is None or end.get("status") == "KILLED" or end.get("retry"):
+    state = read_journal(journal) if journal.is_file() else None
+    end = state.end if state is not None else None
+    if (run or started(output_dir)) and (end is None or end.get("status") == "KILLED" or end.get("retry")):
         # Killed, interrupted, or failed for want of something outside it (its data, its store):
-        # trained on, into its run.
-        log.info("continuing sweep member %s (run %s) from its newest checkpoint", output_dir, run["run_id"])
+        # trained on, into its run -- also one killed before it wrote its run file down (resume finds it).
+        log.info("continuing sweep member %s (run %s) from its newest checkpoint", output_dir,
+                 run.get("run_id", "not written down"))
         return resume(str(output_dir), sweep_member=True)
+    if not run or end is None:
+        return None  # never started (or ended before its record reached MLflow): it runs now
     log.info("sweep member %s (run %s) had ended %s; kept", output_dir, run["run_id"], end.get("status"))
     summary = output_dir / "summary.json"
     metrics = (json.loads(summary.read_text())["metrics"] if end.get("status") == "FINISHED" and summary.is_file()
