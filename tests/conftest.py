@@ -95,10 +95,6 @@ class LiveServer:
     over the same store.
     """
 
-    # MLflow 3's server also starts a job runner and task queues (for GenAI jobs); runs need
-    # neither, and without them it is up in a third of the time on a busy 2-core machine.
-    ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-
     def __init__(self, root: Path, backend_store_uri: str | None = None) -> None:
         self.root = root
         self.backend_store_uri = backend_store_uri  # None: SQLite in root
@@ -110,10 +106,7 @@ class LiveServer:
     def _start(self) -> MlflowServer:
         if self.backend_store_uri is None and not (self.root / "mlflow.db").exists():
             migrated_store(self.root / "mlflow.db")  # the server would migrate a new file first (seconds)
-        with pytest.MonkeyPatch.context() as env:
-            for key, value in self.ENV.items():
-                env.setenv(key, value)
-            return start_mlflow_server(self.root, port=self.port, workers=1, backend_store_uri=self.backend_store_uri)
+        return start_mlflow_server(self.root, port=self.port, workers=1, backend_store_uri=self.backend_store_uri)
 
     def kill(self) -> None:
         os.killpg(self.server.process.pid, signal.SIGKILL)

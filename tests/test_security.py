@@ -231,7 +231,6 @@ def test_the_readmes_basic_auth_server_lets_nobody_in_unasked(tmp_path: Path, mo
         env.setenv("MLFLOW_AUTH_CONFIG_PATH", str(_readme_ini(root)))
         env.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", admin_password)
         env.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", "k" * 32)
-        env.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         server = start_mlflow_server(root, extra_args=("--app-name", "basic-auth"))
     with server:
         def create_user(name: str, password: str) -> None:  # the docs' curl, in Python
