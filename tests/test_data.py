@@ -32,6 +32,7 @@ import pytest
 
 import mnist_np.data.download
 import mnist_np.data.idx
+import mnist_np.data.sources
 import mnist_np.data.splits
 from mnist_np.data import (
     DATASETS,
@@ -661,6 +662,29 @@ def test_load_dataset_fake(fake: Fake, tmp_path: Path) -> None:
     for kind in KINDS:
         np.testing.assert_array_equal(getattr(raw, kind), fake.arrays[kind])
     assert raw.train_images.dtype == np.uint8 and raw.train_images.shape == (40, 28, 28)
+
+
+@pytest.mark.fault("bad data", "DataError")
+def test_a_verified_file_is_read_again_only_once_it_changed(fake: Fake, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """One process loading a dataset again (a sweep's members in one process) decompresses and hashes the files once;
+    a file damaged since is verified again, and refused as it would have been the first time."""
+    ddir = fake.write(tmp_path / "user")
+    reads: list[Path] = []
+    read_file = mnist_np.data.sources.read_file
+    monkeypatch.setattr(mnist_np.data.sources, "read_file", lambda path: reads.append(path) or read_file(path))
+    where = {"data_dir": ddir, "cache_dir": tmp_path / "cache", "mirrors": [], "use_npm": False}
+    first = load_dataset(fake.spec, **where)
+    again = load_dataset(fake.spec, **where)
+    assert len(reads) == len(KINDS)
+    for kind in KINDS:
+        np.testing.assert_array_equal(getattr(again, kind), getattr(first, kind))
+
+    bad = ddir / "fake-train-labels.gz"
+    bad.write_bytes(gzip.compress(fake.raw["fake-train-labels"][:-1] + b"\x03"))
+    with pytest.raises(DataError, match=r"fake-train-labels.gz: checksum mismatch"):
+        load_dataset(fake.spec, **where)
+    assert reads[len(KINDS):] == [bad]
 
 
 @pytest.mark.parametrize(
