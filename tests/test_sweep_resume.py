@@ -126,7 +126,7 @@ class Killed(BaseException):
     """The process dying at one line: nothing after it runs, and no handler of the project's catches it."""
 
 
-@pytest.mark.fault("sweep killed", "resumed")
+@pytest.mark.fault("sweep killed", "run found")
 @pytest.mark.parametrize("how", ["sweep member", "resume="])
 def test_a_run_killed_before_it_wrote_down_its_mlflow_run_is_resumed_into_that_run(
     tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, lost

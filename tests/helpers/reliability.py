@@ -66,6 +66,9 @@ OUTCOMES: dict[str, dict[str, str]] = {
         "resumed": "a grid sweep killed with kill -9 (basic and joblib launchers) mid-member, then --multirun resume=: "
                    "the same parent, finished members kept untouched, the interrupted ones resumed into their own "
                    "runs, every member FINISHED once, bit-identical to the same config trained uninterrupted",
+        "run found": "a member (or a run) killed between MLflow's making its run and writing mlflow_run.json, then "
+                     "the sweep continued (or resume=<dir>): its run found by its output dir and trained to FINISHED "
+                     "with every epoch once, never a second run",
         "search resumed": "a guided search killed with kill -9, then resume=: the same study and parent, exactly "
                           "n_trials trials, nothing left RUNNING",
         "refused": "--multirun resume= of a sweep whose process still runs: refused in one line naming it (host, pid), "
