@@ -1,7 +1,11 @@
 # Every target creates the virtual environment on first use (and refreshes it
 # when pyproject.toml changes), so a fresh clone needs nothing but Python 3.
 # The packages go in with uv (installed into the venv by its own pip): the same
-# versions pip resolves, in a fifth of the time pip takes.
+# versions pip resolves, in well under half the time. --compile-bytecode as pip
+# does: where PYTHONDONTWRITEBYTECODE is set (CI images, containers) nothing
+# would ever cache the bytecode, and every process would compile MLflow again
+# (3.8 s instead of 1.5 s to import it here).
+UV_INSTALL = bin/uv pip install --quiet --compile-bytecode
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -18,7 +22,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[test,sweeps,dashboard,docs]'
+	$(VENV)/$(UV_INSTALL) --python $(PY) -e '.[test,sweeps,dashboard,docs]'
 	touch $@
 
 train: $(STAMP)
@@ -43,7 +47,7 @@ LOWEST := .venv-lowest
 $(LOWEST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(LOWEST)
 	$(LOWEST)/bin/python -m pip install --quiet uv
-	$(LOWEST)/bin/uv pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[test,sweeps]'
+	$(LOWEST)/$(UV_INSTALL) --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[test,sweeps]'
 	touch $@
 
 test-lowest: $(LOWEST)/.installed
