@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from conftest import PYTHON, TRAIN_SCRIPT
 from helpers.stores import migrated_store
 from mnist_np.experiment.run.tables import table_markdown
+from mnist_np.experiment.sweep.grid import GridSweeperImpl
 from mnist_np.experiment.sweep.info import member_run_name, swept_parameters
 from mnist_np.experiment.sweep.summary import summarize
 
@@ -208,6 +209,30 @@ def test_eight_parallel_members_on_a_fresh_store(tmp_path: Path) -> None:
 
 
 # --- the pure parts, without launching anything --------------------------------
+
+
+class ComposedJobs:
+    """A config loader that notes the jobs a sweeper composes instead of composing them."""
+
+    def __init__(self) -> None:
+        self.jobs: list[list[str]] = []
+
+    def load_sweep_config(self, master_config: object, sweep_overrides: list[str]) -> None:
+        self.jobs.append(sweep_overrides)
+
+
+@pytest.mark.parametrize("params", [{}, {"optimizer.lr": "0.05,0.1"}], ids=["command line", "config params"])
+def test_a_grid_composes_before_launching_only_what_the_command_line_check_did_not(params: dict[str, str]) -> None:
+    """Swept values from the command line were type-checked and each group option composed (check_overrides): one job
+    per combination of group options is composed before launching; values from the config's params, every job."""
+    sweeper = GridSweeperImpl(max_batch_size=None, params=params)
+    loader = ComposedJobs()
+    sweeper.hydra_context, sweeper.config = type("Context", (), {"config_loader": loader})(), object()
+    batch = [["trainer.epochs=1", f"optimizer={o}", f"optimizer.lr={lr}"]
+             for o in ("sgd", "adam") for lr in (0.05, 0.1)]
+    sweeper.validate_batch_is_legal(batch[:3])
+    sweeper.validate_batch_is_legal(batch[3:])
+    assert loader.jobs == (batch if params else [batch[0], batch[2]])
 
 
 def test_swept_parameters_command_line_over_search_space() -> None:
