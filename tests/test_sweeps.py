@@ -225,7 +225,10 @@ class ComposedJobs:
 def test_a_grid_composes_before_launching_only_what_the_command_line_check_did_not(params: dict[str, str]) -> None:
     """Swept values from the command line were type-checked and each group option composed (check_overrides): one job
     per combination of group options is composed before launching; values from the config's params, every job."""
-    sweeper = GridSweeperImpl(max_batch_size=None, params=params)
+    # Not through BasicSweeper.__init__: its super(BasicSweeper, self) names the module global, which Hydra's plugin
+    # scan (run by an earlier test in this process) may have bound to a class re-made after this one was defined.
+    sweeper = GridSweeperImpl.__new__(GridSweeperImpl)
+    sweeper.params = params
     loader = ComposedJobs()
     sweeper.hydra_context, sweeper.config = type("Context", (), {"config_loader": loader})(), object()
     batch = [["trainer.epochs=1", f"optimizer={o}", f"optimizer.lr={lr}"]
