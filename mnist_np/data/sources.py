@@ -171,9 +171,9 @@ _VERIFIED: dict[tuple[str, str], tuple[tuple[int, ...], bytes]] = {}
 def read_verified(path: Path, sha: str) -> tuple[bytes | None, str]:
     """:func:`~mnist_np.data.specs.verify` of the file ``path``, read again only if it changed since this process
     last verified it (another inode, size, modification or change time)."""
-    st = path.stat()
-    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # before reading: a later
-    known = _VERIFIED.get((str(path), sha))                                         # change shows next time
+    st = path.stat()  # before reading: a change made while it is read shows next time
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    known = _VERIFIED.get((str(path), sha))
     if known is not None and known[0] == identity:
         return known[1], ""
     raw, reason = verify(read_file(path), sha, path)

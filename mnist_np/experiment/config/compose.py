@@ -24,7 +24,6 @@ from mnist_np.experiment.config.overrides import (
 )
 from mnist_np.experiment.config.schema import (
     GROUP_SCHEMAS,
-    PRESET_GROUPS,
     Config,
     ConfigError,
     DataConfig,
@@ -32,6 +31,7 @@ from mnist_np.experiment.config.schema import (
     ModelConfig,
     ScheduleConfig,
     TrainerConfig,
+    is_group,
     option_schema,
     register_configs,
 )
@@ -111,8 +111,7 @@ def sweep_variants(parsed: list[Any]) -> list[list[str]]:
             values = [f"{key}={v}" for v in o.sweep_string_iterator()]
         except HydraException:
             continue  # interval()/tag() search spaces: the sweeper draws them
-        group = o.key_or_group.lstrip("+~")
-        swept.append(values if group in GROUP_SCHEMAS or group in PRESET_GROUPS else values[:1])
+        swept.append(values if is_group(o.key_or_group) else values[:1])
     first = [values[0] for values in swept]
     variants = [fixed + first]
     for i, values in enumerate(swept):

@@ -247,6 +247,13 @@ GROUP_SCHEMAS: dict[str, tuple[type, ...]] = {
 PRESET_GROUPS = ("experiment", "debug", "sweep")
 
 
+def is_group(name: str) -> bool:
+    """Whether ``name`` (a leading ``+`` or ``~`` aside) is a config group, whose value picks an option: one of
+    :data:`GROUP_SCHEMAS` or a preset group."""
+    name = name.lstrip("+~")
+    return name in GROUP_SCHEMAS or name in PRESET_GROUPS
+
+
 def option_schema(group: str, name: str) -> type:
     """The schema the option ``name`` of ``group`` follows: the group's only one, or (optimizer,
     augment) the one of that name -- SGD or the Adam family for an optimizer."""

@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from mnist_np.common.files import atomic_write_text
-from mnist_np.experiment.config.schema import GROUP_SCHEMAS, PRESET_GROUPS
+from mnist_np.experiment.config.schema import is_group
 from mnist_np.experiment.sweep.launch import job_composer, launch_members
 from mnist_np.experiment.sweep.ledger import Ledger
 from mnist_np.experiment.sweep.session import note_workers
@@ -66,7 +66,7 @@ class GridSweeperImpl(BasicSweeper):
         composed: set[tuple[str, ...]] = getattr(self, "_composed", set())
         fresh = []
         for job in batch:
-            choice = tuple(o for o in job if o.split("=", 1)[0].lstrip("+~") in (*GROUP_SCHEMAS, *PRESET_GROUPS))
+            choice = tuple(o for o in job if is_group(o.split("=", 1)[0]))
             if choice not in composed:
                 composed.add(choice)
                 fresh.append(job)

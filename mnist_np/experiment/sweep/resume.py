@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from mnist_np.experiment.config.overrides import command_line_overrides, parse_override
 from mnist_np.experiment.config.schema import SEARCH_SWEEPER, ConfigError
 from mnist_np.experiment.run.results import RunResult
-from mnist_np.experiment.run.resume import resume, started
+from mnist_np.experiment.run.resume import resume
 from mnist_np.experiment.sweep.info import SWEEP_FILE, SweepInfo
 from mnist_np.tracking.journal import JOURNAL_FILE, read_journal, read_run_file
 from mnist_np.tracking.queries import run_tags
@@ -114,7 +114,8 @@ def continued_member(output_dir: Path) -> RunResult | None:
     journal = output_dir / JOURNAL_FILE
     state = read_journal(journal) if journal.is_file() else None
     end = state.end if state is not None else None
-    if (run or started(output_dir)) and (end is None or end.get("status") == "KILLED" or end.get("retry")):
+    began = bool(run) or (state is not None and state.start is not None)  # a run file may not have been written
+    if began and (end is None or end.get("status") == "KILLED" or end.get("retry")):
         # Killed, interrupted, or failed for want of something outside it (its data, its store):
         # trained on, into its run -- also one killed before it wrote its run file down (resume finds it).
         log.info("continuing sweep member %s (run %s) from its newest checkpoint", output_dir,
