@@ -208,6 +208,7 @@ def _readme_ini(root: Path) -> Path:
     """The docs' basic_auth.ini, with its /srv/mlflow paths moved into ``root``."""
     (block,) = re.findall(r"```ini\n(.*?)```", CLUSTERS, re.S)
     assert "default_permission = READ" in block and "admin_username = admin" in block
+    assert "auth_cache_ttl_seconds = 60" in block  # one password hash per login and minute, not per request
     ini = root / "basic_auth.ini"
     ini.write_text(block.replace("/srv/mlflow", str(root)))
     return ini
