@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import subprocess
 from pathlib import Path
 
@@ -55,6 +56,17 @@ def test_no_importance_unless_two_parameters_vary_among_finished_members() -> No
     one_size = [r for r in rows(failed=3) if r["model.hidden_size"] != "127"]  # the other size only among failures
     assert param_importance(one_size, SWEPT) is None
     assert param_importance(rows()[:2], SWEPT) is None  # one lr among them
+
+
+def test_ped_anova_is_computed_without_importing_scikit_learn() -> None:
+    """Optuna's importance module imports scikit-learn for fANOVA; a sweep's summary spares that import (in a fresh
+    process: this one may hold scikit-learn already), and scikit-learn stays importable after it."""
+    code = ("import json, sys; from mnist_np.experiment.sweep.importance import param_importance; "
+            "ranked = param_importance(*json.loads(sys.argv[1])); print(ranked[0]['param'], 'sklearn' in sys.modules); "
+            "import sklearn; print('importable', sklearn.__name__)")
+    proc = subprocess.run([PYTHON, "-c", code, json.dumps([rows(), SWEPT])], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.splitlines() == ["optimizer.lr False", "importable sklearn"], proc.stderr[-2000:]
 
 
 def test_the_top_is_ten_percent_but_at_least_five_members_and_at_most_half() -> None:

@@ -9,11 +9,15 @@ at least two such keys vary: with one, there is nothing to rank.
 
 The evaluator is :class:`optuna.importance.PedAnovaImportanceEvaluator`,
 Optuna 5's default: it needs NumPy only, where fANOVA
-(``FanovaImportanceEvaluator``) fits a random forest with scikit-learn,
-which this project does not install, and a forest fitted to a 6-member
-grid says little anyway. PED-ANOVA compares the values the best members
-took (the top quantile) with the values every finished member took; a
-parameter whose top values look like all its values did not matter.
+(``FanovaImportanceEvaluator``) fits a random forest with scikit-learn, and
+a forest fitted to a 6-member grid says little anyway. ``optuna.importance``
+still imports scikit-learn for fANOVA when it is installed (MLflow installs
+it), which takes longer than the whole PED-ANOVA computation; it is
+imported here with scikit-learn hidden (:func:`_without_sklearn`).
+
+PED-ANOVA compares the values the best members took (the top quantile)
+with the values every finished member took; a parameter whose top values
+look like all its values did not matter.
 Optuna's default top quantile is 10 %, which is one member of a small
 grid, and then every parameter looks equally important (the estimate
 reflects only how many values each has); so the top is 10 % but at least
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -71,8 +76,10 @@ def param_importance(rows: Sequence[Mapping[str, Any]], swept: Mapping[str, str]
     if len(varying) < 2:
         return None
     import optuna
-    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
     from optuna.trial import create_trial
+
+    with _without_sklearn():
+        from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
     distributions = {k: distribution([r.get(k, "") for r in done], swept[k], categorical=k == SEED_KEY)
                      for k in varying}
@@ -130,6 +137,25 @@ def _number(value: Any) -> int | float | None:
             continue
         return number if math.isfinite(number) else None
     return None
+
+
+@contextlib.contextmanager
+def _without_sklearn() -> Iterator[None]:
+    """scikit-learn unimportable for the duration: ``optuna.importance`` then imports without it.
+
+    Optuna imports scikit-learn for fANOVA and mean decrease impurity inside its ``try_import``, which keeps the
+    ImportError until one of those evaluators is used; PED-ANOVA never uses it. In this process fANOVA then reports
+    scikit-learn missing, which nothing here asks for; ``import sklearn`` itself works again afterwards.
+    """
+    if "sklearn" in sys.modules or "optuna.importance" in sys.modules:  # imported already: nothing to spare
+        yield
+        return
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # Python's marker for "this import fails"
+    try:
+        yield
+    finally:
+        if "sklearn" in sys.modules and sys.modules["sklearn"] is None:
+            del sys.modules["sklearn"]
 
 
 @contextlib.contextmanager
