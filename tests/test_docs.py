@@ -4,7 +4,7 @@ name, and the site itself, built with ``mkdocs build --strict``. (Their commands
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import importlib
 import os
 import re
 import subprocess
@@ -16,6 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from helpers.docs import DOCS, page, pages
+from helpers.scripts import load
 from mnist_np.common.paths import PROJECT_ROOT
 from mnist_np.experiment.config.compose import compose
 from mnist_np.experiment.config.schema import GROUP_SCHEMAS, Config, SearchSweeperConfig, schema_keys
@@ -23,11 +24,7 @@ from mnist_np.experiment.config.schema import GROUP_SCHEMAS, Config, SearchSweep
 
 def load_hook() -> ModuleType:
     """docs/hooks/generated.py, the MkDocs hook that makes the tables, imported by path as MkDocs does."""
-    spec = importlib.util.spec_from_file_location("docs_hook", DOCS / "hooks" / "generated.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load(DOCS / "hooks" / "generated.py", "docs_hook")
 
 
 HOOK = load_hook()

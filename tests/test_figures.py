@@ -4,25 +4,15 @@ mends a page, and ``record`` merges a benchmark's result. Fast: no benchmark run
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from helpers.scripts import load
 from mnist_np.common.paths import PROJECT_ROOT
-
-
-def load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 sys.path.insert(0, str(PROJECT_ROOT / "scripts"))  # as `python scripts/figures.py` has it (bench_figures beside it)
 FIGURES = load(PROJECT_ROOT / "scripts" / "figures.py", "figures")

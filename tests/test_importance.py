@@ -18,12 +18,11 @@ from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from conftest import PYTHON, TRAIN_SCRIPT
+from helpers.scripts import run_script
 from helpers.stores import migrated_store
-from mnist_np.common.paths import PROJECT_ROOT
 from mnist_np.experiment.sweep.importance import distribution, param_importance, top_quantile
 from mnist_np.experiment.sweep.summary import recorded_importance
 
-COMPARE = PROJECT_ROOT / "scripts" / "compare.py"
 LR = {"0.001": 0.30, "0.01": 0.70, "0.1": 0.90}  # validation accuracy by learning rate
 
 
@@ -106,8 +105,7 @@ def test_compare_explains_a_parent_without_importance(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sweep 'sweep a' has no importance: fewer than two swept parameters "
                                          "vary.*sync.py /x/sweep"):
         recorded_importance(uri, parent.info.run_id)
-    proc = subprocess.run([PYTHON, str(COMPARE), parent.info.run_id, "--importance", "--tracking-uri", uri],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_script("compare", parent.info.run_id, "--importance", "--tracking-uri", uri)
     assert proc.returncode == 2 and proc.stderr.startswith("error: sweep 'sweep a' has no importance"), proc.stderr
 
 
@@ -138,9 +136,7 @@ def test_a_grid_where_only_the_learning_rate_matters(tmp_path: Path) -> None:
     assert (local / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     def compare(*flags: str) -> list[str]:
-        shown = subprocess.run([PYTHON, str(COMPARE), parent.info.run_id, "--importance", "--tracking-uri", uri,
-                                *flags],
-                               capture_output=True, text=True, timeout=120)
+        shown = run_script("compare", parent.info.run_id, "--importance", "--tracking-uri", uri, *flags)
         assert shown.returncode == 0, shown.stderr
         return shown.stdout.splitlines()
 

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
+from helpers.scripts import run_script
 from helpers.servers import free_port, is_healthy, mlflow_executable
 from helpers.stores import migrated_store
 from mnist_np import data
@@ -42,12 +43,11 @@ def test_labels_and_notes_are_searchable_tags(tracking_uri: str, tmp_path: Path)
     exp = r.info.experiment_id
     assert [x.info.run_id for x in client.search_runs([exp], "tags.`lr-study` = 'true'")] == [result.run_id]
     assert client.search_runs([exp], "tags.baseline = 'true' and tags.`other` = 'true'") == []
-    compare = [PYTHON, str(TRAIN_SCRIPT.parent / "compare.py"), "tests", "--tracking-uri", tracking_uri]
-    found = subprocess.run([*compare, "--filter", "tags.`lr-study` = 'true'"], capture_output=True, text=True,
-                           timeout=120)
+    compare = ["tests", "--tracking-uri", tracking_uri]  # compare.py's main() here; test_sweeps runs the command
+    found = run_script("compare", *compare, "--filter", "tags.`lr-study` = 'true'")
     assert found.returncode == 0 and found.stdout.splitlines()[0].startswith("experiment 'tests': 1 runs"), found.stderr
     assert r.info.run_name in found.stdout
-    bad = subprocess.run([*compare, "--filter", "tags.lr-study = 'true'"], capture_output=True, text=True, timeout=120)
+    bad = run_script("compare", *compare, "--filter", "tags.lr-study = 'true'")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: --filter ")
     # Labels cannot take the project's own tag names: every bare tag a run sets is in OWN_TAGS.
     own = {k for k in r.data.tags if "." not in k} - {"baseline", "lr-study"}

@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT
+from helpers.scripts import run_script
 from helpers.stores import migrated_store
 from mnist_np.experiment.run.tables import table_markdown
 from mnist_np.experiment.sweep.grid import GridSweeperImpl
@@ -101,8 +102,8 @@ def test_grid_2x2_basic_launcher(tmp_path: Path) -> None:
     assert lines[1].split()[:4] == ["name", "status", "model.hidden_size", "optimizer.lr"]
     best = client.get_run(parent.data.tags["best_run_id"]).info.run_name
     assert lines[2].split()[0] == best and len(lines) == 6
-    rows = list(csv.DictReader(io.StringIO(subprocess.run([*compare, "--csv"], capture_output=True, text=True,
-                                                          timeout=120).stdout)))
+    # The same table as CSV: the script's main() in this process (the command line was shown above).
+    rows = list(csv.DictReader(io.StringIO(run_script("compare", *compare[2:], "--csv").stdout)))
     vals = [float(r["val_accuracy"]) for r in rows]
     assert len(rows) == 4 and vals == sorted(vals, reverse=True)
 
@@ -128,16 +129,16 @@ def test_seed_groups_aggregate_each_config_over_its_seeds(tmp_path: Path) -> Non
     md = Path(client.download_artifacts(parent.info.run_id, "sweep_summary/by_config.md")).read_text()
     assert f"{float(rows[0]['val_accuracy_mean']):.4f} ± {float(rows[0]['val_accuracy_std']):.4f}" in md
 
-    # The same table from a terminal.
-    compare = [PYTHON, str(TRAIN_SCRIPT.parent / "compare.py"), parent.info.run_id, "--tracking-uri", uri,
-               "--by-config"]
-    text = subprocess.run(compare, capture_output=True, text=True, timeout=120)
+    # The same table as compare.py prints it (its main() in this process: test_grid_2x2_basic_launcher runs the
+    # command).
+    compare = [parent.info.run_id, "--tracking-uri", uri, "--by-config"]
+    text = run_script("compare", *compare)
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
     assert lines[0].endswith("4 runs, 4 finished, 0 failed or unfinished; 2 configs") and len(lines) == 4
     assert lines[1].split()[:3] == ["model.hidden_size", "n", "failed"]
     assert lines[2].split()[0] == rows[0]["model.hidden_size"] and "±" in lines[2]
-    by_csv = subprocess.run([*compare, "--csv"], capture_output=True, text=True, timeout=120).stdout
+    by_csv = run_script("compare", *compare, "--csv").stdout
     assert list(csv.DictReader(io.StringIO(by_csv))) == rows
 
 
