@@ -112,8 +112,7 @@ def test_a_sweeps_best_member_is_the_champion_and_serves_over_http(tmp_path: Pat
     mnist = data.load_dataset("mnist")
     image = tmp_path / "digit.png"
     Image.fromarray(mnist.test_images[0]).save(image)
-    predicted = subprocess.run([PYTHON, str(PREDICT), "models:/digits@champion", str(image), "--tracking-uri", uri],
-                               capture_output=True, text=True, timeout=300)
+    predicted = run_script("predict", "models:/digits@champion", str(image), "--tracking-uri", uri)  # main() here
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     label = int(predicted.stdout.split("label ")[1].split()[0])
     unknown = subprocess.run([PYTHON, str(PREDICT), "models:/digits@nope", str(image), "--tracking-uri", uri],

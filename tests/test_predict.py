@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image, ImageDraw
 
 from conftest import PYTHON, small_overrides
+from helpers.scripts import run_script
 from mnist_np import data
 from mnist_np.common.paths import PROJECT_ROOT
 from mnist_np.experiment.config.compose import compose
@@ -201,7 +202,7 @@ def test_predict_script_labels_image_files(trained: dict, mnist: data.RawDataset
 
 def test_predict_script_reads_idx_files_and_run_ids(trained: dict, mnist: data.RawDataset, tmp_path: Path) -> None:
     idx = write_idx(tmp_path / "five-idx3-ubyte.gz", mnist.test_images[:5])
-    proc = script(str(PREDICT), trained["run_id"], str(idx), "--tracking-uri", trained["uri"])
+    proc = run_script("predict", trained["run_id"], str(idx), "--tracking-uri", trained["uri"])  # main() here
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert [line.split()[0] for line in lines] == [f"{idx}[{i}]" for i in range(5)]
@@ -213,7 +214,7 @@ def test_predict_script_reads_idx_files_and_run_ids(trained: dict, mnist: data.R
 def test_predict_script_errors_are_one_line_with_status_2(trained: dict, tmp_path: Path) -> None:
     text = tmp_path / "readme.txt"
     text.write_text("seven\n")
-    proc = script(str(PREDICT), str(trained["npz"]), str(text))
+    proc = run_script("predict", str(trained["npz"]), str(text))  # main() here: refused before MLflow's import
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith(f"error: {text}: neither an image nor an IDX file") and proc.stderr.count("\n") == 1
 

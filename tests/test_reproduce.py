@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT, small_overrides
+from helpers.scripts import run_script
 from mnist_np.common.paths import PROJECT_ROOT
 from mnist_np.experiment.config.compose import compose, load_run_config
 from mnist_np.experiment.config.schema import ConfigError
@@ -124,16 +125,16 @@ def test_reproduce_from_an_edited_config_names_the_difference(tracking_uri: str,
     result = run(compose(small_overrides(tracking_uri, "mlflow.log_plots=false")), output_dir=tmp_path / "orig")
     config = result.output_dir / "config" / "config.yaml"
     config.write_text(config.read_text().replace("  lr: 0.1\n", "  lr: 0.05\n"))
-    proc = subprocess.run([PYTHON, str(REPRODUCE), "--from-dir", str(result.output_dir), "--tracking-uri", tracking_uri,
-                           "--output-dir", str(tmp_path / "copy")], capture_output=True, text=True, timeout=600)
+    # reproduce.py's main() in this process (the command itself: test_reproduce_a_run_gives_identical_hashes).
+    proc = run_script("reproduce", "--from-dir", str(result.output_dir), "--tracking-uri", tracking_uri,
+                      "--output-dir", str(tmp_path / "copy"))
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "verdict: DIFFERENT -- first difference: train_loss at epoch 1" in proc.stdout
     assert "config differs: optimizer.lr: 0.1 -> 0.05" in proc.stdout
 
 
 def test_reproduce_refuses_an_unknown_run(tracking_uri: str) -> None:
-    proc = subprocess.run([PYTHON, str(REPRODUCE), "0123456789abcdef", "--tracking-uri", tracking_uri],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_script("reproduce", "0123456789abcdef", "--tracking-uri", tracking_uri)
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-1].startswith("error: no run '0123456789abcdef'")  # above it: MLflow's own log
 

@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import PYTHON, TRAIN_SCRIPT, LiveServer, mlflow_gaps, small_overrides
+from helpers.scripts import run_script
 from helpers.stores import migrated_store
 from mnist_np.experiment.config.compose import compose
 from mnist_np.experiment.run.outputs import EpochLogger
@@ -167,7 +168,7 @@ def test_sync_into_a_store_without_the_run_creates_it_once(tracking_uri: str, tm
     lost.record(runs=0, metrics=gaps["metrics"])
     assert gaps == {"metrics": 0, "duplicates": 0, "files": 0}
 
-    again = sync_cli(out, "--tracking-uri", other)
+    again = run_script("sync", str(out), "--tracking-uri", other)  # its main() here: the command ran above
     assert again.returncode == 0 and again.stdout.strip().endswith("already complete"), again.stdout
     assert len(client.search_runs([copy.info.experiment_id])) == 1
     assert MlflowClient(tracking_uri).get_run(original.run_id).info.status == "FINISHED"  # the original is untouched
@@ -190,7 +191,7 @@ def test_a_sweep_synced_into_another_store_keeps_its_parent_and_children(tmp_pat
     first_parent = json.loads((sweep_dir / "mlflow_sweep.json").read_text())["parent_run_id"]
 
     # One member first: a child of a parent made there; the sweep's own pointer stays on the original store.
-    one = sync_cli(sweep_dir / "0", "--tracking-uri", other)
+    one = run_script("sync", str(sweep_dir / "0"), "--tracking-uri", other)  # main() here; the sweep's is a command
     assert one.returncode == 0 and "(new run)" in one.stdout, one.stderr
     pointer = json.loads((sweep_dir / "mlflow_sweep.json").read_text())
     assert pointer["tracking_uri"] == original and pointer["parent_run_id"] == first_parent
@@ -216,7 +217,7 @@ def test_a_sweep_synced_into_another_store_keeps_its_parent_and_children(tmp_pat
     assert saved["parent_run_id"] == parent.info.run_id and saved["tracking_uri"] == other
     assert saved["parents"] == {original: first_parent, other: parent.info.run_id}
     # Again, into the same store: nothing new (runs, parent or values).
-    again = sync_cli(sweep_dir, "--tracking-uri", other)
+    again = run_script("sync", str(sweep_dir), "--tracking-uri", other)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already complete") == 2, again.stdout
     assert len(client.search_runs([parent.info.experiment_id])) == 3
@@ -264,7 +265,7 @@ def test_server_dying_during_the_sweeps_closing_calls_leaves_a_sync_hint_not_a_t
 def test_sync_errors_are_one_line(tmp_path: Path) -> None:
     from helpers.servers import free_port
 
-    proc = sync_cli(tmp_path)
+    proc = run_script("sync", str(tmp_path))  # main() here; the second error, after MLflow's import, is a command
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith(f"error: {tmp_path} holds no {JOURNAL_FILE}") and proc.stderr.count("\n") == 1
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
     path = SCRIPTS / f"{name}.py"
     main = load(path, f"script_{name}").main
     out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
+    argv, environ = sys.argv, dict(os.environ)  # a script may set defaults in its environment (sync.py does)
     sys.argv = [str(path), *args]
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -52,4 +53,6 @@ def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         sys.argv = argv
+        os.environ.clear()
+        os.environ.update(environ)
     return subprocess.CompletedProcess([str(path), *args], code or 0, out.getvalue(), err.getvalue())
