@@ -46,6 +46,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "scripts" / "train.py"
+SEARCH_PRUNERS = ("hyperband", "successive_halving")  # `search` without --pruner: each against the unpruned search
 
 
 def machine_cpu_seconds() -> float | None:
@@ -177,6 +178,11 @@ def logged_busy_fraction(store: Path) -> float | None:
                 None)
 
 
+def search_variants(pruners: list[str] | None) -> dict[str, str | None]:
+    """The searches of a round, by name: the unpruned one, then one per pruner (default: :data:`SEARCH_PRUNERS`)."""
+    return {"unpruned": None, **{p: p for p in (pruners or SEARCH_PRUNERS)}}
+
+
 def bench_search(args: argparse.Namespace) -> dict[str, Any]:
     """Each round runs the unpruned search and one search per pruner, in an order that alternates between rounds.
 
@@ -187,8 +193,8 @@ def bench_search(args: argparse.Namespace) -> dict[str, Any]:
     """
     if args.jobs > 1:
         return bench_search_workers(args)
-    args.pruner = args.pruner or ["hyperband", "successive_halving"]
-    variants: dict[str, str | None] = {"unpruned": None, **{p: p for p in args.pruner}}
+    variants = search_variants(args.pruner)
+    args.pruner = [p for p in variants.values() if p is not None]
     rows = search_rounds(args, {k: (v, None) for k, v in variants.items()})
     full = rows["unpruned"]
     result: dict[str, Any] = {

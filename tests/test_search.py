@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import PYTHON, TRAIN_SCRIPT
+from helpers.scripts import load, run_script
 from helpers.stores import migrated_store
 from mnist_np.experiment.config.schema import ConfigError
 from mnist_np.experiment.search.outcome import trial_outcome
@@ -375,17 +376,21 @@ def test_resume_rewrites_the_command_into_the_sweeps_own(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_bench_search_pairs_each_pruner_with_the_unpruned_search(tmp_path: Path) -> None:
     """``scripts/bench.py search`` (whose figures docs/sweeps.md quotes) on a tiny search: every variant runs, pairs are
-    compared."""
+    compared. One pruner here (each search is a sweep of its own); without ``--pruner`` a round is each of
+    docs/sweeps.md's pruners against the unpruned search."""
+    variants = load(TRAIN_SCRIPT.parent / "bench_sweeps.py", "bench_sweeps").search_variants
+    assert variants(None) == {"unpruned": None, "hyperband": "hyperband", "successive_halving": "successive_halving"}
     out = tmp_path / "bench-search.json"
     proc = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "bench.py"), "search", "--trials", "3", "--epochs", "2",
-                           "--repeats", "1", "--json", str(out), "data.train_limit=1000", "data.val_size=500"],
+                           "--repeats", "1", "--pruner", "hyperband", "--json", str(out), "data.train_limit=1000",
+                           "data.val_size=500"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["runs"]) == {"unpruned", "hyperband", "successive_halving"}
+    assert set(result["runs"]) == {"unpruned", "hyperband"} and result["pruners"] == ["hyperband"]
     unpruned = result["runs"]["unpruned"][0]
     assert unpruned["epochs"] == 6 and unpruned["pruned"] == 0 and unpruned["finished"] == 3
-    for pruner in ("hyperband", "successive_halving"):
+    for pruner in ("hyperband",):
         row = result["runs"][pruner][0]
         assert row["finished"] == 3 and row["epochs"] <= 6
         assert result["paired"][pruner]["median_epoch_fraction"] == row["epochs"] / 6
@@ -411,7 +416,6 @@ def test_bench_search_jobs_pairs_the_batch_and_the_asynchronous_search(tmp_path:
     async_s, batch_s = result["runs"]["async"][0]["seconds"], result["runs"]["batch"][0]["seconds"]
     assert paired["median_time_ratio"] == pytest.approx(async_s / batch_s)
     assert "keeps them" in proc.stdout and "of the batch-synchronous search's time" in proc.stdout
-    bad = subprocess.run([PYTHON, str(TRAIN_SCRIPT.parent / "bench.py"), "search", "--jobs", "2", "--pruner",
-                          "median", "hyperband"], capture_output=True, text=True, timeout=120)
+    bad = run_script("bench", "search", "--jobs", "2", "--pruner", "median", "hyperband")  # its main() here
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
         "error: search --jobs compares two searches with the same pruner: give one --pruner"]

@@ -41,18 +41,21 @@ def load(path: Path, name: str) -> ModuleType:
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
     """``scripts/<name>.py <args>`` run in this process: its exit status, stdout and stderr."""
     path = SCRIPTS / f"{name}.py"
-    main = load(path, f"script_{name}").main
-    out, err = io.StringIO(), io.StringIO()
-    argv, environ = sys.argv, dict(os.environ)  # a script may set defaults in its environment (sync.py does)
+    argv, environ, search_path = sys.argv, dict(os.environ), list(sys.path)
+    sys.path.insert(0, str(SCRIPTS))  # as `python scripts/<name>.py` has it: its sibling modules importable
     sys.argv = [str(path), *args]
+    out, err = io.StringIO(), io.StringIO()
     try:
+        main = load(path, f"script_{name}").main
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = main()
-            except SystemExit as e:  # argparse's errors and --help
+            except SystemExit as e:  # argparse's errors and --help; a message is printed as Python would print it
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
-        sys.argv = argv
+        sys.argv, sys.path[:] = argv, search_path
         os.environ.clear()
         os.environ.update(environ)
     return subprocess.CompletedProcess([str(path), *args], code or 0, out.getvalue(), err.getvalue())
