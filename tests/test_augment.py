@@ -325,9 +325,15 @@ def test_augment_none_is_bit_identical_to_no_augmentation(threads: int) -> None:
 def _linear_accuracy(x_train: np.ndarray, labellings: list[np.ndarray], x_test: np.ndarray,
                      y_test: np.ndarray) -> list[float]:
     """Test accuracy of a least-squares linear classifier on ``[pixels / 255, 1]`` (MNIST: ~85 %), one per labelling
-    of ``x_train`` (each ``(N,)``): one factorisation of the images serves them all."""
+    of ``x_train`` (each ``(N,)``): one solve serves them all.
+
+    Solved through the normal equations with a small ridge (``X'X + I``), which keeps them well posed (constant
+    border pixels) and scores as plain least squares does here, at a fraction of an SVD's cost.
+    """
     features = lambda pixels: np.hstack([pixels / 255.0, np.ones((len(pixels), 1))])  # noqa: E731
-    weights, *_ = np.linalg.lstsq(features(x_train), np.hstack([np.eye(10)[y] for y in labellings]), rcond=None)
+    f = features(x_train)  # (N, 785)
+    targets = np.hstack([np.eye(10)[y] for y in labellings])  # (N, 10 * len(labellings))
+    weights = np.linalg.solve(f.T @ f + np.eye(f.shape[1]), f.T @ targets)
     scores = features(x_test) @ weights  # (M, 10 * len(labellings))
     return [float(np.mean(scores[:, 10 * i:10 * (i + 1)].argmax(axis=1) == y_test)) for i in range(len(labellings))]
 
