@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +20,15 @@ def test_tests_marked_to_share_a_worker_are_grouped(request: pytest.FixtureReque
     if "PYTEST_XDIST_WORKER" not in os.environ or not getattr(request.config.option, "loadgroup", False):
         pytest.skip("not run by pytest-xdist with --dist loadgroup")
     assert request.node.nodeid.endswith("@suite-probe"), request.node.nodeid
+
+
+def test_every_script_run_in_process_is_also_run_as_a_command() -> None:
+    """``helpers.scripts.run_script`` spares a subprocess where a script's output is the point; the command line
+    itself (argument parsing as a user meets it, the interpreter's start, its exit status) must stay tested by at
+    least one test that runs ``scripts/<name>.py`` as a command."""
+    tests = {p: p.read_text() for p in Path(__file__).parent.glob("test_*.py")}
+    in_process = {name for text in tests.values() for name in re.findall(r'run_script\("(\w+)"', text)}
+    assert in_process, "no test uses run_script: this check sees nothing"
+    as_command = {name for name in in_process for text in tests.values()
+                  if re.search(rf'"{name}\.py"', text) and re.search(r"subprocess\.(run|Popen)\(", text)}
+    assert in_process - as_command == set()
